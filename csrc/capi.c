@@ -1,0 +1,759 @@
+/*
+ * capi.c - the public C ABI (include/packet_ipc.h): server, connection and client objects over the ring
+ * (ring.c), the control plane (handshake.c) and waiting (wait.c). The Python extension uses these same
+ * functions, so C and Python programs run one implementation.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "atomics.h"
+#include "capi_internal.h"
+#include "handshake.h"
+#include "packet_ipc.h"
+#include "ring.h"
+#include "wait.h"
+
+#include <pthread.h>
+
+#define SPIN_NS 20000ULL            /* spin this long before sleeping on the eventfd */
+#define ALIVE_CHECK_NS 10000000ULL  /* how often a never-blocking (drop) sender checks for a dead client */
+
+/* A forked child inherits copies of our objects; it must not end streams or release ring space of its
+ * parent's connections when it drops them. Counting forks (pthread_atfork) tells copies from originals
+ * without a getpid() system call on the release path. */
+static unsigned fork_generation;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static void on_fork_child(void) { __atomic_add_fetch(&fork_generation, 1, __ATOMIC_RELAXED); }
+static void register_fork_handler(void) { pthread_atfork(NULL, NULL, on_fork_child); }
+static unsigned current_generation(void)
+{
+    pthread_once(&fork_once, register_fork_handler);
+    return __atomic_load_n(&fork_generation, __ATOMIC_RELAXED);
+}
+
+int pipc_abi_version(void) { return PACKET_IPC_ABI_VERSION; }
+
+const char *pipc_strerror(int code)
+{
+    switch (code < 0 ? -code : code) {
+    case 0: return "success";
+    case ETIMEDOUT: return "timed out";
+    case ECONNRESET: return "peer vanished without end of stream";
+    case EPROTO: return "protocol error (version mismatch, corrupt ring or wrong peer)";
+    case EMSGSIZE: return "packet larger than the ring or the snaplen";
+    case EACCES: return "peer credentials refused";
+    case ENOENT: return "no server at that name";
+    case ECONNREFUSED: return "connection refused (server gone?)";
+    case ENAMETOOLONG: return "name too long for a unix socket address";
+    case EINTR: return "interrupted by a signal";
+    case EINVAL: return "invalid argument";
+    case ENOMEM: return "out of memory";
+    case EPIPE: return "stream already ended";
+    default: return strerror(code < 0 ? -code : code);
+    }
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+/* ---------------- server ---------------- */
+
+int pipc_server_create(const char *name, const struct pipc_server_options *options, pipc_server **out)
+{
+    struct pipc_server_options o = {sizeof(o), 0, 0, 1, 262144, PIPC_OVERFLOW_BLOCK, 0};
+    if (options) {
+        size_t n = options->struct_bytes < sizeof(o) ? options->struct_bytes : sizeof(o);
+        if (n < sizeof(size_t))
+            return -EINVAL;
+        memcpy(&o, options, n);
+        o.struct_bytes = sizeof(o);
+    }
+    if (!o.snaplen)
+        o.snaplen = 262144;
+    if (o.overflow != PIPC_OVERFLOW_BLOCK && o.overflow != PIPC_OVERFLOW_DROP)
+        return -EINVAL;
+    uint64_t pb = o.capacity_bytes, slots = o.max_packets;
+    size_t file_bytes;
+    if (pipc_ring_geometry(&pb, &slots, &file_bytes) < 0) {
+        pipc_set_error("ring capacity out of range");
+        return -EINVAL;
+    }
+    pipc_server *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->opts = o;
+    s->creator = getpid();
+    s->listen_fd = -1;
+    if (!name) {
+        const char *tmp = getenv("TMPDIR");
+        if (!tmp || !*tmp)
+            tmp = "/tmp";
+        if (snprintf(s->dir, sizeof(s->dir), "%s/packet-ipc-XXXXXX", tmp) >= (int)sizeof(s->dir) || !mkdtemp(s->dir)) {
+            int err = errno ? -errno : -ENAMETOOLONG;
+            pipc_set_error("cannot create a private directory in %s", tmp);
+            free(s);
+            return err;
+        }
+        if (snprintf(s->name, sizeof(s->name), "%s/socket", s->dir) >= (int)sizeof(s->name)) {
+            pipc_set_error("TMPDIR is too long for a unix socket address: %s", tmp);
+            rmdir(s->dir);
+            free(s);
+            return -ENAMETOOLONG;
+        }
+    } else {
+        if (strlen(name) >= sizeof(s->name)) {
+            free(s);
+            pipc_set_error("name too long for a unix socket address (%zu bytes, at most 107)", strlen(name));
+            return -ENAMETOOLONG;
+        }
+        strcpy(s->name, name);
+    }
+    int fd = pipc_listen_at(s->name, o.allow_any_uid);
+    if (fd < 0) {
+        if (fd == -ENAMETOOLONG)
+            pipc_set_error("name too long for a unix socket address (%zu bytes, at most 107): %s", strlen(s->name),
+                           s->name);
+        else
+            pipc_set_error("cannot listen at %s: %s", s->name, strerror(-fd));
+        if (s->dir[0])
+            rmdir(s->dir);
+        free(s);
+        return fd;
+    }
+    s->listen_fd = fd;
+    *out = s;
+    return 0;
+}
+
+const char *pipc_server_name(const pipc_server *server) { return server->name; }
+int pipc_server_fd(const pipc_server *server) { return server->listen_fd; }
+
+int pipc_server_allow_peer(pipc_server *server, int64_t uid, int64_t gid)
+{
+    if (uid >= 0) {
+        if (server->n_uids >= PIPC_MAX_ALLOWED)
+            return -ENOSPC;
+        server->uids[server->n_uids++] = (uid_t)uid;
+    }
+    if (gid >= 0) {
+        if (server->n_gids >= PIPC_MAX_ALLOWED)
+            return -ENOSPC;
+        server->gids[server->n_gids++] = (gid_t)gid;
+    }
+    return 0;
+}
+
+static int peer_allowed(const pipc_server *s, const struct ucred *cr)
+{
+    if (s->opts.allow_any_uid || cr->uid == geteuid() || cr->uid == 0)
+        return 1;
+    for (int i = 0; i < s->n_uids; i++)
+        if (s->uids[i] == cr->uid)
+            return 1;
+    for (int i = 0; i < s->n_gids; i++)
+        if (s->gids[i] == cr->gid)
+            return 1;
+    return 0;
+}
+
+static int refuse(int sock, int status, const char *fmt, const char *arg)
+{
+    struct pipc_welcome w = {.magic = PIPC_WELCOME_MAGIC, .wire_version = PIPC_WIRE_VERSION, .status = status};
+    snprintf(w.message, sizeof(w.message), fmt, arg);
+    pipc_set_error("%s", w.message);
+    pipc_send_msg(sock, &w, sizeof(w), NULL, 0);
+    return status;
+}
+
+/* One client's handshake on an accepted socket; on success fills *conn_out. */
+static int server_handshake(pipc_server *s, int sock, uint64_t deadline, pipc_conn **conn_out)
+{
+    struct ucred cr;
+    socklen_t crlen = sizeof(cr);
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0)
+        return -errno;
+    if (!peer_allowed(s, &cr)) {
+        char who[64];
+        snprintf(who, sizeof(who), "uid %u gid %u", (unsigned)cr.uid, (unsigned)cr.gid);
+        s->refused++;
+        return refuse(sock, -EACCES, "client refused: %s is not allowed to connect", who);
+    }
+    struct pipc_hello h;
+    int fds[3];
+    int r = pipc_recv_msg(sock, &h, sizeof(h), fds, 3, deadline);
+    if (r > 0) { /* a client has no business sending fds */
+        for (int i = 0; i < r; i++)
+            close(fds[i]);
+        return refuse(sock, -EPROTO, "client refused: %s", "unexpected file descriptors in HELLO");
+    }
+    if (r == -EPROTO || (r == 0 && h.magic != PIPC_HELLO_MAGIC))
+        return refuse(sock, -EPROTO, "client refused: %s", "not a packet-ipc HELLO");
+    if (r < 0)
+        return r;
+    if (h.wire_version != PIPC_WIRE_VERSION) {
+        char v[64];
+        snprintf(v, sizeof(v), "%u (this server speaks %u)", h.wire_version, PIPC_WIRE_VERSION);
+        return refuse(sock, -EPROTO, "client refused: unsupported wire version %s", v);
+    }
+    pipc_conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return refuse(sock, -ENOMEM, "server out of memory%s", "");
+    c->sock = c->memfd = c->ev_data = c->ev_space = -1;
+    int err = pipc_ring_create(&c->ring, &c->memfd, s->opts.capacity_bytes, s->opts.max_packets, s->opts.linktype,
+                               s->opts.snaplen);
+    if (err) {
+        free(c);
+        return refuse(sock, err, "server cannot create a ring: %s", strerror(-err));
+    }
+    c->ev_data = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    c->ev_space = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (c->ev_data < 0 || c->ev_space < 0) {
+        err = -errno;
+        c->sock = -1;
+        pipc_conn_close(c);
+        return refuse(sock, err, "server cannot create eventfds: %s", strerror(-err));
+    }
+    struct pipc_welcome w = {.magic = PIPC_WELCOME_MAGIC, .wire_version = PIPC_WIRE_VERSION, .status = 0};
+    int send_fds[3] = {c->memfd, c->ev_data, c->ev_space};
+    err = pipc_send_msg(sock, &w, sizeof(w), send_fds, 3);
+    if (err) {
+        c->sock = -1;
+        pipc_conn_close(c);
+        return err;
+    }
+    c->sock = sock;
+    c->overflow = s->opts.overflow;
+    c->linktype = s->opts.linktype;
+    c->snaplen = s->opts.snaplen;
+    c->peer_pid = cr.pid;
+    c->generation = current_generation();
+    *conn_out = c;
+    return 0;
+}
+
+int pipc_server_accept(pipc_server *server, int timeout_ms, pipc_conn **out)
+{
+    uint64_t deadline = pipc_deadline(timeout_ms);
+    for (;;) {
+        struct pollfd p = {.fd = server->listen_fd, .events = POLLIN};
+        uint64_t now = pipc_now_ns();
+        int ms = deadline == UINT64_MAX ? -1 : now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+        int r = poll(&p, 1, ms);
+        if (r < 0)
+            return errno == EINTR ? -EINTR : -errno;
+        if (r == 0) {
+            pipc_set_error("no client connected in time");
+            return -ETIMEDOUT;
+        }
+        int sock = accept4(server->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (sock < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED)
+                continue;
+            pipc_set_error("accept failed: %s", strerror(errno));
+            return -errno; /* EMFILE and friends: the caller sees it, the server stays usable */
+        }
+        /* A client gets a bounded time for its HELLO; one that dies or stalls in the handshake is dropped and
+         * we go on waiting for the next, within the caller's deadline. */
+        uint64_t hs_deadline = pipc_now_ns() + PIPC_HANDSHAKE_MS * 1000000ULL;
+        r = server_handshake(server, sock, hs_deadline < deadline ? hs_deadline : deadline, out);
+        if (r == 0)
+            return 0;
+        close(sock);
+        if (r == -ECONNRESET || r == -ETIMEDOUT || r == -EPIPE) {
+            server->handshake_failures++;
+            continue;
+        }
+        return r;
+    }
+}
+
+void pipc_server_close(pipc_server *server)
+{
+    if (!server)
+        return;
+    close_fd(&server->listen_fd);
+    /* Only the process that created the endpoint removes it (a forked child's close must not). */
+    if (server->creator == getpid()) {
+        if (server->name[0] != '@')
+            unlink(server->name);
+        if (server->dir[0])
+            rmdir(server->dir);
+    }
+    free(server);
+}
+
+/* ---------------- connection (producer) ---------------- */
+
+static int conn_fail(pipc_conn *c, int err)
+{
+    if (err == -EPROTO || err == -ECONNRESET)
+        c->error = err;
+    if (err == -EPROTO)
+        pipc_set_error("client corrupted the ring's consumer positions");
+    else if (err == -ECONNRESET)
+        pipc_set_error("client has gone");
+    return err;
+}
+
+/* Waits until need_slots/need_bytes are free. 0, or -ETIMEDOUT/-EINTR/-ECONNRESET/-EPROTO. */
+static int conn_wait_space(pipc_conn *c, uint64_t need_slots, uint64_t need_bytes, uint64_t deadline)
+{
+    uint64_t start = pipc_now_ns(), fs, fb;
+    int err, r;
+    for (unsigned k = 0;; k++) {
+        if ((err = pipc_ring_space(&c->ring, &fs, &fb)) < 0)
+            return err;
+        if (fs >= need_slots && fb >= need_bytes)
+            goto done;
+        pipc_cpu_relax();
+        if ((k & 63) == 63) {
+            uint64_t now = pipc_now_ns();
+            if (now - start > SPIN_NS || now >= deadline)
+                break;
+        }
+    }
+    if (pipc_now_ns() >= deadline) { /* timeout 0: never sleep */
+        r = -ETIMEDOUT;
+        goto out;
+    }
+    for (;;) {
+        int sleep = pipc_ring_producer_arm(&c->ring, need_slots, need_bytes);
+        r = sleep ? pipc_wait(c->ev_space, c->sock, deadline) : PIPC_WAIT_EVENT;
+        pipc_ring_producer_disarm(&c->ring);
+        if (r == PIPC_WAIT_PEER) {
+            r = pipc_peer_gone(c->sock) ? -ECONNRESET : -EPROTO;
+            goto out;
+        }
+        if (r < 0)
+            goto out;
+        if ((err = pipc_ring_space(&c->ring, &fs, &fb)) < 0)
+            return err;
+        if (fs >= need_slots && fb >= need_bytes)
+            goto done;
+        if (pipc_now_ns() >= deadline) {
+            r = -ETIMEDOUT;
+            goto out;
+        }
+    }
+done:
+    c->stats.blocked_ns += pipc_now_ns() - start;
+    return 0;
+out:
+    c->stats.blocked_ns += pipc_now_ns() - start;
+    return r;
+}
+
+static int conn_check(pipc_conn *c)
+{
+    if (c->error)
+        return c->error;
+    if (c->ended) {
+        pipc_set_error("send after end of stream");
+        return -EPIPE;
+    }
+    return 0;
+}
+
+long pipc_conn_send(pipc_conn *c, const struct pipc_packet *pk, size_t n, int timeout_ms)
+{
+    int err = conn_check(c);
+    if (err)
+        return err;
+    uint64_t limit = c->ring.payload_bytes < c->snaplen ? c->ring.payload_bytes : c->snaplen;
+    for (size_t i = 0; i < n; i++) {
+        if (pk[i].caplen > limit) {
+            pipc_set_error("packet %zu has %u bytes, more than the %s (%llu bytes)", i, pk[i].caplen,
+                           c->ring.payload_bytes < c->snaplen ? "ring holds" : "snaplen",
+                           (unsigned long long)limit);
+            return -EMSGSIZE;
+        }
+    }
+    uint64_t deadline = pipc_deadline(timeout_ms);
+    size_t i = 0, written = 0;
+    while (i < n) {
+        uint64_t fs, fb;
+        if ((err = pipc_ring_space(&c->ring, &fs, &fb)) < 0)
+            return conn_fail(c, err);
+        size_t j = i;
+        uint64_t bytes = 0;
+        while (j < n && j - i < fs && bytes + pk[j].caplen <= fb)
+            bytes += pk[j++].caplen;
+        if (j > i) {
+            pipc_ring_put(&c->ring, pk + i, j - i, c->linktype);
+            if (pipc_ring_publish(&c->ring))
+                pipc_wake(c->ev_data);
+            c->stats.packets += j - i;
+            c->stats.bytes += bytes;
+            written += j - i;
+            i = j;
+            continue;
+        }
+        if (c->overflow == PIPC_OVERFLOW_DROP) {
+            uint64_t dropped_bytes = 0;
+            for (j = i; j < n; j++)
+                dropped_bytes += pk[j].caplen;
+            pipc_ring_count_drop(&c->ring, n - i, dropped_bytes);
+            c->stats.dropped_packets += n - i;
+            c->stats.dropped_bytes += dropped_bytes;
+            uint64_t now = pipc_now_ns();
+            if (now - c->last_alive_check_ns > ALIVE_CHECK_NS) {
+                c->last_alive_check_ns = now;
+                if (pipc_peer_gone(c->sock))
+                    return conn_fail(c, -ECONNRESET);
+            }
+            break;
+        }
+        err = conn_wait_space(c, 1, pk[i].caplen, deadline);
+        if (err == -ETIMEDOUT || err == -EINTR) {
+            if (err == -ETIMEDOUT)
+                pipc_set_error("ring full: no space within the timeout");
+            return written ? (long)written : err;
+        }
+        if (err)
+            return conn_fail(c, err);
+    }
+    return (long)written;
+}
+
+int pipc_conn_end(pipc_conn *c)
+{
+    if (c->error)
+        return c->error;
+    if (c->ended)
+        return 0;
+    c->ended = 1;
+    if (pipc_ring_set_state(&c->ring, PIPC_STATE_END))
+        pipc_wake(c->ev_data);
+    return 0;
+}
+
+int pipc_conn_alive(pipc_conn *c)
+{
+    if (c->error == -ECONNRESET || c->sock < 0)
+        return 0;
+    if (pipc_peer_gone(c->sock)) {
+        c->error = -ECONNRESET;
+        return 0;
+    }
+    return 1;
+}
+
+void pipc_conn_stats(const pipc_conn *c, struct pipc_stats *st)
+{
+    *st = c->stats;
+    const struct pipc_ring *r = &c->ring;
+    if (r->hdr) {
+        uint64_t rs = pipc_load_acquire64(&r->hdr->read_slot), rp = pipc_load_acquire64(&r->hdr->read_payload);
+        st->ring_used_slots = rs <= r->p_write_slot ? r->p_write_slot - rs : 0;
+        st->ring_used_bytes = rp <= r->p_write_payload ? r->p_write_payload - rp : 0;
+    }
+    st->ring_bytes = r->payload_bytes;
+    st->ring_slots = r->slot_count;
+}
+
+int pipc_conn_fd(const pipc_conn *c) { return c->ev_space; }
+int pipc_conn_socket(const pipc_conn *c) { return c->sock; }
+
+int pipc_conn_prepare_wait(pipc_conn *c, uint64_t need_bytes)
+{
+    return pipc_ring_producer_arm(&c->ring, 1, need_bytes);
+}
+
+void pipc_conn_finish_wait(pipc_conn *c)
+{
+    uint64_t v;
+    pipc_ring_producer_disarm(&c->ring);
+    if (read(c->ev_space, &v, sizeof(v)) < 0) {
+    }
+}
+
+void pipc_conn_close(pipc_conn *c)
+{
+    if (!c)
+        return;
+    /* A close without send(None) still ends the stream cleanly: the client drains, then sees the end. */
+    if (c->ring.hdr && !c->error && !c->ended && c->generation == current_generation() && pipc_ring_set_state(&c->ring, PIPC_STATE_END) && c->ev_data >= 0)
+        pipc_wake(c->ev_data);
+    pipc_ring_destroy(&c->ring);
+    close_fd(&c->sock);
+    close_fd(&c->memfd);
+    close_fd(&c->ev_data);
+    close_fd(&c->ev_space);
+    free(c);
+}
+
+/* ---------------- client (consumer) ---------------- */
+
+int pipc_client_connect(const char *name, int timeout_ms, pipc_client **out)
+{
+    struct sockaddr_un addr;
+    socklen_t len;
+    int err = pipc_name_to_addr(name, &addr, &len);
+    if (err) {
+        pipc_set_error(err == -ENAMETOOLONG ? "name too long for a unix socket address: %s" : "invalid name: '%s'",
+                       name);
+        return err;
+    }
+    int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (sock < 0)
+        return -errno;
+    while (connect(sock, (struct sockaddr *)&addr, len) < 0) {
+        if (errno == EINTR)
+            continue;
+        err = -errno;
+        pipc_set_error("cannot connect to %s: %s", name, strerror(errno));
+        close(sock);
+        return err;
+    }
+    struct pipc_hello h = {.magic = PIPC_HELLO_MAGIC, .wire_version = PIPC_WIRE_VERSION,
+                           .abi_version = PACKET_IPC_ABI_VERSION};
+    if ((err = pipc_send_msg(sock, &h, sizeof(h), NULL, 0)) < 0) {
+        pipc_set_error("server at %s closed the connection during the handshake", name);
+        close(sock);
+        return err == -ECONNRESET ? -ECONNREFUSED : err;
+    }
+    struct pipc_welcome w;
+    int fds[3] = {-1, -1, -1};
+    int nfds = pipc_recv_msg(sock, &w, sizeof(w), fds, 3, pipc_deadline(timeout_ms));
+    if (nfds < 0) {
+        close(sock);
+        if (nfds == -ECONNRESET) {
+            pipc_set_error("server at %s closed the connection during the handshake", name);
+            return -ECONNREFUSED;
+        }
+        if (nfds == -ETIMEDOUT)
+            pipc_set_error("server at %s did not accept in time", name);
+        else if (nfds == -EPROTO)
+            pipc_set_error("server at %s does not speak packet-ipc (bad WELCOME)", name);
+        return nfds;
+    }
+    err = 0;
+    if (w.magic != PIPC_WELCOME_MAGIC) {
+        pipc_set_error("server at %s does not speak packet-ipc (bad WELCOME magic)", name);
+        err = -EPROTO;
+    } else if (w.status != 0) {
+        w.message[sizeof(w.message) - 1] = 0;
+        pipc_set_error("%s", w.message);
+        /* Only statuses we know; stops a peer from making us report arbitrary values. */
+        err = (w.status == -EACCES || w.status == -EPROTO || w.status == -ENOMEM) ? w.status : -EPROTO;
+    } else if (w.wire_version != PIPC_WIRE_VERSION) {
+        pipc_set_error("server speaks wire version %u, this client %u", w.wire_version, PIPC_WIRE_VERSION);
+        err = -EPROTO;
+    } else if (nfds != 3) {
+        pipc_set_error("server sent %d file descriptors, expected 3", nfds);
+        err = -EPROTO;
+    }
+    pipc_client *c = NULL;
+    if (!err && !(c = calloc(1, sizeof(*c))))
+        err = -ENOMEM;
+    if (!err) {
+        err = pipc_ring_attach(&c->ring, fds[0]);
+        if (err == -EPROTO)
+            pipc_set_error("server sent a ring that fails validation");
+    }
+    /* Our wake-ups must never block, whatever flags the peer's fds came with. */
+    if (!err && (fcntl(fds[1], F_SETFL, O_NONBLOCK) < 0 || fcntl(fds[2], F_SETFL, O_NONBLOCK) < 0))
+        err = -errno;
+    if (err) {
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        if (c)
+            pipc_ring_destroy(&c->ring);
+        free(c);
+        close(sock);
+        return err;
+    }
+    c->sock = sock;
+    c->memfd = fds[0];
+    c->ev_data = fds[1];
+    c->ev_space = fds[2];
+    c->spin_ns = SPIN_NS;
+    c->generation = current_generation();
+    *out = c;
+    return 0;
+}
+
+static int client_fail(pipc_client *c, int err)
+{
+    if (err == -EPROTO) {
+        c->error = err;
+        pipc_set_error("corrupt ring: the server's positions or descriptors are impossible");
+    }
+    return err;
+}
+
+/* Nothing available right now: end of stream (0), peer gone (-ECONNRESET), or 1 (still open). */
+static int client_idle_state(pipc_client *c)
+{
+    int st = pipc_ring_state(&c->ring);
+    if (st < 0)
+        return client_fail(c, st);
+    long avail = pipc_ring_available(&c->ring); /* after the state's acquire: final if the stream ended */
+    if (avail < 0)
+        return client_fail(c, (int)avail);
+    if (avail > 0)
+        return 2;
+    if (st == PIPC_STATE_END)
+        return 0;
+    if (st == PIPC_STATE_ABORTED || c->peer_gone) {
+        pipc_set_error("server vanished without end of stream");
+        return -ECONNRESET;
+    }
+    return 1;
+}
+
+long pipc_client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int timeout_ms, int busy_poll)
+{
+    if (c->error)
+        return c->error;
+    if (max == 0)
+        return -EINVAL;
+    uint64_t deadline = pipc_deadline(timeout_ms), start = 0;
+    for (unsigned k = 0;; k++) {
+        long n = pipc_ring_take(&c->ring, pk, max);
+        if (n < 0)
+            return client_fail(c, (int)n);
+        if (n > 0) {
+            for (long i = 0; i < n; i++)
+                c->stats.bytes += pk[i].caplen;
+            c->stats.packets += (uint64_t)n;
+            if (start)
+                c->stats.blocked_ns += pipc_now_ns() - start;
+            return n;
+        }
+        int idle = client_idle_state(c);
+        if (idle == 2)
+            continue;
+        if (idle <= 0)
+            return idle;
+        uint64_t now = pipc_now_ns();
+        if (!start)
+            start = now;
+        if (now >= deadline) {
+            c->stats.blocked_ns += now - start;
+            pipc_set_error("no packet arrived within the timeout");
+            return -ETIMEDOUT;
+        }
+        if (busy_poll || now - start < c->spin_ns) {
+            pipc_cpu_relax();
+            if (busy_poll && (k & 0xfff) == 0 && pipc_peer_gone(c->sock))
+                c->peer_gone = 1;
+            continue;
+        }
+        int sleep = pipc_ring_consumer_arm(&c->ring);
+        int r = sleep ? pipc_wait(c->ev_data, c->sock, deadline) : PIPC_WAIT_EVENT;
+        pipc_ring_consumer_disarm(&c->ring);
+        if (r == PIPC_WAIT_PEER) {
+            if (pipc_peer_gone(c->sock))
+                c->peer_gone = 1;
+            else {
+                c->error = -EPROTO;
+                pipc_set_error("unexpected message from the server after the handshake");
+                return -EPROTO;
+            }
+        } else if (r < 0 && r != -ETIMEDOUT) {
+            c->stats.blocked_ns += pipc_now_ns() - start;
+            return r;
+        }
+    }
+}
+
+int pipc_client_receive(pipc_client *c, struct pipc_packet *pk, size_t max, int timeout_ms)
+{
+    if (max > (size_t)0x7fffffff)
+        max = 0x7fffffff;
+    return (int)pipc_client_take(c, pk, max, timeout_ms, 0);
+}
+
+int pipc_client_release_ids(pipc_client *c, uint64_t first, uint64_t n)
+{
+    if (c->generation != fork_generation) /* a forked copy: the ring belongs to the parent */
+        return -EINVAL;
+    if (pipc_ring_release_range(&c->ring, first, n) < 0)
+        return -EINVAL;
+    if (pipc_ring_publish_release(&c->ring) && c->ev_space >= 0)
+        pipc_wake(c->ev_space);
+    return 0;
+}
+
+void pipc_client_release(pipc_client *c, const struct pipc_packet *pk, size_t n)
+{
+    if (c->generation != fork_generation)
+        return;
+    for (size_t i = 0; i < n; i++)
+        pipc_ring_release_one(&c->ring, pk[i].id);
+    if (pipc_ring_publish_release(&c->ring) && c->ev_space >= 0)
+        pipc_wake(c->ev_space);
+}
+
+int pipc_client_fd(const pipc_client *c) { return c->ev_data; }
+int pipc_client_socket(const pipc_client *c) { return c->sock; }
+int pipc_client_ring_fd(const pipc_client *c) { return c->memfd; }
+
+int pipc_client_prepare_wait(pipc_client *c)
+{
+    if (c->error)
+        return 0;
+    if (c->sock >= 0 && !c->peer_gone && pipc_peer_gone(c->sock))
+        c->peer_gone = 1;
+    if (c->peer_gone)
+        return 0;
+    return pipc_ring_consumer_arm(&c->ring);
+}
+
+void pipc_client_finish_wait(pipc_client *c)
+{
+    uint64_t v;
+    pipc_ring_consumer_disarm(&c->ring);
+    if (c->ev_data >= 0 && read(c->ev_data, &v, sizeof(v)) < 0) {
+    }
+}
+
+uint32_t pipc_client_linktype(const pipc_client *c) { return c->ring.linktype; }
+uint32_t pipc_client_snaplen(const pipc_client *c) { return c->ring.snaplen; }
+
+void pipc_client_stats(const pipc_client *c, struct pipc_stats *st)
+{
+    *st = c->stats;
+    const struct pipc_ring *r = &c->ring;
+    if (r->hdr) {
+        st->dropped_packets = pipc_load_relaxed64(&r->hdr->dropped_packets);
+        st->dropped_bytes = pipc_load_relaxed64(&r->hdr->dropped_bytes);
+        uint64_t ws = pipc_load_acquire64(&r->hdr->write_slot);
+        st->ring_used_slots = ws >= r->c_released_slot ? ws - r->c_released_slot : 0;
+        st->ring_used_bytes = r->c_next_payload - r->c_released_payload; /* taken and unreleased */
+    }
+    st->ring_bytes = r->payload_bytes;
+    st->ring_slots = r->slot_count;
+}
+
+void pipc_client_disconnect(pipc_client *c)
+{
+    close_fd(&c->sock);
+    close_fd(&c->ev_data);
+    close_fd(&c->ev_space);
+    close_fd(&c->memfd);
+    if (!c->error)
+        c->error = -EPIPE;
+}
+
+void pipc_client_close(pipc_client *c)
+{
+    if (!c)
+        return;
+    pipc_client_disconnect(c);
+    pipc_ring_destroy(&c->ring);
+    free(c);
+}

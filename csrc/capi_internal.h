@@ -1,0 +1,64 @@
+/*
+ * capi_internal.h - the objects behind the public ABI, and the few extra entry points the Python binding
+ * uses (taking with busy polling, releasing by id range, arming waits for an event loop). Not installed.
+ */
+#ifndef PIPC_CAPI_INTERNAL_H
+#define PIPC_CAPI_INTERNAL_H
+
+#include <limits.h>
+#include <poll.h>
+#include <sys/types.h>
+
+#include "packet_ipc.h"
+#include "ring.h"
+
+#define PIPC_MAX_ALLOWED 16
+
+struct pipc_server {
+    int listen_fd;
+    pid_t creator;
+    struct pipc_server_options opts;
+    char name[108];
+    char dir[108]; /* private directory we created (removed on close), or "" */
+    uid_t uids[PIPC_MAX_ALLOWED];
+    gid_t gids[PIPC_MAX_ALLOWED];
+    int n_uids, n_gids;
+    uint64_t refused, handshake_failures;
+};
+
+struct pipc_conn {
+    int sock, memfd, ev_data, ev_space;
+    struct pipc_ring ring;
+    int overflow;
+    int ended;
+    int error; /* sticky: -ECONNRESET or -EPROTO */
+    uint32_t linktype, snaplen;
+    pid_t peer_pid;
+    unsigned generation; /* fork generation that created it */
+    uint64_t last_alive_check_ns;
+    struct pipc_stats stats;
+};
+
+struct pipc_client {
+    int sock, memfd, ev_data, ev_space;
+    struct pipc_ring ring;
+    int error; /* sticky: -EPROTO, or -EPIPE once disconnected */
+    int peer_gone;
+    unsigned generation;
+    uint64_t spin_ns;
+    struct pipc_stats stats;
+};
+
+int pipc_server_allow_peer(pipc_server *server, int64_t uid, int64_t gid);
+long pipc_client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int timeout_ms, int busy_poll);
+int pipc_client_release_ids(pipc_client *c, uint64_t first, uint64_t n);
+int pipc_client_socket(const pipc_client *c);
+int pipc_client_ring_fd(const pipc_client *c);
+void pipc_client_finish_wait(pipc_client *c);
+void pipc_client_disconnect(pipc_client *c);
+int pipc_conn_fd(const pipc_conn *c);
+int pipc_conn_socket(const pipc_conn *c);
+int pipc_conn_prepare_wait(pipc_conn *c, uint64_t need_bytes);
+void pipc_conn_finish_wait(pipc_conn *c);
+
+#endif

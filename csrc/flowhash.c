@@ -1,0 +1,351 @@
+/*
+ * flowhash.c - flow key parsing and the symmetric flow hash (see flowhash.h).
+ *
+ * Rules, chosen so that both directions of a flow, and every piece of one datagram, meet in one worker:
+ *
+ * - Key: family, IP protocol, (address, port) of source and destination. TCP (6), UDP (17) and SCTP
+ *   (132) give ports; every other protocol is keyed by address pair + protocol, ports 0.
+ * - Symmetry: the two (address, port) endpoints are put in canonical order (address bytes compared
+ *   first, then port) before hashing, so A->B and B->A hash the same words.
+ * - Fragments are hashed by address pair + protocol only (ports 0), first fragment included, because
+ *   only the first fragment carries the ports: this is what keeps every fragment of a datagram on one
+ *   worker. The price: fragments of a UDP (or TCP/SCTP) flow may go to a different worker than the
+ *   unfragmented packets of the same flow (which are hashed with their ports). A worker that needs the
+ *   whole flow must reassemble and re-dispatch, or the sender must avoid fragmentation. For protocols
+ *   without ports (ICMP, GRE, ESP, ...) fragments and whole packets agree, since is_fragment is not hashed.
+ *   IPv4 fragment: MF set or offset != 0. IPv6: a Fragment header with M set or offset != 0; an "atomic
+ *   fragment" (Fragment header with M = 0 and offset 0, RFC 6946) is a whole datagram, so the parser
+ *   walks past it to the ports, the same rule as for IPv4. For an IPv6 fragment, proto is the Fragment
+ *   header's Next Header, which is the same in every fragment of a datagram.
+ * - IPv6 extension headers skipped: hop-by-hop (0), routing (43), fragment (44, see above),
+ *   destination options (60), AH (51). ESP (50) and anything else ends the walk and is the proto.
+ * - Cut-short packets: once the fixed IPv4 (20 bytes + options) or IPv6 (40 bytes) header is complete, a
+ *   key is returned. If caplen ends inside an extension header, proto is the Next Header value that could
+ *   not be walked, ports 0; if it ends before 4 bytes of TCP/UDP/SCTP header, ports are 0. The IP length
+ *   field (when nonzero and shorter than what was captured) bounds the walk, so Ethernet padding is never
+ *   read as ports; a zero length (TSO, jumbogram) means "up to caplen".
+ * - Not IP (or IP header cut short, or unknown linktype): Ethernet hashes the unordered pair of MAC
+ *   addresses; everything else hashes to 0.
+ * - Hash: the canonical key as 64-bit words, assembled byte by byte (so the result does not depend on
+ *   host byte order), each folded in with the murmur3 64-bit finalizer; fixed constants, no seed.
+ */
+#include "flowhash.h"
+
+#include <string.h>
+
+#define LINKTYPE_NULL 0
+#define LINKTYPE_ETHERNET 1
+#define LINKTYPE_RAW_12 12 /* DLT_RAW on some BSDs, written as is into old pcap files */
+#define LINKTYPE_RAW_14 14 /* DLT_RAW on other BSDs / old Linux */
+#define LINKTYPE_RAW 101
+#define LINKTYPE_LOOP 108
+#define LINKTYPE_LINUX_SLL 113
+#define LINKTYPE_IPV4 228
+#define LINKTYPE_IPV6 229
+#define LINKTYPE_LINUX_SLL2 276
+
+#define ETHERTYPE_IPV4 0x0800
+#define ETHERTYPE_IPV6 0x86DD
+#define ETHERTYPE_8021Q 0x8100
+#define ETHERTYPE_8021AD 0x88A8
+#define ETHERTYPE_QINQ_OLD 0x9100
+
+#define ETH_HDR_BYTES 14
+#define VLAN_TAG_BYTES 4
+#define SLL_HDR_BYTES 16
+#define SLL2_HDR_BYTES 20
+#define NULL_HDR_BYTES 4
+#define IPV4_MIN_HDR_BYTES 20
+#define IPV6_HDR_BYTES 40
+#define IPV6_FRAG_HDR_BYTES 8
+#define PORTS_BYTES 4
+
+#define PROTO_HOPOPTS 0
+#define PROTO_TCP 6
+#define PROTO_UDP 17
+#define PROTO_ROUTING 43
+#define PROTO_FRAGMENT 44
+#define PROTO_AH 51
+#define PROTO_DSTOPTS 60
+#define PROTO_SCTP 132
+
+static uint16_t read_be16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+
+static uint32_t read_be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static uint64_t read_le_bytes(const uint8_t *p, size_t n)
+{
+    uint64_t v = 0;
+    for (size_t i = n; i-- > 0;)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* Ports of TCP/UDP/SCTP (all three start with source port, destination port). `l4` and `end` are
+ * offsets with l4 <= end <= caplen. */
+static void parse_ports(const uint8_t *d, uint32_t l4, uint32_t end, struct pipc_flow_key *key)
+{
+    if (key->proto != PROTO_TCP && key->proto != PROTO_UDP && key->proto != PROTO_SCTP)
+        return;
+    /* stops: a transport header cut short by caplen or by the IP length (ports stay 0) */
+    if (end - l4 < PORTS_BYTES)
+        return;
+    key->port_a = read_be16(d + l4);
+    key->port_b = read_be16(d + l4 + 2);
+}
+
+/* IPv4 header at d + off, off <= caplen. */
+static int parse_ipv4(const uint8_t *d, uint32_t off, uint32_t caplen, struct pipc_flow_key *key)
+{
+    const uint8_t *ip = d + off;
+    /* stops: a packet cut short inside the fixed 20-byte header */
+    if (caplen - off < IPV4_MIN_HDR_BYTES)
+        return -1;
+    /* stops: an IPv6 (or garbage) header behind an IPv4 ethertype / family */
+    if ((ip[0] >> 4) != 4)
+        return -1;
+    uint32_t ihl = (uint32_t)(ip[0] & 0x0F) * 4;
+    /* stops: IHL < 5, which would put the transport header inside the IP header */
+    if (ihl < IPV4_MIN_HDR_BYTES)
+        return -1;
+    /* stops: IHL pointing past caplen (options cut short) */
+    if (caplen - off < ihl)
+        return -1;
+
+    key->family = 4;
+    key->proto = ip[9];
+    memcpy(key->addr_a, ip + 12, 4);
+    memcpy(key->addr_b, ip + 16, 4);
+
+    uint16_t frag = read_be16(ip + 6);
+    if ((frag & 0x2000) || (frag & 0x1FFF)) { /* MF set, or offset != 0 */
+        key->is_fragment = 1;
+        return 0;
+    }
+    uint32_t end = caplen;
+    uint32_t total = read_be16(ip + 2);
+    /* stops: Ethernet padding after a short datagram being read as ports; a total length shorter than
+     * the header leaves no transport bytes (end < l4 is mapped to end = l4); 0 (TSO) means caplen */
+    if (total != 0 && total < caplen - off)
+        end = off + (total > ihl ? total : ihl);
+    parse_ports(d, off + ihl, end, key);
+    return 0;
+}
+
+/* IPv6 header at d + off, off <= caplen. */
+static int parse_ipv6(const uint8_t *d, uint32_t off, uint32_t caplen, struct pipc_flow_key *key)
+{
+    const uint8_t *ip = d + off;
+    /* stops: a packet cut short inside the fixed 40-byte header */
+    if (caplen - off < IPV6_HDR_BYTES)
+        return -1;
+    /* stops: an IPv4 (or garbage) header behind an IPv6 ethertype / family */
+    if ((ip[0] >> 4) != 6)
+        return -1;
+
+    key->family = 6;
+    memcpy(key->addr_a, ip + 8, 16);
+    memcpy(key->addr_b, ip + 24, 16);
+
+    uint32_t cur = off + IPV6_HDR_BYTES;
+    uint32_t end = caplen;
+    uint32_t payload = read_be16(ip + 4);
+    /* stops: Ethernet padding after a short datagram being walked as headers; 0 (jumbogram, TSO)
+     * means caplen */
+    if (payload != 0 && payload < caplen - cur)
+        end = cur + payload;
+
+    uint8_t next = ip[6];
+    /* Every pass advances cur by >= 8 bytes and checks it against end, so the walk ends after at most
+     * caplen / 8 headers however the chain is crafted (no loop on a header pointing to itself). */
+    for (;;) {
+        uint32_t len;
+        if (next == PROTO_HOPOPTS || next == PROTO_ROUTING || next == PROTO_DSTOPTS || next == PROTO_AH) {
+            /* stops: a packet cut short before the Next Header / length bytes */
+            if (end - cur < 2)
+                break;
+            if (next == PROTO_AH)
+                len = ((uint32_t)d[cur + 1] + 2) * 4; /* RFC 4302: 4-octet units, minus 2 */
+            else
+                len = ((uint32_t)d[cur + 1] + 1) * 8; /* RFC 8200: 8-octet units, minus 1 */
+        } else if (next == PROTO_FRAGMENT) {
+            len = IPV6_FRAG_HDR_BYTES;
+        } else {
+            key->proto = next;
+            parse_ports(d, cur, end, key);
+            return 0;
+        }
+        /* stops: a header length pointing past caplen or past the payload length */
+        if (end - cur < len)
+            break;
+        if (next == PROTO_FRAGMENT) {
+            uint16_t frag = read_be16(d + cur + 2);
+            if ((frag & 0xFFF8) || (frag & 1)) { /* offset != 0, or M set; else atomic (RFC 6946) */
+                key->proto = d[cur];
+                key->is_fragment = 1;
+                return 0;
+            }
+        }
+        next = d[cur];
+        cur += len;
+    }
+    key->proto = next; /* cut short inside the extension header chain: ports stay 0 */
+    return 0;
+}
+
+/* Dispatch on an ethertype found at d + off - 2, skipping VLAN tags; off <= caplen. */
+static int parse_ethertype(const uint8_t *d, uint32_t off, uint32_t caplen, uint16_t type,
+                           struct pipc_flow_key *key)
+{
+    /* Each tag consumes 4 bytes, so the number of tags is bounded by caplen. */
+    while (type == ETHERTYPE_8021Q || type == ETHERTYPE_8021AD || type == ETHERTYPE_QINQ_OLD) {
+        /* stops: a frame cut short inside a VLAN tag (and endless tag stacks) */
+        if (caplen - off < VLAN_TAG_BYTES)
+            return -1;
+        type = read_be16(d + off + 2);
+        off += VLAN_TAG_BYTES;
+    }
+    if (type == ETHERTYPE_IPV4)
+        return parse_ipv4(d, off, caplen, key);
+    if (type == ETHERTYPE_IPV6)
+        return parse_ipv6(d, off, caplen, key);
+    return -1;
+}
+
+/* IP header of either version at d + off, told apart by the version nibble; off <= caplen. */
+static int parse_ip_any(const uint8_t *d, uint32_t off, uint32_t caplen, struct pipc_flow_key *key)
+{
+    /* stops: an empty packet (no version nibble to read) */
+    if (caplen - off < 1)
+        return -1;
+    switch (d[off] >> 4) {
+    case 4: return parse_ipv4(d, off, caplen, key);
+    case 6: return parse_ipv6(d, off, caplen, key);
+    default: return -1;
+    }
+}
+
+/* NULL / LOOP: 4-byte address family, in the capturing host's byte order (NULL) or network order
+ * (LOOP, though some writers get it wrong, so both orders are accepted for both link types). */
+static int parse_null(const uint8_t *d, uint32_t caplen, struct pipc_flow_key *key)
+{
+    /* stops: a packet shorter than the family header */
+    if (caplen < NULL_HDR_BYTES)
+        return -1;
+    uint32_t family = read_be32(d);
+    if (family > 0xFFFF) /* a small number written little endian */
+        family = (uint32_t)read_le_bytes(d, 4);
+    switch (family) {
+    case 2: return parse_ipv4(d, NULL_HDR_BYTES, caplen, key);  /* AF_INET everywhere */
+    case 10: case 24: case 28: case 30:  /* AF_INET6: Linux, NetBSD/OpenBSD, FreeBSD, Darwin */
+        return parse_ipv6(d, NULL_HDR_BYTES, caplen, key);
+    default: return -1;
+    }
+}
+
+int pipc_flow_key_parse(uint32_t linktype, const uint8_t *data, uint32_t caplen, struct pipc_flow_key *key)
+{
+    int rc = -1;
+    memset(key, 0, sizeof *key);
+    /* stops: a NULL data pointer passed with a nonzero caplen by a careless caller */
+    if (data == NULL)
+        return -1;
+    switch (linktype) {
+    case LINKTYPE_ETHERNET:
+        /* stops: a frame shorter than the Ethernet header */
+        if (caplen >= ETH_HDR_BYTES)
+            rc = parse_ethertype(data, ETH_HDR_BYTES, caplen, read_be16(data + 12), key);
+        break;
+    case LINKTYPE_LINUX_SLL:
+        /* stops: a packet shorter than the SLL header (protocol at offset 14) */
+        if (caplen >= SLL_HDR_BYTES)
+            rc = parse_ethertype(data, SLL_HDR_BYTES, caplen, read_be16(data + 14), key);
+        break;
+    case LINKTYPE_LINUX_SLL2:
+        /* stops: a packet shorter than the SLL2 header (protocol at offset 0) */
+        if (caplen >= SLL2_HDR_BYTES)
+            rc = parse_ethertype(data, SLL2_HDR_BYTES, caplen, read_be16(data), key);
+        break;
+    case LINKTYPE_RAW: case LINKTYPE_RAW_12: case LINKTYPE_RAW_14:
+        rc = parse_ip_any(data, 0, caplen, key);
+        break;
+    case LINKTYPE_IPV4: rc = parse_ipv4(data, 0, caplen, key); break;
+    case LINKTYPE_IPV6: rc = parse_ipv6(data, 0, caplen, key); break;
+    case LINKTYPE_NULL: case LINKTYPE_LOOP: rc = parse_null(data, caplen, key); break;
+    default: break;
+    }
+    if (rc != 0)
+        memset(key, 0, sizeof *key); /* no half-filled key on failure */
+    return rc;
+}
+
+/* murmur3 fmix64: a bijection of 64-bit words with full avalanche. */
+static uint64_t fmix64(uint64_t k)
+{
+    k ^= k >> 33;
+    k *= UINT64_C(0xff51afd7ed558ccd);
+    k ^= k >> 33;
+    k *= UINT64_C(0xc4ceb9fe1a85ec53);
+    k ^= k >> 33;
+    return k;
+}
+
+static uint32_t fold32(uint64_t h) { return (uint32_t)(h ^ (h >> 32)); }
+
+static uint32_t hash_key(const struct pipc_flow_key *key)
+{
+    const uint8_t *lo = key->addr_a, *hi = key->addr_b;
+    uint16_t lo_port = key->port_a, hi_port = key->port_b;
+    int order = memcmp(key->addr_a, key->addr_b, sizeof key->addr_a);
+    if (order > 0 || (order == 0 && key->port_a > key->port_b)) {
+        lo = key->addr_b;
+        hi = key->addr_a;
+        lo_port = key->port_b;
+        hi_port = key->port_a;
+    }
+    /* Fragments carry ports 0 already; is_fragment itself is not hashed (see the top of this file). */
+    uint64_t meta = (uint64_t)key->family | ((uint64_t)key->proto << 8) | ((uint64_t)lo_port << 16) |
+                    ((uint64_t)hi_port << 32);
+    uint64_t h = UINT64_C(0x9e3779b97f4a7c15); /* nonzero start: fmix64(0) == 0 */
+    if (key->family == 4) {
+        h = fmix64(h ^ (read_le_bytes(lo, 4) | (read_le_bytes(hi, 4) << 32)));
+    } else {
+        h = fmix64(h ^ read_le_bytes(lo, 8));
+        h = fmix64(h ^ read_le_bytes(lo + 8, 8));
+        h = fmix64(h ^ read_le_bytes(hi, 8));
+        h = fmix64(h ^ read_le_bytes(hi + 8, 8));
+    }
+    return fold32(fmix64(h ^ meta));
+}
+
+/* Non-IP Ethernet: the unordered pair of MAC addresses (destination at 0, source at 6). */
+static uint32_t hash_macs(const uint8_t *d, uint32_t caplen)
+{
+    /* stops: a frame too short to hold both addresses */
+    if (d == NULL || caplen < 12)
+        return 0;
+    uint64_t x = read_le_bytes(d, 6), y = read_le_bytes(d + 6, 6);
+    uint64_t lo = x < y ? x : y, hi = x < y ? y : x;
+    uint64_t h = fmix64(UINT64_C(0x2545f4914f6cdd1d) ^ lo); /* distinct start from the IP hash */
+    return fold32(fmix64(h ^ hi));
+}
+
+uint32_t pipc_flow_hash(uint32_t linktype, const uint8_t *data, uint32_t caplen)
+{
+    struct pipc_flow_key key;
+    if (pipc_flow_key_parse(linktype, data, caplen, &key) == 0)
+        return hash_key(&key);
+    if (linktype == LINKTYPE_ETHERNET)
+        return hash_macs(data, caplen);
+    return 0;
+}
+
+void pipc_flow_hash_batch(uint32_t linktype, const uint8_t *const *data, const uint32_t *caplen, size_t n,
+                          uint32_t *out)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = pipc_flow_hash(linktype, data[i], caplen[i]);
+}

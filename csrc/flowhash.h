@@ -1,0 +1,56 @@
+/*
+ * flowhash.h - the symmetric flow hash behind the "flow" distribution policy: both directions of a
+ * flow (A->B and B->A) hash to the same value, so they reach the same worker. Plain C11, no allocation,
+ * no global state, no seed: the same packet gives the same hash in every process on every machine.
+ *
+ * Link types understood (pcap LINKTYPE_ values): 0 NULL and 108 LOOP (4-byte address family header),
+ * 1 Ethernet (any number of 802.1Q / 802.1ad / 0x9100 tags), 12, 14 and 101 raw IP (version nibble),
+ * 228 raw IPv4, 229 raw IPv6, 113 Linux SLL, 276 Linux SLL2. See flowhash.c for the exact rules
+ * (fragments, truncated headers, non-IP packets).
+ */
+#ifndef PIPC_FLOWHASH_H
+#define PIPC_FLOWHASH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct pipc_flow_key {
+    uint8_t family;                  /* 0 = not IP (see pipc_flow_hash for what is hashed then), 4 or 6 */
+    uint8_t proto;                   /* IP protocol number of the transport header found (after IPv6
+                                        extension headers), 0 if none */
+    uint16_t port_a, port_b;         /* host byte order; 0 when no ports (non TCP/UDP/SCTP, non-first or
+                                        any fragment, or transport header cut short by caplen) */
+    uint8_t addr_a[16], addr_b[16];  /* IPv4 uses the first 4 bytes; rest zero */
+    uint8_t is_fragment;             /* 1 if IPv4/IPv6 fragment (then ports are 0 and hashing is by
+                                        address pair + proto) */
+};
+
+/*
+ * Parses the packet `data` (caplen bytes) of pcap link type `linktype` and fills *key with its flow key
+ * as seen, not normalised: a = source, b = destination.
+ * Returns 0 if an IP flow key was found (the fixed IPv4/IPv6 header is complete), -1 otherwise (not IP,
+ * IP header cut short, unknown linktype); on -1 *key is all zero. Never reads past data[caplen - 1].
+ */
+int pipc_flow_key_parse(uint32_t linktype, const uint8_t *data, uint32_t caplen, struct pipc_flow_key *key);
+
+/*
+ * Symmetric hash: pipc_flow_hash(A->B) == pipc_flow_hash(B->A). IP packets hash their canonical key
+ * (family, proto, ordered address/port pairs; ports are 0 for fragments). Non-IP Ethernet frames hash
+ * the unordered pair of MAC addresses (so ARP between two hosts stays together); any other non-IP
+ * packet, or an unknown linktype, hashes to 0.
+ */
+uint32_t pipc_flow_hash(uint32_t linktype, const uint8_t *data, uint32_t caplen);
+
+/* Batch form: out[i] = pipc_flow_hash(linktype, data[i], caplen[i]) for i < n. */
+void pipc_flow_hash_batch(uint32_t linktype, const uint8_t *const *data, const uint32_t *caplen, size_t n,
+                          uint32_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PIPC_FLOWHASH_H */

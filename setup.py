@@ -1,0 +1,69 @@
+"""Build of the C core: the CPython extension ``packet_ipc._core`` and the C library ``libpacketipc.so``.
+
+Both compile the same ``csrc/`` sources. The library and the public header are shipped inside the package
+(``packet_ipc/lib``, ``packet_ipc/include``). ``PACKET_IPC_SANITIZE=address,undefined`` builds with sanitizers.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).parent
+CORE = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.c"))
+CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"]
+LDFLAGS: list[str] = []
+if os.environ.get("PACKET_IPC_SANITIZE"):
+    san = os.environ["PACKET_IPC_SANITIZE"]
+    CFLAGS += [f"-fsanitize={san}", "-fno-omit-frame-pointer", "-g"]
+    LDFLAGS += [f"-fsanitize={san}"]
+
+LIBNAME = "packet_ipc.lib.libpacketipc"
+
+
+class BuildExt(build_ext):
+    """Names the C library plainly (libpacketipc.so) and exports only the public pipc_ symbols from it."""
+
+    def get_ext_fullpath(self, ext_name: str) -> str:
+        path = super().get_ext_fullpath(ext_name)
+        if ext_name == LIBNAME:
+            return os.path.join(os.path.dirname(path), "libpacketipc.so")
+        return path
+
+    def get_export_symbols(self, ext: Extension) -> list[str]:
+        return [] if ext.name == LIBNAME else super().get_export_symbols(ext)
+
+
+class BuildPy(build_py):
+    """Ships the public header inside the package (packet_ipc/include/packet_ipc.h)."""
+
+    def run(self) -> None:
+        super().run()
+        dst = Path(self.build_lib) / "packet_ipc" / "include"
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / "include" / "packet_ipc.h", dst / "packet_ipc.h")
+
+
+setup(
+    ext_modules=[
+        Extension(
+            "packet_ipc._core",
+            sources=CORE + ["src/packet_ipc/_core.c"],
+            include_dirs=["include", "csrc"],
+            extra_compile_args=CFLAGS,
+            extra_link_args=LDFLAGS,
+        ),
+        Extension(
+            LIBNAME,
+            sources=CORE,
+            include_dirs=["include", "csrc"],
+            define_macros=[("PIPC_BUILD_SHARED", "1")],
+            extra_compile_args=CFLAGS,
+            extra_link_args=LDFLAGS + ["-Wl,-soname,libpacketipc.so.1"],
+        ),
+    ],
+    cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
+)

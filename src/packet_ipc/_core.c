@@ -1,0 +1,1595 @@
+/*
+ * _core.c - the thin CPython binding over csrc/ (the same code as libpacketipc.so).
+ *
+ * Types: Packet (owned data, or a view of a received packet in the ring), _Lease (one received region of a
+ * ring: returns its space when the last object viewing it is gone, so no use-after-free is possible),
+ * PacketBatch (columnar), Server, Connection, Client. Blocking calls release the GIL and retry on EINTR
+ * after PyErr_CheckSignals(). Errors are the classes of packet_ipc.errors (OSError subclasses with errno).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#include "capi_internal.h"
+#include "flowhash.h"
+#include "packet_ipc.h"
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* module state and errors */
+
+typedef struct {
+    PyObject *PacketIpcError, *ConnectError, *ConnectionLostError, *ProtocolError, *TimeoutError,
+        *PermissionDeniedError, *ClosedError;
+    PyTypeObject *PacketType, *LeaseType, *BatchType, *ServerType, *ConnectionType, *ClientType;
+} core_state;
+
+static struct PyModuleDef core_module;
+
+static core_state *state_of_type(PyTypeObject *tp) { return (core_state *)PyType_GetModuleState(tp); }
+
+/* Raises the packet_ipc.errors class for a negative error code; `during` is "connect", "accept" or NULL. */
+static PyObject *raise_code(core_state *st, int code, const char *during)
+{
+    int e = code < 0 ? -code : code;
+    const char *detail = pipc_last_error();
+    char msg[400];
+    snprintf(msg, sizeof(msg), "%s", detail && *detail ? detail : pipc_strerror(code));
+    PyObject *cls;
+    switch (e) {
+    case ETIMEDOUT: cls = st->TimeoutError; break;
+    case EPROTO: cls = st->ProtocolError; break;
+    case EACCES:
+    case EPERM: cls = st->PermissionDeniedError; break;
+    case EMSGSIZE: PyErr_SetString(PyExc_ValueError, msg); return NULL;
+    case ENAMETOOLONG: PyErr_SetString(PyExc_ValueError, msg); return NULL;
+    case EINVAL: PyErr_SetString(PyExc_ValueError, msg); return NULL;
+    case ENOMEM: return PyErr_NoMemory();
+    case EPIPE: cls = st->ClosedError; break;
+    case ECONNRESET: cls = during ? st->ConnectError : st->ConnectionLostError; break;
+    case ENOENT:
+    case ECONNREFUSED: cls = during ? st->ConnectError : st->ConnectionLostError; break;
+    default: cls = (during && strcmp(during, "connect") == 0) ? st->ConnectError : st->PacketIpcError; break;
+    }
+    PyObject *args = Py_BuildValue("(is)", e, msg);
+    if (args) {
+        PyErr_SetObject(cls, args);
+        Py_DECREF(args);
+    }
+    return NULL;
+}
+
+/* seconds (float/int/None) -> ms for the C API; -1 = forever */
+static int timeout_ms_from(PyObject *o, int *ms)
+{
+    if (o == NULL || o == Py_None) {
+        *ms = -1;
+        return 0;
+    }
+    double s = PyFloat_AsDouble(o);
+    if (s == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(s >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be None or a number of seconds >= 0");
+        return -1;
+    }
+    double m = s * 1000.0;
+    *ms = m > 2e9 ? 2000000000 : (int)(m + 0.999);
+    return 0;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static int remaining(uint64_t deadline)
+{
+    if (deadline == UINT64_MAX)
+        return -1;
+    uint64_t now = mono_ns();
+    return now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* _Lease: one received region [first, first + n) of a client's ring */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *client; /* ClientObject: keeps the mapping alive */
+    uint64_t first, n;
+    const uint8_t *data;
+    Py_ssize_t nbytes;
+} LeaseObject;
+
+typedef struct {
+    PyObject_HEAD
+    pipc_client *c;
+    int busy_poll;
+    struct pipc_packet *scratch;
+    size_t scratch_len;
+} ClientObject;
+
+static void lease_dealloc(LeaseObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    ClientObject *cl = (ClientObject *)self->client;
+    if (cl && cl->c && self->n)
+        pipc_client_release_ids(cl->c, self->first, self->n);
+    Py_XDECREF(self->client);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int lease_getbuffer(LeaseObject *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, (void *)self->data, self->nbytes, 1, flags);
+}
+
+static PyType_Slot lease_slots[] = {
+    {Py_tp_dealloc, lease_dealloc},
+    {Py_bf_getbuffer, lease_getbuffer},
+    {Py_tp_doc, "A received region of a ring; its space returns to the server when the last view is gone."},
+    {0, NULL},
+};
+static PyType_Spec lease_spec = {"packet_ipc._core._Lease", sizeof(LeaseObject), 0,
+                                 Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, lease_slots};
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Packet */
+
+typedef struct {
+    PyObject_HEAD
+    uint64_t ts;
+    uint32_t orig_len, linktype, ifindex, caplen;
+    PyObject *owner;   /* owned: the data object; view: the _Lease or a PacketBatch's data owner */
+    const uint8_t *ptr; /* view: the bytes (NULL for owned) */
+} PacketObject;
+
+static PyObject *packet_new_view(core_state *st, PyObject *owner, const struct pipc_packet *p)
+{
+    PacketObject *o = PyObject_New(PacketObject, st->PacketType);
+    if (!o)
+        return NULL;
+    o->ts = p->ts_ns;
+    o->orig_len = p->origlen;
+    o->linktype = p->linktype;
+    o->ifindex = p->ifindex;
+    o->caplen = p->caplen;
+    o->ptr = p->data;
+    Py_INCREF(owner);
+    o->owner = owner;
+    return (PyObject *)o;
+}
+
+static PyObject *packet_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"timestamp", "data", "orig_len", "linktype", "ifindex", NULL};
+    PyObject *ts, *data, *orig = Py_None;
+    unsigned int linktype = 0, ifindex = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OII:Packet", kwlist, &ts, &data, &orig, &linktype, &ifindex))
+        return NULL;
+    if (!PyLong_Check(ts)) {
+        PyErr_Format(PyExc_TypeError, "timestamp must be an int (ns since the Unix epoch), not %.100s",
+                     Py_TYPE(ts)->tp_name);
+        return NULL;
+    }
+    uint64_t t = PyLong_AsUnsignedLongLong(ts);
+    if (t == (uint64_t)-1 && PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "timestamp must be an int in [0, 2**64)");
+        return NULL;
+    }
+    Py_buffer v;
+    if (PyObject_GetBuffer(data, &v, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError, "data must support the buffer protocol, not %.100s", Py_TYPE(data)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t len = v.len;
+    PyBuffer_Release(&v);
+    if (len > (Py_ssize_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "data longer than 4 GiB");
+        return NULL;
+    }
+    unsigned long ol = (unsigned long)len;
+    if (orig != Py_None) {
+        ol = PyLong_AsUnsignedLong(orig);
+        if (ol == (unsigned long)-1 && PyErr_Occurred())
+            return NULL;
+        if (ol > UINT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "orig_len must fit in 32 bits");
+            return NULL;
+        }
+    }
+    PacketObject *o = (PacketObject *)tp->tp_alloc(tp, 0);
+    if (!o)
+        return NULL;
+    o->ts = t;
+    o->orig_len = (uint32_t)ol;
+    o->caplen = (uint32_t)len;
+    o->linktype = linktype;
+    o->ifindex = ifindex;
+    o->ptr = NULL;
+    Py_INCREF(data);
+    o->owner = data;
+    return (PyObject *)o;
+}
+
+static void packet_dealloc(PacketObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_XDECREF(self->owner);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int packet_getbuffer(PacketObject *self, Py_buffer *view, int flags)
+{
+    if (!self->ptr) /* owned: the data object exports its own buffer */
+        return PyObject_GetBuffer(self->owner, view, flags);
+    return PyBuffer_FillInfo(view, (PyObject *)self, (void *)self->ptr, self->caplen, 1, flags);
+}
+
+static PyObject *packet_get_data(PacketObject *self, void *c)
+{
+    (void)c;
+    if (!self->ptr) {
+        Py_INCREF(self->owner);
+        return self->owner;
+    }
+    return PyMemoryView_FromObject((PyObject *)self);
+}
+
+static PyObject *packet_get_ts(PacketObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLongLong(self->ts);
+}
+static PyObject *packet_get_orig(PacketObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLong(self->orig_len);
+}
+static PyObject *packet_get_caplen(PacketObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLong(self->caplen);
+}
+static PyObject *packet_get_linktype(PacketObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLong(self->linktype);
+}
+static PyObject *packet_get_ifindex(PacketObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromUnsignedLong(self->ifindex);
+}
+
+static PyObject *packet_bytes(PacketObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->ptr)
+        return PyBytes_FromStringAndSize((const char *)self->ptr, self->caplen);
+    return PyBytes_FromObject(self->owner);
+}
+
+static PyObject *packet_reduce(PacketObject *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *data = packet_bytes(self, NULL);
+    if (!data)
+        return NULL;
+    PyObject *r = Py_BuildValue("O(KNkkk)", (PyObject *)Py_TYPE(self), (unsigned long long)self->ts, data,
+                                (unsigned long)self->orig_len, (unsigned long)self->linktype,
+                                (unsigned long)self->ifindex);
+    return r;
+}
+
+static PyObject *packet_repr(PacketObject *self)
+{
+    return PyUnicode_FromFormat("Packet(timestamp=%llu, caplen=%u, orig_len=%u, linktype=%u)",
+                                (unsigned long long)self->ts, self->caplen, self->orig_len, self->linktype);
+}
+
+static PyObject *packet_richcompare(PyObject *a, PyObject *b, int op)
+{
+    if ((op != Py_EQ && op != Py_NE) || Py_TYPE(b) != Py_TYPE(a))
+        Py_RETURN_NOTIMPLEMENTED;
+    PacketObject *x = (PacketObject *)a, *y = (PacketObject *)b;
+    int eq = x->ts == y->ts && x->orig_len == y->orig_len && x->caplen == y->caplen;
+    if (eq) {
+        Py_buffer va, vb;
+        if (PyObject_GetBuffer(a, &va, PyBUF_SIMPLE) < 0)
+            return NULL;
+        if (PyObject_GetBuffer(b, &vb, PyBUF_SIMPLE) < 0) {
+            PyBuffer_Release(&va);
+            return NULL;
+        }
+        eq = va.len == vb.len && memcmp(va.buf, vb.buf, (size_t)va.len) == 0;
+        PyBuffer_Release(&va);
+        PyBuffer_Release(&vb);
+    }
+    if (op == Py_NE)
+        eq = !eq;
+    return PyBool_FromLong(eq);
+}
+
+static PyGetSetDef packet_getset[] = {
+    {"timestamp", (getter)packet_get_ts, NULL, "Capture time, int nanoseconds since the Unix epoch.", NULL},
+    {"data", (getter)packet_get_data, NULL,
+     "The captured bytes. For a received packet a read-only memoryview into the shared ring (no copy), valid "
+     "as long as this packet or any view of it is alive.",
+     NULL},
+    {"orig_len", (getter)packet_get_orig, NULL, "Length on the wire (>= caplen when the capture was truncated).", NULL},
+    {"caplen", (getter)packet_get_caplen, NULL, "Number of captured bytes (len(data)).", NULL},
+    {"linktype", (getter)packet_get_linktype, NULL, "pcap LINKTYPE_* of the packet (0 when unset on send).", NULL},
+    {"ifindex", (getter)packet_get_ifindex, NULL, "Capture interface index (0 if unknown).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef packet_methods[] = {
+    {"tobytes", (PyCFunction)packet_bytes, METH_NOARGS, "A copy of the data as bytes (outlives the ring space)."},
+    {"__reduce__", (PyCFunction)packet_reduce, METH_NOARGS, "Pickles as an owned packet (the data is copied)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static Py_ssize_t packet_len(PacketObject *self) { return self->caplen; }
+
+static PyType_Slot packet_slots[] = {
+    {Py_tp_new, packet_new},
+    {Py_tp_dealloc, packet_dealloc},
+    {Py_tp_getset, packet_getset},
+    {Py_tp_methods, packet_methods},
+    {Py_tp_repr, packet_repr},
+    {Py_tp_richcompare, packet_richcompare},
+    {Py_bf_getbuffer, packet_getbuffer},
+    {Py_sq_length, packet_len},
+    {Py_tp_doc, "Packet(timestamp, data, orig_len=None, linktype=0, ifindex=0)\n\n"
+                "One packet: timestamp (int ns since the Unix epoch), data (any buffer), orig_len (wire length, "
+                "default len(data)). Received packets view the shared ring without a copy; the ring space is "
+                "returned when the last packet (and view) of its batch is gone."},
+    {0, NULL},
+};
+static PyType_Spec packet_spec = {"packet_ipc.Packet", sizeof(PacketObject), 0,
+                                  Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE, packet_slots};
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* PacketBatch: columns in one bytes object (ts u64 | offsets u64 | caplen u32 | origlen u32 | linktype u32 |
+ * ifindex u32, each n long); data viewed through `owner` (a _Lease, a bytes, or a memoryview export). */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t n;
+    PyObject *columns; /* bytes, 32 * n */
+    uint64_t *ts, *offsets;
+    uint32_t *caplen, *origlen, *linktype, *ifindex;
+    PyObject *owner; /* the _Lease (received), a bytes (from_packets) or a memoryview holding an export of the
+                        caller's buffer (from_buffers); packets taken from the batch hold it too. NULL once released */
+    const uint8_t *data;
+    Py_ssize_t nbytes;
+} BatchObject;
+
+static BatchObject *batch_alloc(core_state *st, Py_ssize_t n)
+{
+    BatchObject *b = (BatchObject *)st->BatchType->tp_alloc(st->BatchType, 0);
+    if (!b)
+        return NULL;
+    b->n = n;
+    b->columns = PyBytes_FromStringAndSize(NULL, n ? 32 * n : 0);
+    if (!b->columns) {
+        Py_DECREF(b);
+        return NULL;
+    }
+    char *base = PyBytes_AS_STRING(b->columns);
+    b->ts = (uint64_t *)base;
+    b->offsets = (uint64_t *)(base + 8 * n);
+    b->caplen = (uint32_t *)(base + 16 * n);
+    b->origlen = (uint32_t *)(base + 20 * n);
+    b->linktype = (uint32_t *)(base + 24 * n);
+    b->ifindex = (uint32_t *)(base + 28 * n);
+    return b;
+}
+
+static void batch_drop(BatchObject *b)
+{
+    Py_CLEAR(b->owner);
+    b->data = NULL;
+}
+
+static void batch_dealloc(BatchObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    batch_drop(self);
+    Py_XDECREF(self->columns);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int batch_live(BatchObject *b)
+{
+    if (!b->owner) {
+        PyErr_SetString(PyExc_ValueError, "this PacketBatch was released");
+        return 0;
+    }
+    return 1;
+}
+
+static Py_ssize_t batch_len(BatchObject *self) { return self->n; }
+
+static PyObject *batch_item(BatchObject *self, Py_ssize_t i)
+{
+    if (!batch_live(self))
+        return NULL;
+    if (i < 0 || i >= self->n) {
+        PyErr_SetString(PyExc_IndexError, "PacketBatch index out of range");
+        return NULL;
+    }
+    struct pipc_packet p = {self->ts[i], self->caplen[i], self->origlen[i], self->linktype[i], self->ifindex[i],
+                            self->data + self->offsets[i], 0};
+    /* The packet keeps the batch's data owner (lease or data object) alive, not the batch itself. */
+    return packet_new_view(state_of_type(Py_TYPE(self)), self->owner, &p);
+}
+
+static PyObject *column_view(BatchObject *self, Py_ssize_t offset, Py_ssize_t itemsize, const char *fmt)
+{
+    if (!batch_live(self))
+        return NULL;
+    PyObject *mv = PyMemoryView_FromObject(self->columns);
+    if (!mv)
+        return NULL;
+    PyObject *slice = PySequence_GetSlice(mv, offset * self->n, (offset + itemsize) * self->n);
+    Py_DECREF(mv);
+    if (!slice)
+        return NULL;
+    PyObject *cast = PyObject_CallMethod(slice, "cast", "s", fmt);
+    Py_DECREF(slice);
+    return cast;
+}
+
+static PyObject *batch_get_ts(BatchObject *s, void *c) { (void)c; return column_view(s, 0, 8, "Q"); }
+static PyObject *batch_get_offsets(BatchObject *s, void *c) { (void)c; return column_view(s, 8, 8, "Q"); }
+static PyObject *batch_get_caplens(BatchObject *s, void *c) { (void)c; return column_view(s, 16, 4, "I"); }
+static PyObject *batch_get_origlens(BatchObject *s, void *c) { (void)c; return column_view(s, 20, 4, "I"); }
+static PyObject *batch_get_linktypes(BatchObject *s, void *c) { (void)c; return column_view(s, 24, 4, "I"); }
+static PyObject *batch_get_ifindexes(BatchObject *s, void *c) { (void)c; return column_view(s, 28, 4, "I"); }
+
+static PyObject *batch_get_data(BatchObject *self, void *c)
+{
+    (void)c;
+    if (!batch_live(self))
+        return NULL;
+    return PyMemoryView_FromObject(self->owner);
+}
+
+static PyObject *batch_get_nbytes(BatchObject *self, void *c)
+{
+    (void)c;
+    return PyLong_FromSsize_t(self->nbytes);
+}
+
+static PyObject *batch_get_released(BatchObject *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->owner == NULL);
+}
+
+static PyObject *batch_release(BatchObject *self, PyObject *unused)
+{
+    (void)unused;
+    batch_drop(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *batch_enter(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    Py_INCREF(self);
+    return self;
+}
+
+static PyObject *batch_exit(BatchObject *self, PyObject *args)
+{
+    (void)args;
+    batch_drop(self);
+    Py_RETURN_FALSE;
+}
+
+/* Fills a u64 or u32 column from any buffer of n items (itemsize 8/4, or 4 widened to 8 for timestamps). */
+static int fill_column(PyObject *src, Py_ssize_t n, int width, void *dst, const char *what)
+{
+    Py_buffer v;
+    if (PyObject_GetBuffer(src, &v, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        if (PyObject_GetBuffer(src, &v, PyBUF_C_CONTIGUOUS) < 0)
+            return -1;
+    }
+    int ok = 0;
+    if (v.itemsize == 1 && v.len == n * width) /* raw bytes, native order */
+        memcpy(dst, v.buf, (size_t)v.len), ok = 1;
+    else if (v.itemsize == width && v.len == n * width)
+        memcpy(dst, v.buf, (size_t)v.len), ok = 1;
+    else if (width == 8 && v.itemsize == 4 && v.len == n * 4) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            ((uint64_t *)dst)[i] = ((uint32_t *)v.buf)[i];
+        ok = 1;
+    }
+    PyBuffer_Release(&v);
+    if (!ok)
+        PyErr_Format(PyExc_ValueError, "%s must hold %zd unsigned %d-byte integers", what, n, width * 8);
+    return ok ? 0 : -1;
+}
+
+static PyObject *batch_from_buffers(PyObject *cls, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"timestamps", "lengths", "data", "origlens", "linktype", NULL};
+    PyObject *ts, *lens, *data, *origlens = Py_None;
+    unsigned int linktype = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OI:from_buffers", kwlist, &ts, &lens, &data, &origlens, &linktype))
+        return NULL;
+    core_state *st = state_of_type((PyTypeObject *)cls);
+    Py_buffer lv;
+    if (PyObject_GetBuffer(lens, &lv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    Py_ssize_t itemsize = lv.itemsize == 1 ? 4 : lv.itemsize;
+    Py_ssize_t n = itemsize ? lv.len / itemsize : 0;
+    PyBuffer_Release(&lv);
+    BatchObject *b = batch_alloc(st, n);
+    if (!b)
+        return NULL;
+    if (fill_column(lens, n, 4, b->caplen, "lengths") < 0 || fill_column(ts, n, 8, b->ts, "timestamps") < 0)
+        goto fail;
+    if (origlens != Py_None) {
+        if (fill_column(origlens, n, 4, b->origlen, "origlens") < 0)
+            goto fail;
+    } else
+        memcpy(b->origlen, b->caplen, (size_t)n * 4);
+    /* A memoryview holds an export of the caller's buffer for as long as it (and so any packet) lives. */
+    PyObject *mv = PyMemoryView_FromObject(data);
+    if (!mv)
+        goto fail;
+    b->owner = mv;
+    if (!PyBuffer_IsContiguous(PyMemoryView_GET_BUFFER(mv), 'C')) {
+        PyErr_SetString(PyExc_ValueError, "data must be a contiguous buffer");
+        goto fail;
+    }
+    if (PyMemoryView_GET_BUFFER(mv)->itemsize != 1 || PyMemoryView_GET_BUFFER(mv)->ndim != 1) {
+        PyObject *flat = PyObject_CallMethod(mv, "cast", "s", "B");
+        if (!flat)
+            goto fail;
+        Py_SETREF(b->owner, flat);
+    }
+    Py_buffer *dv = PyMemoryView_GET_BUFFER(b->owner);
+    uint64_t off = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        b->offsets[i] = off;
+        b->linktype[i] = linktype;
+        b->ifindex[i] = 0;
+        off += b->caplen[i];
+    }
+    if (off != (uint64_t)dv->len) {
+        PyErr_Format(PyExc_ValueError, "lengths add up to %llu bytes but data has %zd", (unsigned long long)off,
+                     dv->len);
+        goto fail;
+    }
+    b->data = dv->buf;
+    b->nbytes = dv->len;
+    return (PyObject *)b;
+fail:
+    Py_DECREF(b);
+    return NULL;
+}
+
+/* Reads one AsIpcPacket-like object. On success *view holds its data (release it). */
+static int read_packet(core_state *st, PyObject *item, Py_ssize_t i, struct pipc_packet *p, Py_buffer *view)
+{
+    if (Py_TYPE(item) == st->PacketType) {
+        PacketObject *po = (PacketObject *)item;
+        if (PyObject_GetBuffer(item, view, PyBUF_SIMPLE) < 0)
+            return -1;
+        p->ts_ns = po->ts;
+        p->origlen = po->orig_len;
+        p->linktype = po->linktype;
+        p->ifindex = po->ifindex;
+    } else {
+        PyObject *ts = PyObject_GetAttrString(item, "timestamp");
+        if (!ts) {
+            PyErr_Format(PyExc_TypeError,
+                         "packet %zd (%.100s) has no .timestamp: packets need .timestamp (int ns) and .data (buffer)",
+                         i, Py_TYPE(item)->tp_name);
+            return -1;
+        }
+        if (!PyLong_Check(ts)) {
+            PyErr_Format(PyExc_TypeError, "packet %zd: .timestamp must be an int of nanoseconds, not %.100s", i,
+                         Py_TYPE(ts)->tp_name);
+            Py_DECREF(ts);
+            return -1;
+        }
+        p->ts_ns = PyLong_AsUnsignedLongLong(ts);
+        Py_DECREF(ts);
+        if (p->ts_ns == (uint64_t)-1 && PyErr_Occurred()) {
+            PyErr_Format(PyExc_ValueError, "packet %zd: .timestamp must be in [0, 2**64)", i);
+            return -1;
+        }
+        PyObject *data = PyObject_GetAttrString(item, "data");
+        if (!data) {
+            PyErr_Format(PyExc_TypeError, "packet %zd (%.100s) has no .data", i, Py_TYPE(item)->tp_name);
+            return -1;
+        }
+        int r = PyObject_GetBuffer(data, view, PyBUF_SIMPLE);
+        Py_DECREF(data);
+        if (r < 0) {
+            PyErr_Format(PyExc_TypeError, "packet %zd: .data must support the buffer protocol", i);
+            return -1;
+        }
+        p->origlen = (uint32_t)view->len;
+        p->linktype = 0;
+        p->ifindex = 0;
+        PyObject *ol = PyObject_GetAttrString(item, "orig_len");
+        if (!ol)
+            PyErr_Clear();
+        else {
+            if (ol != Py_None) {
+                unsigned long v = PyLong_AsUnsignedLong(ol);
+                if ((v == (unsigned long)-1 && PyErr_Occurred()) || v > UINT32_MAX) {
+                    PyErr_Clear();
+                    PyErr_Format(PyExc_ValueError, "packet %zd: .orig_len must be an int in [0, 2**32)", i);
+                    Py_DECREF(ol);
+                    PyBuffer_Release(view);
+                    return -1;
+                }
+                p->origlen = (uint32_t)v;
+            }
+            Py_DECREF(ol);
+        }
+    }
+    if (view->len > (Py_ssize_t)UINT32_MAX) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_ValueError, "packet %zd is larger than 4 GiB", i);
+        return -1;
+    }
+    p->caplen = (uint32_t)view->len;
+    p->data = view->buf;
+    p->id = 0;
+    return 0;
+}
+
+/* Converts a sequence of packets; on success *views holds n buffers to release with release_views. */
+static struct pipc_packet *convert_packets(core_state *st, PyObject *seq, Py_ssize_t *n_out, Py_buffer **views_out)
+{
+    PyObject *fast = PySequence_Fast(seq, "packets must be a sequence (list or tuple) of packets, or None");
+    if (!fast)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    struct pipc_packet *pk = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(*pk));
+    Py_buffer *views = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(*views));
+    if (!pk || !views) {
+        PyMem_Free(pk);
+        PyMem_Free(views);
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(fast);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (read_packet(st, items[i], i, &pk[i], &views[i]) < 0) {
+            for (Py_ssize_t k = 0; k < i; k++)
+                PyBuffer_Release(&views[k]);
+            PyMem_Free(pk);
+            PyMem_Free(views);
+            Py_DECREF(fast);
+            return NULL;
+        }
+    }
+    Py_DECREF(fast); /* each view holds a reference to its exporter */
+    *n_out = n;
+    *views_out = views;
+    return pk;
+}
+
+static void release_views(Py_buffer *views, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+}
+
+static PyObject *batch_from_packets(PyObject *cls, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"packets", "linktype", NULL};
+    PyObject *seq;
+    unsigned int linktype = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|I:from_packets", kwlist, &seq, &linktype))
+        return NULL;
+    core_state *st = state_of_type((PyTypeObject *)cls);
+    Py_ssize_t n;
+    Py_buffer *views;
+    struct pipc_packet *pk = convert_packets(st, seq, &n, &views);
+    if (!pk)
+        return NULL;
+    BatchObject *b = batch_alloc(st, n);
+    PyObject *blob = NULL;
+    if (!b)
+        goto done;
+    uint64_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        total += pk[i].caplen;
+    blob = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!blob) {
+        Py_CLEAR(b);
+        goto done;
+    }
+    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(blob);
+    uint64_t off = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        memcpy(dst + off, pk[i].data, pk[i].caplen);
+        b->ts[i] = pk[i].ts_ns;
+        b->offsets[i] = off;
+        b->caplen[i] = pk[i].caplen;
+        b->origlen[i] = pk[i].origlen;
+        b->linktype[i] = pk[i].linktype ? pk[i].linktype : linktype;
+        b->ifindex[i] = pk[i].ifindex;
+        off += pk[i].caplen;
+    }
+    b->data = dst;
+    b->nbytes = (Py_ssize_t)total;
+    b->owner = blob;
+    blob = NULL;
+done:
+    Py_XDECREF(blob);
+    release_views(views, n);
+    PyMem_Free(pk);
+    return (PyObject *)b;
+}
+
+static PyObject *batch_repr(BatchObject *self)
+{
+    return PyUnicode_FromFormat("<PacketBatch %zd packets, %zd bytes%s>", self->n, self->nbytes,
+                                self->owner ? "" : ", released");
+}
+
+static PyGetSetDef batch_getset[] = {
+    {"timestamps", (getter)batch_get_ts, NULL, "memoryview of uint64 ns timestamps ('Q').", NULL},
+    {"offsets", (getter)batch_get_offsets, NULL, "memoryview of uint64 offsets of each packet in data ('Q').", NULL},
+    {"caplens", (getter)batch_get_caplens, NULL, "memoryview of uint32 captured lengths ('I').", NULL},
+    {"origlens", (getter)batch_get_origlens, NULL, "memoryview of uint32 wire lengths ('I').", NULL},
+    {"linktypes", (getter)batch_get_linktypes, NULL, "memoryview of uint32 linktypes ('I').", NULL},
+    {"ifindexes", (getter)batch_get_ifindexes, NULL, "memoryview of uint32 interface indexes ('I').", NULL},
+    {"data", (getter)batch_get_data, NULL,
+     "Read-only memoryview of every payload back to back (for a received batch: the shared ring, no copy).", NULL},
+    {"nbytes", (getter)batch_get_nbytes, NULL, "Total payload bytes.", NULL},
+    {"released", (getter)batch_get_released, NULL, "True once release() was called.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef batch_methods[] = {
+    {"release", (PyCFunction)batch_release, METH_NOARGS,
+     "Drops this batch's hold on its data. A received batch's ring space returns to the server as soon as no "
+     "packet or view taken from it is alive (views keep it safe until then)."},
+    {"__enter__", (PyCFunction)batch_enter, METH_NOARGS, "Returns self."},
+    {"__exit__", (PyCFunction)batch_exit, METH_VARARGS, "Calls release()."},
+    {"from_buffers", (PyCFunction)(void (*)(void))batch_from_buffers, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "from_buffers(timestamps, lengths, data, origlens=None, linktype=0) -> PacketBatch\n\n"
+     "Builds a batch over existing buffers: timestamps (uint64 ns), lengths (uint32 caplens) and data (the "
+     "payloads back to back). data is referenced, not copied (a bytearray cannot be resized meanwhile)."},
+    {"from_packets", (PyCFunction)(void (*)(void))batch_from_packets, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "from_packets(packets, linktype=0) -> PacketBatch\n\nCopies packets (AsIpcPacket objects) into one batch."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot batch_slots[] = {
+    {Py_tp_dealloc, batch_dealloc},
+    {Py_tp_getset, batch_getset},
+    {Py_tp_methods, batch_methods},
+    {Py_tp_repr, batch_repr},
+    {Py_sq_length, batch_len},
+    {Py_sq_item, batch_item},
+    {Py_tp_doc, "A columnar batch of packets: columns through the buffer protocol, payloads in one buffer.\n\n"
+                "len(batch), batch[i] and iteration give Packet objects viewing the batch's data."},
+    {0, NULL},
+};
+static PyType_Spec batch_spec = {"packet_ipc.PacketBatch", sizeof(BatchObject), 0,
+                                 Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+                                 batch_slots};
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Server */
+
+typedef struct {
+    PyObject_HEAD
+    pipc_server *s;
+} ServerObject;
+
+typedef struct {
+    PyObject_HEAD
+    pipc_conn *c;
+    int overflow;
+} ConnectionObject;
+
+static PyObject *server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"name", "capacity", "max_packets", "linktype", "snaplen", "overflow", "allow_any_uid", NULL};
+    PyObject *name = Py_None;
+    unsigned long long capacity = 0;
+    unsigned int max_packets = 0, linktype = 1, snaplen = 262144;
+    int overflow = 0, allow_any = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OKIIIip:Server", kwlist, &name, &capacity, &max_packets, &linktype,
+                                     &snaplen, &overflow, &allow_any))
+        return NULL;
+    const char *cname = NULL;
+    if (name != Py_None) {
+        cname = PyUnicode_AsUTF8(name);
+        if (!cname)
+            return NULL;
+    }
+    struct pipc_server_options o = {sizeof(o), capacity, max_packets, linktype, snaplen, overflow, allow_any};
+    pipc_server *s;
+    int r = pipc_server_create(cname, &o, &s);
+    if (r < 0)
+        return raise_code(state_of_type(tp), r, "listen");
+    ServerObject *self = (ServerObject *)tp->tp_alloc(tp, 0);
+    if (!self) {
+        pipc_server_close(s);
+        return NULL;
+    }
+    self->s = s;
+    return (PyObject *)self;
+}
+
+static void server_dealloc(ServerObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    pipc_server_close(self->s);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int server_open(ServerObject *self)
+{
+    if (!self->s) {
+        core_state *st = state_of_type(Py_TYPE(self));
+        PyErr_SetString(st->ClosedError, "server is closed");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *server_accept(ServerObject *self, PyObject *args)
+{
+    PyObject *t = Py_None;
+    int ms;
+    if (!PyArg_ParseTuple(args, "|O:accept", &t) || timeout_ms_from(t, &ms) < 0 || !server_open(self))
+        return NULL;
+    core_state *st = state_of_type(Py_TYPE(self));
+    uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
+    pipc_conn *c;
+    int r;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        r = pipc_server_accept(self->s, remaining(deadline), &c);
+        Py_END_ALLOW_THREADS
+        if (r != -EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    }
+    if (r < 0)
+        return raise_code(st, r, "accept");
+    ConnectionObject *co = (ConnectionObject *)st->ConnectionType->tp_alloc(st->ConnectionType, 0);
+    if (!co) {
+        pipc_conn_close(c);
+        return NULL;
+    }
+    co->c = c;
+    co->overflow = c->overflow;
+    return (PyObject *)co;
+}
+
+static PyObject *server_allow_peer(ServerObject *self, PyObject *args)
+{
+    long long uid = -1, gid = -1;
+    if (!PyArg_ParseTuple(args, "LL:allow_peer", &uid, &gid) || !server_open(self))
+        return NULL;
+    if (pipc_server_allow_peer(self->s, uid, gid) < 0) {
+        PyErr_SetString(PyExc_ValueError, "too many allowed uids/gids (at most 16 each)");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *server_close(ServerObject *self, PyObject *unused)
+{
+    (void)unused;
+    pipc_server_close(self->s);
+    self->s = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *server_fileno(ServerObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!server_open(self))
+        return NULL;
+    return PyLong_FromLong(pipc_server_fd(self->s));
+}
+
+static PyObject *server_get_name(ServerObject *self, void *c)
+{
+    (void)c;
+    if (!server_open(self))
+        return NULL;
+    return PyUnicode_FromString(pipc_server_name(self->s));
+}
+
+static PyObject *server_get_counters(ServerObject *self, void *c)
+{
+    (void)c;
+    if (!server_open(self))
+        return NULL;
+    return Py_BuildValue("(KK)", (unsigned long long)self->s->refused, (unsigned long long)self->s->handshake_failures);
+}
+
+static PyObject *server_get_closed(ServerObject *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->s == NULL);
+}
+
+static PyMethodDef server_methods[] = {
+    {"accept", (PyCFunction)server_accept, METH_VARARGS, "accept(timeout=None) -> Connection"},
+    {"allow_peer", (PyCFunction)server_allow_peer, METH_VARARGS, "allow_peer(uid, gid): -1 for none."},
+    {"close", (PyCFunction)server_close, METH_NOARGS, "Closes the endpoint and removes its socket."},
+    {"fileno", (PyCFunction)server_fileno, METH_NOARGS, "The listening socket (readable when a client waits)."},
+    {NULL, NULL, 0, NULL},
+};
+static PyGetSetDef server_getset[] = {
+    {"name", (getter)server_get_name, NULL, "Name clients connect to.", NULL},
+    {"closed", (getter)server_get_closed, NULL, "True after close().", NULL},
+    {"counters", (getter)server_get_counters, NULL, "(refused clients, failed handshakes).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+static PyType_Slot server_slots[] = {
+    {Py_tp_new, server_new},       {Py_tp_dealloc, server_dealloc}, {Py_tp_methods, server_methods},
+    {Py_tp_getset, server_getset}, {Py_tp_doc, "Low-level server endpoint."}, {0, NULL},
+};
+static PyType_Spec server_spec = {"packet_ipc._core.Server", sizeof(ServerObject), 0, Py_TPFLAGS_DEFAULT, server_slots};
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Connection (server side of one client) */
+
+static void conn_dealloc(ConnectionObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    pipc_conn_close(self->c);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static int conn_open(ConnectionObject *self)
+{
+    if (!self->c) {
+        PyErr_SetString(state_of_type(Py_TYPE(self))->ClosedError, "connection is closed");
+        return 0;
+    }
+    return 1;
+}
+
+/* Sends pk[0..n) honouring the timeout; returns packets written or NULL with an exception. */
+static PyObject *conn_send_packets(ConnectionObject *self, struct pipc_packet *pk, Py_ssize_t n, int ms)
+{
+    core_state *st = state_of_type(Py_TYPE(self));
+    uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
+    Py_ssize_t sent = 0;
+    if (n == 0)
+        return PyLong_FromLong(0);
+    /* Fast path with the GIL held: nothing blocks while there is space. */
+    long r = pipc_conn_send(self->c, pk, (size_t)n, 0);
+    if (self->overflow == PIPC_OVERFLOW_DROP) {
+        if (r < 0)
+            return raise_code(st, (int)r, NULL);
+        return PyLong_FromLong(r);
+    }
+    for (;;) {
+        if (r > 0)
+            sent += r;
+        else if (r == -EINTR) {
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+        } else if (r == -ETIMEDOUT) {
+            if (remaining(deadline) == 0 && ms >= 0) {
+                raise_code(st, (int)r, NULL);
+                PyObject *et, *ev, *tb;
+                PyErr_Fetch(&et, &ev, &tb);
+                PyErr_NormalizeException(&et, &ev, &tb);
+                PyObject *v = PyLong_FromSsize_t(sent);
+                if (v && ev) {
+                    PyObject_SetAttrString(ev, "sent", v); /* packets written before the timeout */
+                    PyErr_Clear();
+                }
+                Py_XDECREF(v);
+                PyErr_Restore(et, ev, tb);
+                return NULL;
+            }
+        } else if (r < 0)
+            return raise_code(st, (int)r, NULL);
+        if (sent >= n)
+            break;
+        int left = remaining(deadline);
+        Py_BEGIN_ALLOW_THREADS
+        r = pipc_conn_send(self->c, pk + sent, (size_t)(n - sent), left);
+        Py_END_ALLOW_THREADS
+    }
+    return PyLong_FromSsize_t(sent);
+}
+
+static PyObject *conn_send(ConnectionObject *self, PyObject *args)
+{
+    PyObject *seq, *t = Py_None;
+    int ms;
+    if (!PyArg_ParseTuple(args, "O|O:send", &seq, &t) || timeout_ms_from(t, &ms) < 0 || !conn_open(self))
+        return NULL;
+    core_state *st = state_of_type(Py_TYPE(self));
+    if (seq == Py_None) {
+        int r = pipc_conn_end(self->c);
+        if (r < 0)
+            return raise_code(st, r, NULL);
+        return PyLong_FromLong(0);
+    }
+    Py_ssize_t n;
+    Py_buffer *views;
+    struct pipc_packet *pk = convert_packets(st, seq, &n, &views);
+    if (!pk)
+        return NULL;
+    PyObject *res = conn_send_packets(self, pk, n, ms);
+    release_views(views, n);
+    PyMem_Free(pk);
+    return res;
+}
+
+static PyObject *conn_send_batch(ConnectionObject *self, PyObject *args)
+{
+    PyObject *bo, *t = Py_None;
+    int ms;
+    if (!PyArg_ParseTuple(args, "O|O:send_batch", &bo, &t) || timeout_ms_from(t, &ms) < 0 || !conn_open(self))
+        return NULL;
+    core_state *st = state_of_type(Py_TYPE(self));
+    if (Py_TYPE(bo) != st->BatchType) {
+        PyErr_Format(PyExc_TypeError, "send_batch takes a PacketBatch, not %.100s", Py_TYPE(bo)->tp_name);
+        return NULL;
+    }
+    BatchObject *b = (BatchObject *)bo;
+    if (!batch_live(b))
+        return NULL;
+    struct pipc_packet local[256];
+    struct pipc_packet *pk = b->n <= 256 ? local : PyMem_Malloc((size_t)b->n * sizeof(*pk));
+    if (!pk)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        pk[i].ts_ns = b->ts[i];
+        pk[i].caplen = b->caplen[i];
+        pk[i].origlen = b->origlen[i];
+        pk[i].linktype = b->linktype[i];
+        pk[i].ifindex = b->ifindex[i];
+        pk[i].data = b->data + b->offsets[i];
+    }
+    Py_INCREF(bo); /* the batch (and its data) stays alive while the GIL is released */
+    PyObject *res = conn_send_packets(self, pk, b->n, ms);
+    Py_DECREF(bo);
+    if (pk != local)
+        PyMem_Free(pk);
+    return res;
+}
+
+static PyObject *conn_close(ConnectionObject *self, PyObject *unused)
+{
+    (void)unused;
+    pipc_conn_close(self->c);
+    self->c = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *conn_alive(ConnectionObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(self->c && pipc_conn_alive(self->c));
+}
+
+static PyObject *stats_tuple(const struct pipc_stats *s)
+{
+    return Py_BuildValue("(KKKKKKKKK)", (unsigned long long)s->packets, (unsigned long long)s->bytes,
+                         (unsigned long long)s->dropped_packets, (unsigned long long)s->dropped_bytes,
+                         (unsigned long long)s->blocked_ns, (unsigned long long)s->ring_used_bytes,
+                         (unsigned long long)s->ring_bytes, (unsigned long long)s->ring_used_slots,
+                         (unsigned long long)s->ring_slots);
+}
+
+static PyObject *conn_stats(ConnectionObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!conn_open(self))
+        return NULL;
+    struct pipc_stats s;
+    pipc_conn_stats(self->c, &s);
+    return stats_tuple(&s);
+}
+
+static PyObject *conn_fds(ConnectionObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!conn_open(self))
+        return NULL;
+    return Py_BuildValue("(ii)", pipc_conn_fd(self->c), pipc_conn_socket(self->c));
+}
+
+static PyObject *conn_prepare_wait(ConnectionObject *self, PyObject *args)
+{
+    unsigned long long need = 0;
+    if (!PyArg_ParseTuple(args, "|K", &need) || !conn_open(self))
+        return NULL;
+    return PyBool_FromLong(pipc_conn_prepare_wait(self->c, need));
+}
+
+static PyObject *conn_finish_wait(ConnectionObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->c)
+        pipc_conn_finish_wait(self->c);
+    Py_RETURN_NONE;
+}
+
+static PyObject *conn_get_info(ConnectionObject *self, void *c)
+{
+    (void)c;
+    if (!conn_open(self))
+        return NULL;
+    return Py_BuildValue("(iiiKK)", (int)self->c->peer_pid, self->overflow, self->c->ended,
+                         (unsigned long long)self->c->ring.payload_bytes, (unsigned long long)self->c->ring.slot_count);
+}
+
+static PyObject *conn_get_closed(ConnectionObject *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->c == NULL);
+}
+
+static PyMethodDef conn_methods[] = {
+    {"send", (PyCFunction)conn_send, METH_VARARGS, "send(packets | None, timeout=None) -> int"},
+    {"send_batch", (PyCFunction)conn_send_batch, METH_VARARGS, "send_batch(batch, timeout=None) -> int"},
+    {"close", (PyCFunction)conn_close, METH_NOARGS, "Closes (the client sees end of stream after draining)."},
+    {"alive", (PyCFunction)conn_alive, METH_NOARGS, "True while the client is connected."},
+    {"stats", (PyCFunction)conn_stats, METH_NOARGS, "Counters tuple."},
+    {"fds", (PyCFunction)conn_fds, METH_NOARGS, "(space eventfd, control socket)."},
+    {"prepare_wait", (PyCFunction)conn_prepare_wait, METH_VARARGS, "Arms the space wake-up; True: may sleep."},
+    {"finish_wait", (PyCFunction)conn_finish_wait, METH_NOARGS, "Disarms the wake-up and drains the eventfd."},
+    {NULL, NULL, 0, NULL},
+};
+static PyGetSetDef conn_getset[] = {
+    {"info", (getter)conn_get_info, NULL, "(peer pid, overflow, ended, ring bytes, ring slots).", NULL},
+    {"closed", (getter)conn_get_closed, NULL, "True after close().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+static PyType_Slot conn_slots[] = {
+    {Py_tp_dealloc, conn_dealloc}, {Py_tp_methods, conn_methods}, {Py_tp_getset, conn_getset},
+    {Py_tp_doc, "Low-level server side of one client."}, {0, NULL},
+};
+static PyType_Spec conn_spec = {"packet_ipc._core.Connection", sizeof(ConnectionObject), 0,
+                                Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, conn_slots};
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Client */
+
+static PyObject *client_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"name", "timeout", "busy_poll", NULL};
+    const char *name;
+    PyObject *t = Py_None;
+    int busy = 0, ms;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|Op:Client", kwlist, &name, &t, &busy) || timeout_ms_from(t, &ms) < 0)
+        return NULL;
+    core_state *st = state_of_type(tp);
+    uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
+    pipc_client *c;
+    int r;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        r = pipc_client_connect(name, remaining(deadline), &c);
+        Py_END_ALLOW_THREADS
+        if (r != -EINTR)
+            break;
+        if (PyErr_CheckSignals() < 0)
+            return NULL;
+    }
+    if (r < 0)
+        return raise_code(st, r, "connect");
+    ClientObject *self = (ClientObject *)tp->tp_alloc(tp, 0);
+    if (!self) {
+        pipc_client_close(c);
+        return NULL;
+    }
+    self->c = c;
+    self->busy_poll = busy;
+    return (PyObject *)self;
+}
+
+static void client_dealloc(ClientObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    /* Leases hold references to us, so by now no view of the ring is alive: unmapping is safe. */
+    pipc_client_close(self->c);
+    PyMem_Free(self->scratch);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+/* Takes up to max packets into self->scratch. Returns n > 0, 0 at end of stream, or -1 with an exception. */
+static long client_take(ClientObject *self, Py_ssize_t max, int ms)
+{
+    core_state *st = state_of_type(Py_TYPE(self));
+    if (max <= 0) {
+        PyErr_SetString(PyExc_ValueError, "max_packets must be >= 1");
+        return -1;
+    }
+    if (self->c->error == -EPIPE) {
+        PyErr_SetString(st->ClosedError, "client is closed");
+        return -1;
+    }
+    if ((size_t)max > self->scratch_len) {
+        struct pipc_packet *p = PyMem_Realloc(self->scratch, (size_t)max * sizeof(*p));
+        if (!p) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->scratch = p;
+        self->scratch_len = (size_t)max;
+    }
+    /* Fast path with the GIL held: no system call while packets are waiting. */
+    long r = pipc_client_take(self->c, self->scratch, (size_t)max, 0, 0);
+    if (r == -ETIMEDOUT && ms != 0) {
+        uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
+        for (;;) {
+            int left = remaining(deadline);
+            Py_BEGIN_ALLOW_THREADS
+            r = pipc_client_take(self->c, self->scratch, (size_t)max, left, self->busy_poll);
+            Py_END_ALLOW_THREADS
+            if (r != -EINTR)
+                break;
+            if (PyErr_CheckSignals() < 0)
+                return -1;
+        }
+    }
+    if (r < 0) {
+        raise_code(st, (int)r, NULL);
+        return -1;
+    }
+    return r;
+}
+
+static LeaseObject *make_lease(core_state *st, ClientObject *self, long n)
+{
+    LeaseObject *l = PyObject_New(LeaseObject, st->LeaseType);
+    if (!l) {
+        pipc_client_release_ids(self->c, self->scratch[0].id, (uint64_t)n);
+        return NULL;
+    }
+    Py_INCREF(self);
+    l->client = (PyObject *)self;
+    l->first = self->scratch[0].id;
+    l->n = (uint64_t)n;
+    l->data = self->scratch[0].data;
+    uint64_t total = 0;
+    for (long i = 0; i < n; i++)
+        total += self->scratch[i].caplen;
+    l->nbytes = (Py_ssize_t)total;
+    return l;
+}
+
+static PyObject *client_receive_batch(ClientObject *self, PyObject *args)
+{
+    Py_ssize_t max = 1024;
+    PyObject *t = Py_None;
+    int ms;
+    if (!PyArg_ParseTuple(args, "|nO:receive_batch", &max, &t) || timeout_ms_from(t, &ms) < 0)
+        return NULL;
+    long n = client_take(self, max, ms);
+    if (n <= 0) {
+        if (n == 0)
+            Py_RETURN_NONE;
+        return NULL;
+    }
+    core_state *st = state_of_type(Py_TYPE(self));
+    LeaseObject *l = make_lease(st, self, n);
+    if (!l)
+        return NULL;
+    BatchObject *b = batch_alloc(st, n);
+    if (!b) {
+        Py_DECREF(l);
+        return NULL;
+    }
+    const uint8_t *base = self->scratch[0].data;
+    for (long i = 0; i < n; i++) {
+        const struct pipc_packet *p = &self->scratch[i];
+        b->ts[i] = p->ts_ns;
+        b->offsets[i] = (uint64_t)(p->data - base); /* contiguous: validated positions + mirror mapping */
+        b->caplen[i] = p->caplen;
+        b->origlen[i] = p->origlen;
+        b->linktype[i] = p->linktype;
+        b->ifindex[i] = p->ifindex;
+    }
+    b->owner = (PyObject *)l;
+    b->data = base;
+    b->nbytes = l->nbytes;
+    return (PyObject *)b;
+}
+
+static PyObject *client_receive_packets(ClientObject *self, PyObject *args)
+{
+    Py_ssize_t max = 1024;
+    PyObject *t = Py_None;
+    int ms;
+    if (!PyArg_ParseTuple(args, "|nO:receive_packets", &max, &t) || timeout_ms_from(t, &ms) < 0)
+        return NULL;
+    long n = client_take(self, max, ms);
+    if (n <= 0) {
+        if (n == 0)
+            Py_RETURN_NONE;
+        return NULL;
+    }
+    core_state *st = state_of_type(Py_TYPE(self));
+    LeaseObject *l = make_lease(st, self, n);
+    if (!l)
+        return NULL;
+    PyObject *list = PyList_New(n);
+    if (!list) {
+        Py_DECREF(l);
+        return NULL;
+    }
+    for (long i = 0; i < n; i++) {
+        PyObject *p = packet_new_view(st, (PyObject *)l, &self->scratch[i]);
+        if (!p) {
+            Py_DECREF(list);
+            Py_DECREF(l);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, p);
+    }
+    Py_DECREF(l); /* the packets hold it now */
+    return list;
+}
+
+static PyObject *client_close(ClientObject *self, PyObject *unused)
+{
+    (void)unused;
+    /* Disconnect now; the mapping lives until the last received view is gone (then dealloc unmaps). */
+    if (self->c)
+        pipc_client_disconnect(self->c);
+    Py_RETURN_NONE;
+}
+
+static PyObject *client_stats(ClientObject *self, PyObject *unused)
+{
+    (void)unused;
+    struct pipc_stats s;
+    pipc_client_stats(self->c, &s);
+    return stats_tuple(&s);
+}
+
+static PyObject *client_fds(ClientObject *self, PyObject *unused)
+{
+    (void)unused;
+    return Py_BuildValue("(iii)", pipc_client_fd(self->c), pipc_client_socket(self->c), pipc_client_ring_fd(self->c));
+}
+
+static PyObject *client_prepare_wait(ClientObject *self, PyObject *unused)
+{
+    (void)unused;
+    return PyBool_FromLong(pipc_client_prepare_wait(self->c));
+}
+
+static PyObject *client_finish_wait(ClientObject *self, PyObject *unused)
+{
+    (void)unused;
+    pipc_client_finish_wait(self->c);
+    Py_RETURN_NONE;
+}
+
+static PyObject *client_get_info(ClientObject *self, void *c)
+{
+    (void)c;
+    return Py_BuildValue("(IIKK)", pipc_client_linktype(self->c), pipc_client_snaplen(self->c),
+                         (unsigned long long)self->c->ring.payload_bytes, (unsigned long long)self->c->ring.slot_count);
+}
+
+static PyObject *client_get_closed(ClientObject *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->c->error == -EPIPE);
+}
+
+static PyMethodDef client_methods[] = {
+    {"receive_batch", (PyCFunction)client_receive_batch, METH_VARARGS, "receive_batch(max_packets, timeout)"},
+    {"receive_packets", (PyCFunction)client_receive_packets, METH_VARARGS, "receive_packets(max_packets, timeout)"},
+    {"close", (PyCFunction)client_close, METH_NOARGS, "Disconnects."},
+    {"stats", (PyCFunction)client_stats, METH_NOARGS, "Counters tuple."},
+    {"fds", (PyCFunction)client_fds, METH_NOARGS, "(data eventfd, control socket, ring memfd)."},
+    {"prepare_wait", (PyCFunction)client_prepare_wait, METH_NOARGS, "Arms the data wake-up; True: may sleep."},
+    {"finish_wait", (PyCFunction)client_finish_wait, METH_NOARGS, "Disarms the wake-up and drains the eventfd."},
+    {NULL, NULL, 0, NULL},
+};
+static PyGetSetDef client_getset[] = {
+    {"info", (getter)client_get_info, NULL, "(linktype, snaplen, ring bytes, ring slots).", NULL},
+    {"closed", (getter)client_get_closed, NULL, "True after close().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+static PyType_Slot client_slots[] = {
+    {Py_tp_new, client_new},       {Py_tp_dealloc, client_dealloc}, {Py_tp_methods, client_methods},
+    {Py_tp_getset, client_getset}, {Py_tp_doc, "Low-level client."}, {0, NULL},
+};
+static PyType_Spec client_spec = {"packet_ipc._core.Client", sizeof(ClientObject), 0, Py_TPFLAGS_DEFAULT, client_slots};
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* flow hashing */
+
+static PyObject *core_flow_hash(PyObject *m, PyObject *args)
+{
+    (void)m;
+    unsigned int linktype;
+    Py_buffer v;
+    if (!PyArg_ParseTuple(args, "Iy*:flow_hash", &linktype, &v))
+        return NULL;
+    uint32_t h = pipc_flow_hash(linktype, v.buf, (uint32_t)(v.len > UINT32_MAX ? UINT32_MAX : v.len));
+    PyBuffer_Release(&v);
+    return PyLong_FromUnsignedLong(h);
+}
+
+static PyObject *core_flow_key(PyObject *m, PyObject *args)
+{
+    (void)m;
+    unsigned int linktype;
+    Py_buffer v;
+    if (!PyArg_ParseTuple(args, "Iy*:flow_key", &linktype, &v))
+        return NULL;
+    struct pipc_flow_key k;
+    int r = pipc_flow_key_parse(linktype, v.buf, (uint32_t)(v.len > UINT32_MAX ? UINT32_MAX : v.len), &k);
+    PyBuffer_Release(&v);
+    if (r < 0)
+        Py_RETURN_NONE;
+    int alen = k.family == 4 ? 4 : 16;
+    return Py_BuildValue("(iiy#Hy#Hi)", k.family, k.proto, (const char *)k.addr_a, (Py_ssize_t)alen, k.port_a,
+                         (const char *)k.addr_b, (Py_ssize_t)alen, k.port_b, k.is_fragment);
+}
+
+/* Hashes every packet of a batch; returns a bytes object of uint32 hashes (one per packet). */
+static PyObject *core_flow_hash_batch(PyObject *m, PyObject *args)
+{
+    PyObject *bo;
+    unsigned int linktype = 0;
+    if (!PyArg_ParseTuple(args, "O|I:flow_hash_batch", &bo, &linktype))
+        return NULL;
+    core_state *st = (core_state *)PyModule_GetState(m);
+    if (Py_TYPE(bo) != st->BatchType) {
+        PyErr_SetString(PyExc_TypeError, "flow_hash_batch takes a PacketBatch");
+        return NULL;
+    }
+    BatchObject *b = (BatchObject *)bo;
+    if (!batch_live(b))
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, b->n * 4);
+    if (!out)
+        return NULL;
+    uint32_t *h = (uint32_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < b->n; i++)
+        h[i] = pipc_flow_hash(b->linktype[i] ? b->linktype[i] : linktype, b->data + b->offsets[i], b->caplen[i]);
+    return out;
+}
+
+static PyMethodDef core_methods[] = {
+    {"flow_hash", core_flow_hash, METH_VARARGS, "flow_hash(linktype, data) -> int: symmetric 5-tuple hash."},
+    {"flow_key", core_flow_key, METH_VARARGS,
+     "flow_key(linktype, data) -> (family, proto, addr_a, port_a, addr_b, port_b, is_fragment) or None."},
+    {"flow_hash_batch", core_flow_hash_batch, METH_VARARGS,
+     "flow_hash_batch(batch, linktype=0) -> bytes of uint32 hashes."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* module */
+
+static int add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **slot, const char *name)
+{
+    PyObject *t = PyType_FromModuleAndSpec(m, spec, NULL);
+    if (!t)
+        return -1;
+    *slot = (PyTypeObject *)t;
+    Py_INCREF(t);
+    if (PyModule_AddObject(m, name, t) < 0) {
+        Py_DECREF(t);
+        return -1;
+    }
+    return 0;
+}
+
+static int core_exec(PyObject *m)
+{
+    core_state *st = (core_state *)PyModule_GetState(m);
+    PyObject *errors = PyImport_ImportModule("packet_ipc.errors");
+    if (!errors)
+        return -1;
+#define GET(field, name)                                                                                               \
+    if (!(st->field = PyObject_GetAttrString(errors, name))) {                                                         \
+        Py_DECREF(errors);                                                                                             \
+        return -1;                                                                                                     \
+    }
+    GET(PacketIpcError, "PacketIpcError");
+    GET(ConnectError, "ConnectError");
+    GET(ConnectionLostError, "ConnectionLostError");
+    GET(ProtocolError, "ProtocolError");
+    GET(TimeoutError, "TimeoutError");
+    GET(PermissionDeniedError, "PermissionDeniedError");
+    GET(ClosedError, "ClosedError");
+#undef GET
+    Py_DECREF(errors);
+    if (add_type(m, &packet_spec, &st->PacketType, "Packet") < 0 ||
+        add_type(m, &lease_spec, &st->LeaseType, "_Lease") < 0 ||
+        add_type(m, &batch_spec, &st->BatchType, "PacketBatch") < 0 ||
+        add_type(m, &server_spec, &st->ServerType, "Server") < 0 ||
+        add_type(m, &conn_spec, &st->ConnectionType, "Connection") < 0 ||
+        add_type(m, &client_spec, &st->ClientType, "Client") < 0)
+        return -1;
+    if (PyModule_AddIntConstant(m, "ABI_VERSION", PACKET_IPC_ABI_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "WIRE_VERSION", PIPC_WIRE_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "OVERFLOW_BLOCK", PIPC_OVERFLOW_BLOCK) < 0 ||
+        PyModule_AddIntConstant(m, "OVERFLOW_DROP", PIPC_OVERFLOW_DROP) < 0)
+        return -1;
+    return 0;
+}
+
+static int core_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    core_state *st = (core_state *)PyModule_GetState(m);
+    Py_VISIT(st->PacketIpcError);
+    Py_VISIT(st->ConnectError);
+    Py_VISIT(st->ConnectionLostError);
+    Py_VISIT(st->ProtocolError);
+    Py_VISIT(st->TimeoutError);
+    Py_VISIT(st->PermissionDeniedError);
+    Py_VISIT(st->ClosedError);
+    Py_VISIT(st->PacketType);
+    Py_VISIT(st->LeaseType);
+    Py_VISIT(st->BatchType);
+    Py_VISIT(st->ServerType);
+    Py_VISIT(st->ConnectionType);
+    Py_VISIT(st->ClientType);
+    return 0;
+}
+
+static int core_clear(PyObject *m)
+{
+    core_state *st = (core_state *)PyModule_GetState(m);
+    Py_CLEAR(st->PacketIpcError);
+    Py_CLEAR(st->ConnectError);
+    Py_CLEAR(st->ConnectionLostError);
+    Py_CLEAR(st->ProtocolError);
+    Py_CLEAR(st->TimeoutError);
+    Py_CLEAR(st->PermissionDeniedError);
+    Py_CLEAR(st->ClosedError);
+    Py_CLEAR(st->PacketType);
+    Py_CLEAR(st->LeaseType);
+    Py_CLEAR(st->BatchType);
+    Py_CLEAR(st->ServerType);
+    Py_CLEAR(st->ConnectionType);
+    Py_CLEAR(st->ClientType);
+    return 0;
+}
+
+static PyModuleDef_Slot core_slots[] = {{Py_mod_exec, core_exec}, {0, NULL}};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT, "packet_ipc._core", "C core binding of packet-ipc.", sizeof(core_state), core_methods,
+    core_slots, core_traverse, core_clear, NULL,
+};
+
+PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&core_module); }

@@ -1,0 +1,96 @@
+"""The client (consumer) side: connect to a server by name and receive packets with no copy.
+
+A :class:`Client` owns one shared-memory ring fed by one server connection. ``receive_batch`` returns a
+columnar :class:`~packet_ipc.PacketBatch` viewing the ring; ``receive_packets`` returns a list of
+:class:`~packet_ipc.Packet` viewing it. Both return ``None`` once the server ended the stream (``send(None)``
+or a clean close) and everything was drained; if the server vanished instead, the client drains what was
+committed and then raises :class:`~packet_ipc.errors.ConnectionLostError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+
+from . import _core
+from .batch import PacketBatch
+from .packet import Packet
+from .stats import Stats
+
+__all__ = ["Client"]
+
+
+class Client:
+    """Connects to the server named ``name`` (blocking until it accepts, up to ``timeout`` seconds).
+
+    ``busy_poll=True`` spins instead of sleeping while waiting for packets: the lowest latency, at the cost of
+    one CPU core. Raises :class:`~packet_ipc.errors.ConnectError` (no server at that name, refused),
+    :class:`~packet_ipc.errors.PermissionDeniedError` (credentials refused), ``TimeoutError``,
+    :class:`~packet_ipc.errors.ProtocolError` (version mismatch or not a packet-ipc server), ``ValueError``
+    (a name too long for a unix socket).
+    """
+
+    __slots__ = ("_c", "name", "__weakref__")
+
+    def __init__(self, name: str, *, timeout: float | None = None, busy_poll: bool = False) -> None:
+        self.name = str(name)
+        self._c = _core.Client(self.name, timeout, busy_poll)
+
+    def receive_batch(self, max_packets: int = 1024, timeout: float | None = None) -> PacketBatch | None:
+        """Waits for at least one packet and returns a batch of at most ``max_packets``, viewing the ring.
+
+        Returns ``None`` at end of stream. The batch's ring space is returned when the batch is released
+        (``with`` block, ``release()``, or garbage collection) and no packet or view taken from it is alive.
+        Raises ``TimeoutError`` (nothing within ``timeout`` seconds), ``ConnectionLostError`` (server gone, all
+        committed packets drained), ``ProtocolError`` (corrupt ring), ``ClosedError``.
+        """
+        return self._c.receive_batch(max_packets, timeout)
+
+    def receive_packets(self, max_packets: int = 1024, timeout: float | None = None) -> list[Packet] | None:
+        """Like :meth:`receive_batch`, but returns a list of :class:`Packet` (each viewing the ring).
+
+        Returns ``None`` at end of stream. The ring space of the returned packets is returned when the last of
+        them (and of any memoryview of their data) is gone. Raises as :meth:`receive_batch`.
+        """
+        return self._c.receive_packets(max_packets, timeout)
+
+    def __iter__(self) -> Iterator[PacketBatch]:
+        """Yields batches until end of stream (``ConnectionLostError`` if the server vanishes)."""
+        while (batch := self._c.receive_batch(1024, None)) is not None:
+            yield batch
+
+    @property
+    def linktype(self) -> int:
+        """The server's default linktype (each packet also carries its own)."""
+        return int(self._c.info[0])
+
+    @property
+    def snaplen(self) -> int:
+        """The server's snaplen."""
+        return int(self._c.info[1])
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return bool(self._c.closed)
+
+    def stats(self) -> Stats:
+        """Counters of this client (received, dropped by the server, time blocked, ring fill)."""
+        return Stats._from_tuple(self._c.stats())
+
+    def fileno(self) -> int:
+        """An eventfd that becomes readable when packets may be waiting (see :mod:`packet_ipc.aio`)."""
+        return int(self._c.fds()[0])
+
+    def close(self) -> None:
+        """Disconnects. Packets already received stay readable until they are released."""
+        self._c.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<packet_ipc.Client name={self.name!r}{' closed' if self.closed else ''}>"

@@ -1,0 +1,62 @@
+"""Exceptions of packet-ipc: one hierarchy rooted at :class:`PacketIpcError`.
+
+Every error is an :class:`OSError` subclass carrying ``errno`` and a readable message, so callers can catch
+the precise class, the root, or the builtin family (``ConnectionError``, ``TimeoutError``,
+``PermissionError``). Bad arguments (a packet larger than the ring, a malformed packet object) raise the
+builtin ``ValueError`` / ``TypeError`` and leave the connection usable.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+__all__ = [
+    "PacketIpcError",
+    "ConnectError",
+    "PermissionDeniedError",
+    "ConnectionLostError",
+    "ProtocolError",
+    "TimeoutError",
+    "ClosedError",
+    "CaptureError",
+]
+
+
+class PacketIpcError(OSError):
+    """Root of every packet-ipc error."""
+
+
+class ConnectError(PacketIpcError, builtins.ConnectionError):
+    """A client could not connect: no server at that name, refused, or the server vanished mid-handshake."""
+
+
+class PermissionDeniedError(ConnectError, builtins.PermissionError):
+    """The server refused the client's credentials (SO_PEERCRED uid/gid not allowed)."""
+
+
+class ConnectionLostError(PacketIpcError, builtins.ConnectionError):
+    """The peer vanished without end of stream (killed, crashed, or closed its socket).
+
+    A client raises it only after it has drained every packet the server committed.
+    """
+
+
+class ProtocolError(PacketIpcError):
+    """The peer broke the protocol: wire version mismatch, a corrupt ring, or a peer that is not packet-ipc.
+
+    The connection is unusable afterwards; the other connections of a server are not affected.
+    """
+
+
+class TimeoutError(PacketIpcError, builtins.TimeoutError):  # noqa: A001 - deliberately mirrors the builtin
+    """A blocking call did not complete within its timeout. ``sent`` (on send) counts packets written."""
+
+    sent: int = 0
+
+
+class ClosedError(PacketIpcError, ValueError):
+    """The object was closed (or the stream already ended) and cannot be used for this call."""
+
+
+class CaptureError(PacketIpcError, ValueError):
+    """A capture file is malformed: bad magic, unsupported version, a record cut short, an absurd length."""
