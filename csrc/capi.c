@@ -371,11 +371,13 @@ long pipc_conn_send(pipc_conn *c, const struct pipc_packet *pk, size_t n, int ti
     int err = conn_check(c);
     if (err)
         return err;
-    uint64_t limit = c->ring.payload_bytes < c->snaplen ? c->ring.payload_bytes : c->snaplen;
+    /* Half the ring at most: see pipc_ring_take (a consumer holding one batch must never stall us). */
+    uint64_t half = c->ring.payload_bytes / 2;
+    uint64_t limit = half < c->snaplen ? half : c->snaplen;
     for (size_t i = 0; i < n; i++) {
         if (pk[i].caplen > limit) {
             pipc_set_error("packet %zu has %u bytes, more than the %s (%llu bytes)", i, pk[i].caplen,
-                           c->ring.payload_bytes < c->snaplen ? "ring holds" : "snaplen",
+                           half < c->snaplen ? "ring holds (half its capacity)" : "snaplen",
                            (unsigned long long)limit);
             return -EMSGSIZE;
         }

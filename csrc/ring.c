@@ -306,8 +306,13 @@ long pipc_ring_take(struct pipc_ring *ring, struct pipc_packet *out, size_t max)
     if (avail <= 0)
         return avail;
     size_t n = (size_t)avail < max ? (size_t)avail : max;
+    /* One take is at most half the ring (slots and bytes): a consumer that still holds its previous batch
+     * while it asks for the next (Python's `while (p := receive()) is not None` does) leaves the producer
+     * at least half the ring, and no packet is larger than that, so the two can never wait on each other. */
+    if (n > ring->slot_count / 2)
+        n = ring->slot_count / 2;
     uint64_t smask = ring->slot_count - 1, mask = ring->payload_bytes - 1;
-    uint64_t seq = ring->c_next_slot, pos = ring->c_next_payload;
+    uint64_t seq = ring->c_next_slot, pos = ring->c_next_payload, start = pos;
     for (size_t i = 0; i < n; i++, seq++) {
         /* Copy first, then validate the copy: the producer may rewrite shared memory under us. */
         struct pipc_desc d;
@@ -318,6 +323,10 @@ long pipc_ring_take(struct pipc_ring *ring, struct pipc_packet *out, size_t max)
         if (d.flags != 0 || d.payload_pos != pos || d.caplen > ring->payload_bytes ||
             pos + d.caplen - ring->c_released_payload > ring->payload_bytes)
             return -EPROTO;
+        if (i > 0 && pos + d.caplen - start > ring->payload_bytes / 2) {
+            n = i;
+            break;
+        }
         out[i].ts_ns = d.ts_ns;
         out[i].caplen = d.caplen;
         out[i].origlen = d.origlen;

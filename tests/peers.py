@@ -1,0 +1,73 @@
+"""Functions run in spawned child processes by the tests (servers and clients of packet-ipc)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from typing import Any
+
+import packet_ipc as pipc
+
+
+def make_packets(count: int, seed: int = 0, max_len: int = 1500) -> list[pipc.Packet]:
+    """Deterministic packets whose timestamp is their sequence number and whose bytes encode it."""
+    out = []
+    for i in range(count):
+        n = (i * 7919 + seed) % (max_len + 1)
+        head = (i + seed).to_bytes(8, "little")
+        body = (head * (n // 8 + 1))[:n]
+        out.append(pipc.Packet(1_700_000_000_000_000_000 + i, body, orig_len=n + (i % 3)))
+    return out
+
+
+def digest(packets: Any) -> str:
+    h = hashlib.sha256()
+    for p in packets:
+        h.update(p.timestamp.to_bytes(8, "little"))
+        h.update(p.orig_len.to_bytes(4, "little"))
+        h.update(bytes(p.data))
+    return h.hexdigest()
+
+
+def serve_packets(name_q: Any, count: int, seed: int, capacity: int, batch: int) -> None:
+    """Server: one client, `count` generated packets, end of stream."""
+    with pipc.Server(capacity=capacity) as server:
+        name_q.put(server.name)
+        conn = server.accept(timeout=30)
+        pipc.transfer_ipc(make_packets(count, seed), conn, batch_size=batch)
+        conn.close()
+
+
+def serve_then_hang(name_q: Any, done_q: Any, count: int) -> None:
+    """Server: sends `count` packets, reports it, then waits to be killed (never ends the stream)."""
+    server = pipc.Server(capacity=1 << 20)
+    name_q.put(server.name)
+    conn = server.accept(timeout=30)
+    conn.send(make_packets(count))
+    done_q.put(count)
+    signal.pause()
+
+
+def receive_all(name: str, result_q: Any, max_packets: int = 256, delay: float = 0.0) -> None:
+    """Client: receives until end of stream, optionally slowly; reports (count, digest, error name)."""
+    client = pipc.Client(name, timeout=30)
+    got = []
+    error = None
+    try:
+        while (pk := client.receive_packets(max_packets, timeout=30)) is not None:
+            got.extend(pipc.Packet(p.timestamp, p.tobytes(), p.orig_len) for p in pk)
+            if delay:
+                time.sleep(delay)  # a deliberately slow consumer, not synchronisation
+    except pipc.PacketIpcError as e:
+        error = type(e).__name__
+    result_q.put((len(got), digest(got), [p.timestamp for p in got][:5], error))
+
+
+def connect_and_idle(name: str, ready_q: Any) -> None:
+    """Client: connects, reports its pid, and never reads."""
+    client = pipc.Client(name, timeout=30)
+    ready_q.put(os.getpid())
+    signal.pause()
+    client.close()
