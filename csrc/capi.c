@@ -235,6 +235,10 @@ static int server_handshake(pipc_server *s, int sock, uint64_t deadline, pipc_co
     }
     c->sock = sock;
     c->overflow = s->opts.overflow;
+    if (h.flags & PIPC_HELLO_WANT_DROP) /* the client chose; a worker that may fall behind asks for drop */
+        c->overflow = PIPC_OVERFLOW_DROP;
+    else if (h.flags & PIPC_HELLO_WANT_BLOCK)
+        c->overflow = PIPC_OVERFLOW_BLOCK;
     c->linktype = s->opts.linktype;
     c->snaplen = s->opts.snaplen;
     c->peer_pid = cr.pid;
@@ -500,6 +504,11 @@ void pipc_conn_close(pipc_conn *c)
 
 int pipc_client_connect(const char *name, int timeout_ms, pipc_client **out)
 {
+    return pipc_client_connect_flags(name, timeout_ms, 0, out);
+}
+
+int pipc_client_connect_flags(const char *name, int timeout_ms, uint32_t flags, pipc_client **out)
+{
     struct sockaddr_un addr;
     socklen_t len;
     int err = pipc_name_to_addr(name, &addr, &len);
@@ -520,7 +529,7 @@ int pipc_client_connect(const char *name, int timeout_ms, pipc_client **out)
         return err;
     }
     struct pipc_hello h = {.magic = PIPC_HELLO_MAGIC, .wire_version = PIPC_WIRE_VERSION,
-                           .abi_version = PACKET_IPC_ABI_VERSION};
+                           .abi_version = PACKET_IPC_ABI_VERSION, .flags = flags};
     if ((err = pipc_send_msg(sock, &h, sizeof(h), NULL, 0)) < 0) {
         pipc_set_error("server at %s closed the connection during the handshake", name);
         close(sock);

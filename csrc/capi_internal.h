@@ -50,6 +50,7 @@ struct pipc_client {
 };
 
 int pipc_server_allow_peer(pipc_server *server, int64_t uid, int64_t gid);
+int pipc_client_connect_flags(const char *name, int timeout_ms, uint32_t flags, pipc_client **out);
 long pipc_client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int timeout_ms, int busy_poll);
 int pipc_client_release_ids(pipc_client *c, uint64_t first, uint64_t n);
 int pipc_client_socket(const pipc_client *c);

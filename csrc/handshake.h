@@ -17,7 +17,11 @@
 #define PIPC_WELCOME_MAGIC 0x434c455743504950ULL /* "PIPCWELC" */
 #define PIPC_HANDSHAKE_MS 2000                   /* bound on one client's handshake */
 
-/* 32 bytes: 0 magic | 8 wire_version | 12 abi_version | 16 flags (0) | 20..31 reserved (0) */
+/* HELLO flags: the client's choice of overflow policy for its own ring (else the server's default). */
+#define PIPC_HELLO_WANT_DROP 1u
+#define PIPC_HELLO_WANT_BLOCK 2u
+
+/* 32 bytes: 0 magic | 8 wire_version | 12 abi_version | 16 flags | 20..31 reserved (0) */
 struct pipc_hello {
     uint64_t magic;
     uint32_t wire_version;

@@ -16,6 +16,7 @@
 
 #include "capi_internal.h"
 #include "flowhash.h"
+#include "handshake.h"
 #include "packet_ipc.h"
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -1052,9 +1053,9 @@ static PyObject *conn_send(ConnectionObject *self, PyObject *args)
 
 static PyObject *conn_send_batch(ConnectionObject *self, PyObject *args)
 {
-    PyObject *bo, *t = Py_None;
+    PyObject *bo, *t = Py_None, *sel = Py_None;
     int ms;
-    if (!PyArg_ParseTuple(args, "O|O:send_batch", &bo, &t) || timeout_ms_from(t, &ms) < 0 || !conn_open(self))
+    if (!PyArg_ParseTuple(args, "O|OO:send_batch", &bo, &t, &sel) || timeout_ms_from(t, &ms) < 0 || !conn_open(self))
         return NULL;
     core_state *st = state_of_type(Py_TYPE(self));
     if (Py_TYPE(bo) != st->BatchType) {
@@ -1064,21 +1065,48 @@ static PyObject *conn_send_batch(ConnectionObject *self, PyObject *args)
     BatchObject *b = (BatchObject *)bo;
     if (!batch_live(b))
         return NULL;
+    /* Optional selection: a buffer of uint32 packet indices (the share of one worker, in order). */
+    Py_buffer sv = {0};
+    const uint32_t *idx = NULL;
+    Py_ssize_t n = b->n;
+    if (sel != Py_None) {
+        if (PyObject_GetBuffer(sel, &sv, PyBUF_SIMPLE) < 0)
+            return NULL;
+        if (sv.len % 4) {
+            PyBuffer_Release(&sv);
+            PyErr_SetString(PyExc_ValueError, "indices must be uint32 values");
+            return NULL;
+        }
+        idx = sv.buf;
+        n = sv.len / 4;
+        for (Py_ssize_t k = 0; k < n; k++)
+            if (idx[k] >= (uint64_t)b->n) { /* stops an index past the batch */
+                PyBuffer_Release(&sv);
+                PyErr_SetString(PyExc_IndexError, "index out of range of the batch");
+                return NULL;
+            }
+    }
     struct pipc_packet local[256];
-    struct pipc_packet *pk = b->n <= 256 ? local : PyMem_Malloc((size_t)b->n * sizeof(*pk));
-    if (!pk)
+    struct pipc_packet *pk = n <= 256 ? local : PyMem_Malloc((size_t)n * sizeof(*pk));
+    if (!pk) {
+        if (idx)
+            PyBuffer_Release(&sv);
         return PyErr_NoMemory();
-    for (Py_ssize_t i = 0; i < b->n; i++) {
-        pk[i].ts_ns = b->ts[i];
-        pk[i].caplen = b->caplen[i];
-        pk[i].origlen = b->origlen[i];
-        pk[i].linktype = b->linktype[i];
-        pk[i].ifindex = b->ifindex[i];
-        pk[i].data = b->data + b->offsets[i];
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t i = idx ? (Py_ssize_t)idx[k] : k;
+        pk[k].ts_ns = b->ts[i];
+        pk[k].caplen = b->caplen[i];
+        pk[k].origlen = b->origlen[i];
+        pk[k].linktype = b->linktype[i];
+        pk[k].ifindex = b->ifindex[i];
+        pk[k].data = b->data + b->offsets[i];
     }
     Py_INCREF(bo); /* the batch (and its data) stays alive while the GIL is released */
-    PyObject *res = conn_send_packets(self, pk, b->n, ms);
+    PyObject *res = conn_send_packets(self, pk, n, ms);
     Py_DECREF(bo);
+    if (idx)
+        PyBuffer_Release(&sv);
     if (pk != local)
         PyMem_Free(pk);
     return res;
@@ -1184,19 +1212,23 @@ static PyType_Spec conn_spec = {"packet_ipc._core.Connection", sizeof(Connection
 
 static PyObject *client_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"name", "timeout", "busy_poll", NULL};
+    static char *kwlist[] = {"name", "timeout", "busy_poll", "overflow", NULL};
     const char *name;
     PyObject *t = Py_None;
-    int busy = 0, ms;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|Op:Client", kwlist, &name, &t, &busy) || timeout_ms_from(t, &ms) < 0)
+    int busy = 0, ms, overflow = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|Opi:Client", kwlist, &name, &t, &busy, &overflow) ||
+        timeout_ms_from(t, &ms) < 0)
         return NULL;
+    uint32_t flags = overflow == PIPC_OVERFLOW_DROP ? PIPC_HELLO_WANT_DROP
+                     : overflow == PIPC_OVERFLOW_BLOCK ? PIPC_HELLO_WANT_BLOCK
+                                                        : 0;
     core_state *st = state_of_type(tp);
     uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
     pipc_client *c;
     int r;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        r = pipc_client_connect(name, remaining(deadline), &c);
+        r = pipc_client_connect_flags(name, remaining(deadline), flags, &c);
         Py_END_ALLOW_THREADS
         if (r != -EINTR)
             break;
@@ -1486,7 +1518,76 @@ static PyObject *core_flow_hash_batch(PyObject *m, PyObject *args)
     return out;
 }
 
+/* Splits a batch over workers by flow: bucket = flow_hash & (len(table) - 1), worker = table[bucket].
+ * Returns a list of n_workers bytes objects, each the uint32 indices of that worker's packets in order. */
+static PyObject *core_partition_by_flow(PyObject *m, PyObject *args)
+{
+    PyObject *bo;
+    Py_buffer tv;
+    Py_ssize_t workers;
+    unsigned int linktype = 0;
+    if (!PyArg_ParseTuple(args, "Oy*n|I:partition_by_flow", &bo, &tv, &workers, &linktype))
+        return NULL;
+    core_state *st = (core_state *)PyModule_GetState(m);
+    PyObject *result = NULL;
+    uint32_t *counts = NULL, *all = NULL;
+    uint16_t *owner = NULL;
+    if (Py_TYPE(bo) != st->BatchType) {
+        PyErr_SetString(PyExc_TypeError, "partition_by_flow takes a PacketBatch");
+        goto out;
+    }
+    BatchObject *b = (BatchObject *)bo;
+    Py_ssize_t buckets = tv.len / 2;
+    if (!batch_live(b))
+        goto out;
+    if (workers < 1 || workers > 65535 || buckets < 1 || (buckets & (buckets - 1))) {
+        PyErr_SetString(PyExc_ValueError, "need 1..65535 workers and a uint16 table of a power-of-two length");
+        goto out;
+    }
+    const uint16_t *table = tv.buf;
+    counts = PyMem_Calloc((size_t)workers, sizeof(uint32_t));
+    owner = PyMem_Malloc((size_t)(b->n ? b->n : 1) * sizeof(uint16_t));
+    if (!counts || !owner) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        uint32_t h = pipc_flow_hash(b->linktype[i] ? b->linktype[i] : linktype, b->data + b->offsets[i], b->caplen[i]);
+        uint16_t w = table[h & (uint32_t)(buckets - 1)];
+        if (w >= workers) { /* stops a table naming a worker that does not exist */
+            PyErr_SetString(PyExc_ValueError, "table names a worker index >= workers");
+            goto out;
+        }
+        owner[i] = w;
+        counts[w]++;
+    }
+    result = PyList_New(workers);
+    if (!result)
+        goto out;
+    for (Py_ssize_t w = 0; w < workers; w++) {
+        PyObject *part = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)counts[w] * 4);
+        if (!part) {
+            Py_CLEAR(result);
+            goto out;
+        }
+        PyList_SET_ITEM(result, w, part);
+        counts[w] = 0;
+    }
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        uint32_t *dst = (uint32_t *)PyBytes_AS_STRING(PyList_GET_ITEM(result, owner[i]));
+        dst[counts[owner[i]]++] = (uint32_t)i;
+    }
+out:
+    PyBuffer_Release(&tv);
+    PyMem_Free(counts);
+    PyMem_Free(owner);
+    PyMem_Free(all);
+    return result;
+}
+
 static PyMethodDef core_methods[] = {
+    {"partition_by_flow", core_partition_by_flow, METH_VARARGS,
+     "partition_by_flow(batch, table, workers, linktype=0) -> list of bytes (uint32 indices per worker)."},
     {"flow_hash", core_flow_hash, METH_VARARGS, "flow_hash(linktype, data) -> int: symmetric 5-tuple hash."},
     {"flow_key", core_flow_key, METH_VARARGS,
      "flow_key(linktype, data) -> (family, proto, addr_a, port_a, addr_b, port_b, is_fragment) or None."},

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from types import TracebackType
+from typing import Literal
 
 from . import _core
 from .batch import PacketBatch
@@ -24,7 +25,9 @@ class Client:
     """Connects to the server named ``name`` (blocking until it accepts, up to ``timeout`` seconds).
 
     ``busy_poll=True`` spins instead of sleeping while waiting for packets: the lowest latency, at the cost of
-    one CPU core. Raises :class:`~packet_ipc.errors.ConnectError` (no server at that name, refused),
+    one CPU core. ``overflow`` chooses this client's policy when its ring is full (``"block"``: the server
+    waits, lossless; ``"drop"``: the server drops and counts, never slowed by this client); ``None`` takes
+    the server's default. Raises :class:`~packet_ipc.errors.ConnectError` (no server at that name, refused),
     :class:`~packet_ipc.errors.PermissionDeniedError` (credentials refused), ``TimeoutError``,
     :class:`~packet_ipc.errors.ProtocolError` (version mismatch or not a packet-ipc server), ``ValueError``
     (a name too long for a unix socket).
@@ -32,9 +35,19 @@ class Client:
 
     __slots__ = ("_c", "name", "__weakref__")
 
-    def __init__(self, name: str, *, timeout: float | None = None, busy_poll: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        busy_poll: bool = False,
+        overflow: Literal["block", "drop"] | None = None,
+    ) -> None:
+        if overflow not in (None, "block", "drop"):
+            raise ValueError(f"overflow must be None, 'block' or 'drop', not {overflow!r}")
         self.name = str(name)
-        self._c = _core.Client(self.name, timeout, busy_poll)
+        code = -1 if overflow is None else (_core.OVERFLOW_DROP if overflow == "drop" else _core.OVERFLOW_BLOCK)
+        self._c = _core.Client(self.name, timeout, busy_poll, code)
 
     def receive_batch(self, max_packets: int = 1024, timeout: float | None = None) -> PacketBatch | None:
         """Waits for at least one packet and returns a batch of at most ``max_packets``, viewing the ring.

@@ -10,31 +10,76 @@ and counts it. ``send(None)`` ends the stream.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import threading
+import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from . import _core
 from .batch import PacketBatch
+from .errors import ConnectionLostError
 from .packet import AsIpcPacket
 from .stats import Stats
 
-__all__ = ["Server", "Connection", "transfer_ipc", "Overflow"]
+__all__ = ["Server", "Connection", "ServerStats", "transfer_ipc", "Overflow", "Distribution", "stats_address"]
 
 Overflow = Literal["block", "drop"]
+Distribution = Literal["flow", "round_robin", "broadcast"]
 _OVERFLOW = {"block": _core.OVERFLOW_BLOCK, "drop": _core.OVERFLOW_DROP}
+_OVERFLOW_NAME = {v: k for k, v in _OVERFLOW.items()}
 DEFAULT_CAPACITY = 4 << 20
+FLOW_BUCKETS = 4096  # flow hash -> bucket -> worker: only a leaving/joining worker's share of flows moves
+LIVENESS_CHECK_S = 0.05  # how often server.send looks for workers that died while it was not blocked on them
+
+
+def stats_address(name: str) -> str:
+    """Where a server answers ``packet-ipc stats`` queries: beside its socket (``NAME.stats``)."""
+    return name + ".stats"
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """Counters of a server: its totals and one :class:`Stats` per connection (dead ones included)."""
+
+    name: str
+    distribution: str
+    workers: int
+    sent_packets: int
+    sent_bytes: int
+    dropped_packets: int
+    dropped_bytes: int
+    lost_packets: int
+    connections: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as a plain dict (JSON-friendly)."""
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "workers": self.workers,
+            "sent_packets": self.sent_packets,
+            "sent_bytes": self.sent_bytes,
+            "dropped_packets": self.dropped_packets,
+            "dropped_bytes": self.dropped_bytes,
+            "lost_packets": self.lost_packets,
+            "connections": self.connections,
+        }
 
 
 class Connection:
     """The server's side of one client: its own ring. Created by :meth:`Server.accept`."""
 
-    __slots__ = ("_c", "overflow", "__weakref__")
+    __slots__ = ("_c", "overflow", "index", "__weakref__")
 
-    def __init__(self, core: _core.Connection, overflow: Overflow) -> None:
+    def __init__(self, core: _core.Connection, index: int = 0) -> None:
         self._c = core
-        self.overflow: Overflow = overflow
+        self.overflow: Overflow = _OVERFLOW_NAME[core.info[1]]
+        self.index = index  # order of acceptance on its server
 
     def send(self, packets: Sequence[AsIpcPacket] | None, timeout: float | None = None) -> int:
         """Writes ``packets`` (in order) into the client's ring; ``None`` ends the stream.
@@ -54,6 +99,10 @@ class Connection:
         Blocking, return value and errors as :meth:`send`.
         """
         return int(self._c.send_batch(batch, timeout))
+
+    def send_batch_indices(self, batch: PacketBatch, indices: bytes | None, timeout: float | None = None) -> int:
+        """Writes the packets of ``batch`` at ``indices`` (uint32 values, in that order); as :meth:`send`."""
+        return int(self._c.send_batch(batch, timeout, indices))
 
     def end(self) -> None:
         """Ends the stream (same as ``send(None)``): the client drains, then receives ``None``."""
@@ -123,9 +172,14 @@ class Server:
         allowed_uids: Iterable[int] = (),
         allowed_gids: Iterable[int] = (),
         allow_any_uid: bool = False,
+        distribution: Distribution = "flow",
+        stats_socket: bool = True,
     ) -> None:
         if overflow not in _OVERFLOW:
             raise ValueError(f"overflow must be 'block' or 'drop', not {overflow!r}")
+        if distribution not in ("flow", "round_robin", "broadcast"):
+            raise ValueError(f"distribution must be 'flow', 'round_robin' or 'broadcast', not {distribution!r}")
+        self.distribution: Distribution = distribution
         if capacity <= 0 or max_packets < 0 or snaplen <= 0:
             raise ValueError("capacity and snaplen must be > 0, max_packets >= 0")
         self.overflow: Overflow = overflow
@@ -145,6 +199,30 @@ class Server:
         for gid in allowed_gids:
             self._s.allow_peer(-1, int(gid))
         self.name: str = self._s.name
+        self._lock = threading.RLock()
+        self._all: list[Connection] = []
+        self._live: list[Connection] = []
+        self._table = bytearray(2 * FLOW_BUCKETS)
+        self._rr = 0
+        self._lost = 0
+        self._last_liveness = 0.0
+        self._stats_sock: socket.socket | None = None
+        if stats_socket:
+            self._start_stats()
+
+    def _start_stats(self) -> None:
+        addr = stats_address(self.name)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind("\0" + addr[1:] if addr.startswith("@") else addr)
+            if not addr.startswith("@"):
+                os.chmod(addr, 0o600)
+            sock.listen(16)
+        except OSError:
+            sock.close()  # statistics are optional: the endpoint works without them
+            return
+        self._stats_sock = sock
+        threading.Thread(target=self._serve_stats, name=f"packet-ipc stats {self.name}", daemon=True).start()
 
     def accept(self, timeout: float | None = None) -> Connection:
         """Waits up to ``timeout`` seconds for one client, performs the handshake and returns its connection.
@@ -154,7 +232,197 @@ class Server:
         version or is not packet-ipc), :class:`PermissionDeniedError` (its uid/gid is not allowed),
         ``ClosedError``; the server stays usable after each.
         """
-        return Connection(self._s.accept(timeout), self.overflow)
+        with self._lock:
+            conn = Connection(self._s.accept(timeout), len(self._all))
+            self._all.append(conn)
+            self._live.append(conn)
+            self._rebalance_join(conn)
+        return conn
+
+    # ---- many workers --------------------------------------------------------------------------------
+
+    @property
+    def connections(self) -> list[Connection]:
+        """The live connections, in order of acceptance (dead or closed ones are dropped as found)."""
+        return list(self._live)
+
+    def wait_for_clients(self, n: int, timeout: float | None = None) -> list[Connection]:
+        """Accepts clients until ``n`` are connected (within ``timeout`` seconds in total); returns them."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(self._live) < n:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self.accept(left)
+        return self.connections
+
+    def send(self, packets: Sequence[AsIpcPacket] | None, timeout: float | None = None) -> int:
+        """Distributes packets over every live connection by the server's ``distribution``; ``None`` ends
+        every stream.
+
+        ``"flow"``: both directions of a flow go to the same worker (symmetric 5-tuple hash, computed in C);
+        ``"round_robin"``: the whole call goes to the next worker; ``"broadcast"``: every worker gets every
+        packet. Blocks like :meth:`Connection.send` on a worker whose policy is ``"block"``. A worker that
+        has died is dropped: its share of flows moves to the live ones, and packets of this call not yet
+        written to it go to them instead (what was in its ring is counted as lost). Returns the number of
+        packets written (under broadcast, counted once per packet). Raises :class:`ConnectionLostError` when
+        no worker is left, ``TimeoutError`` as :meth:`Connection.send`.
+        """
+        if packets is None:
+            return self._end_all()
+        return self.send_batch(PacketBatch.from_packets(packets, self.linktype), timeout)
+
+    def send_batch(self, batch: PacketBatch, timeout: float | None = None) -> int:
+        """Distributes a :class:`PacketBatch` as :meth:`send` does (one copy into each ring it reaches)."""
+        self._check_liveness()
+        if self.distribution == "broadcast":
+            return self._broadcast(batch, timeout)
+        if self.distribution == "round_robin":
+            return self._round_robin(batch, timeout)
+        return self._by_flow(batch, None, timeout)
+
+    def _by_flow(self, batch: PacketBatch, subset: bytes | None, timeout: float | None) -> int:
+        live = self._require_live()
+        parts = _core.partition_by_flow(batch, self._table, len(live), self.linktype)
+        if subset is not None:  # re-distribution of one dead worker's remainder: keep only those packets
+            wanted = set(memoryview(subset).cast("I"))
+            parts = [_select(p, wanted) for p in parts]
+        sent = 0
+        retry: list[int] = []
+        for conn, part in zip(live, parts):
+            if not part:
+                continue
+            written, lost_rest = self._send_part(conn, batch, part, timeout)
+            sent += written
+            if lost_rest is not None:
+                retry.extend(lost_rest)
+        if retry:  # packets that were bound for a worker that died: the live ones take them
+            sent += self._by_flow(batch, _pack(retry), timeout)
+        return sent
+
+    def _round_robin(self, batch: PacketBatch, timeout: float | None) -> int:
+        while True:
+            live = self._require_live()
+            conn = live[self._rr % len(live)]
+            self._rr += 1
+            written, rest = self._send_part(conn, batch, None, timeout)
+            if rest is None:
+                return written
+            if not rest:
+                return written
+            sub = _pack(rest)
+            while True:  # the remainder goes to the next live worker
+                live = self._require_live()
+                conn = live[self._rr % len(live)]
+                self._rr += 1
+                more, rest2 = self._send_part(conn, batch, sub, timeout)
+                written += more
+                if not rest2:
+                    return written
+                sub = _pack(rest2)
+
+    def _broadcast(self, batch: PacketBatch, timeout: float | None) -> int:
+        live = self._require_live()
+        for conn in live:
+            self._send_part(conn, batch, None, timeout)  # a dead worker just leaves the set
+        return len(batch)
+
+    def _send_part(
+        self, conn: Connection, batch: PacketBatch, part: bytes | None, timeout: float | None
+    ) -> tuple[int, list[int] | None]:
+        """Sends batch[part] to conn. Returns (written, None), or (written, unsent indices) if conn died."""
+        before = conn._c.stats()[0]
+        try:
+            return conn.send_batch_indices(batch, part, timeout), None
+        except ConnectionLostError:
+            written = conn._c.stats()[0] - before
+            self._drop(conn)
+            indices = list(memoryview(part).cast("I")) if part is not None else list(range(len(batch)))
+            return written, indices[written:]
+
+    def _require_live(self) -> list[Connection]:
+        live = self._live
+        if not live:
+            raise ConnectionLostError(104, "no live worker is connected to this server")
+        return live
+
+    def _check_liveness(self) -> None:
+        now = time.monotonic()
+        if now - self._last_liveness < LIVENESS_CHECK_S:
+            return
+        self._last_liveness = now
+        for conn in list(self._live):
+            if not conn.alive:
+                self._drop(conn)
+
+    def _drop(self, conn: Connection) -> None:
+        with self._lock:
+            if conn not in self._live:
+                return
+            self._lost += conn.stats().ring_used_slots
+            position = self._live.index(conn)
+            self._live.remove(conn)
+            self._rebalance_leave(position)
+
+    def _rebalance_join(self, conn: Connection) -> None:
+        """A new worker takes an even share of buckets from the others (every n-th bucket)."""
+        n = len(self._live)
+        table = memoryview(self._table).cast("H")
+        if n == 1:
+            for b in range(FLOW_BUCKETS):
+                table[b] = 0
+            return
+        for b in range(n - 1, FLOW_BUCKETS, n):
+            table[b] = n - 1
+
+    def _rebalance_leave(self, position: int) -> None:
+        """The leaving worker's buckets go round-robin to the survivors; indices above it shift down."""
+        n = len(self._live)
+        table = memoryview(self._table).cast("H")
+        k = 0
+        for b in range(FLOW_BUCKETS):
+            w = table[b]
+            if w == position:
+                table[b] = k % n if n else 0
+                k += 1
+            elif w > position:
+                table[b] = w - 1
+
+    def _end_all(self) -> int:
+        for conn in list(self._live):
+            try:
+                conn.end()
+            except ConnectionLostError:
+                self._drop(conn)
+        return 0
+
+    def stats(self) -> ServerStats:
+        """Totals and per-connection counters (live and dead connections)."""
+        per = []
+        totals = [0, 0, 0, 0]
+        for conn in self._all:
+            if conn.closed:
+                continue
+            st = conn.stats()
+            totals[0] += st.packets
+            totals[1] += st.bytes
+            totals[2] += st.dropped_packets
+            totals[3] += st.dropped_bytes
+            d = st.as_dict()
+            d.update(index=conn.index, peer_pid=conn.peer_pid, overflow=conn.overflow, live=conn in self._live)
+            per.append(d)
+        return ServerStats(self.name, self.distribution, len(self._live), *totals, self._lost, per)
+
+    def _serve_stats(self) -> None:
+        """Answers `packet-ipc stats` queries: one JSON document per connection to NAME.stats."""
+        while True:
+            try:
+                peer, _ = self._stats_sock.accept()
+            except OSError:
+                return  # closed
+            with peer:
+                try:
+                    peer.sendall(json.dumps(self.stats().as_dict()).encode())
+                except OSError:
+                    pass
 
     def fileno(self) -> int:
         """The listening socket: readable when a client is waiting to be accepted."""
@@ -167,7 +435,26 @@ class Server:
 
     def close(self) -> None:
         """Stops listening and removes the socket and private directory. Accepted connections stay usable."""
+        if self._stats_sock is not None:
+            addr = stats_address(self.name)
+            try:
+                self._stats_sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._stats_sock.close()
+            self._stats_sock = None
+            if not addr.startswith("@"):
+                try:
+                    os.unlink(addr)
+                except FileNotFoundError:
+                    pass
         self._s.close()
+
+    def close_connections(self) -> None:
+        """Closes every accepted connection (each client sees end of stream after draining)."""
+        for conn in self._all:
+            conn.close()
+        self._live.clear()
 
     def __enter__(self) -> Server:
         return self
@@ -211,3 +498,13 @@ def transfer_ipc(
         sent += connection.send(pending, timeout)
     connection.send(None)
     return sent
+
+
+def _pack(indices: list[int]) -> bytes:
+    import array
+
+    return array.array("I", indices).tobytes()
+
+
+def _select(part: bytes, wanted: set[int]) -> bytes:
+    return _pack([i for i in memoryview(part).cast("I") if i in wanted])
