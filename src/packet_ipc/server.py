@@ -339,7 +339,7 @@ class Server:
             return written, indices[written:]
 
     def _require_live(self) -> list[Connection]:
-        live = self._live
+        live = list(self._live)  # a snapshot: a worker found dead mid-send leaves self._live, not this list
         if not live:
             raise ConnectionLostError(104, "no live worker is connected to this server")
         return live
@@ -363,15 +363,19 @@ class Server:
             self._rebalance_leave(position)
 
     def _rebalance_join(self, conn: Connection) -> None:
-        """A new worker takes an even share of buckets from the others (every n-th bucket)."""
+        """A new worker takes every n-th bucket of each existing worker: 1/n of everyone's flows, no more."""
         n = len(self._live)
         table = memoryview(self._table).cast("H")
         if n == 1:
             for b in range(FLOW_BUCKETS):
                 table[b] = 0
             return
-        for b in range(n - 1, FLOW_BUCKETS, n):
-            table[b] = n - 1
+        seen = [0] * n
+        for b in range(FLOW_BUCKETS):
+            w = table[b]
+            seen[w] += 1
+            if seen[w] % n == 0:
+                table[b] = n - 1
 
     def _rebalance_leave(self, position: int) -> None:
         """The leaving worker's buckets go round-robin to the survivors; indices above it shift down."""
