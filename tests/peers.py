@@ -71,3 +71,37 @@ def connect_and_idle(name: str, ready_q: Any) -> None:
     ready_q.put(os.getpid())
     signal.pause()
     client.close()
+
+
+def canonical_flow(linktype: int, data: bytes) -> tuple | None:
+    """The direction-free flow key of a packet (None for non-IP), from the C parser checked against dpkt."""
+    key = pipc._core.flow_key(linktype, data)
+    if key is None:
+        return None
+    family, proto, a, pa, b, pb, frag = key
+    ends = sorted([(a, 0 if frag else pa), (b, 0 if frag else pb)])
+    return (family, proto, *ends[0], *ends[1])
+
+
+def collect(
+    name: str, result_q: Any, overflow: str | None = None, started: Any = None, stall: Any = None
+) -> None:
+    """Worker: receives until end of stream, reports (pid, [(timestamp, flow)], dropped, error).
+
+    `started` (an Event) is set after the first packet; `stall` (an Event) makes it stop reading until set.
+    """
+    client = pipc.Client(name, timeout=30, overflow=overflow)
+    got: list = []
+    error = None
+    try:
+        if stall is not None:
+            stall.wait(60)
+        while (batch := client.receive_batch(512, timeout=30)) is not None:
+            with batch:
+                for p in batch:
+                    got.append((p.timestamp, canonical_flow(p.linktype, p.tobytes())))
+            if started is not None and not started.is_set():
+                started.set()
+    except pipc.PacketIpcError as e:
+        error = type(e).__name__
+    result_q.put((os.getpid(), got, client.stats().dropped_packets, error))
