@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import mmap
 import os
 import signal
@@ -228,6 +229,7 @@ def ring_mappings() -> int:
 
 
 def test_no_fd_mapping_or_file_leaks_after_200_cycles():
+    gc.collect()  # objects of earlier tests may still hold fds; let them go first
     before_fds, before_dirs, before_maps = open_fds(), ipc_dirs(), ring_mappings()
     for i in range(200):
         with pipc.Server(capacity=1 << 14) as server:
@@ -239,9 +241,10 @@ def test_no_fd_mapping_or_file_leaks_after_200_cycles():
             conn.close()
             client.close()
         del conn, client
-    assert open_fds() == before_fds
-    assert ipc_dirs() == before_dirs
-    assert ring_mappings() == before_maps
+    gc.collect()
+    assert open_fds() - before_fds == set()  # nothing new is open (earlier tests' fds may have closed)
+    assert ipc_dirs() <= before_dirs
+    assert ring_mappings() <= before_maps
 
 
 def test_received_data_outlives_client_close_without_use_after_free():
