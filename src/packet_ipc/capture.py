@@ -37,7 +37,7 @@ class CaptureStats:
 
 def _pcapy() -> Any:
     try:
-        import pcapy
+        import pcapy  # type: ignore[import-not-found, unused-ignore]
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise CaptureOpenError(
             0, "live capture needs pcapy-ng (pip install 'packet-ipc[capture]'; it builds against libpcap-dev)"

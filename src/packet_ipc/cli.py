@@ -434,10 +434,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     table = Table(title="what each worker received")
     for col in ("worker pid", "sent to it", "received", "bytes", "checksum"):
         table.add_column(col, justify="right")
-    for w in sent:
-        r = by_pid.get(w["peer_pid"], {})
-        table.add_row(str(w["peer_pid"]), f"{w['packets']:,}", f"{r.get('packets', 0):,}", f"{r.get('bytes', 0):,}",
-                      r.get("checksum", "-"))
+    for conn in sent:
+        r = by_pid.get(conn["peer_pid"], {})
+        table.add_row(str(conn["peer_pid"]), f"{conn['packets']:,}", f"{r.get('packets', 0):,}",
+                      f"{r.get('bytes', 0):,}", r.get("checksum", "-"))
     console.print(table)
     got_packets = sum(r["packets"] for r in results)
     got_bytes = sum(r["bytes"] for r in results)

@@ -56,11 +56,11 @@ class CaptureRecord:
 # Building a frozen dataclass through its __init__ goes through object.__setattr__ once per field,
 # about twice as slow as filling the slots directly; the readers below do the latter.
 _new_record = object.__new__
-_set_timestamp = CaptureRecord.timestamp.__set__  # type: ignore[attr-defined]
-_set_data = CaptureRecord.data.__set__  # type: ignore[attr-defined]
-_set_orig_len = CaptureRecord.orig_len.__set__  # type: ignore[attr-defined]
-_set_linktype = CaptureRecord.linktype.__set__  # type: ignore[attr-defined]
-_set_ifindex = CaptureRecord.ifindex.__set__  # type: ignore[attr-defined]
+_set_timestamp = CaptureRecord.timestamp.__set__  # type: ignore[attr-defined,misc]
+_set_data = CaptureRecord.data.__set__  # type: ignore[attr-defined,misc]
+_set_orig_len = CaptureRecord.orig_len.__set__  # type: ignore[attr-defined,misc]
+_set_linktype = CaptureRecord.linktype.__set__  # type: ignore[attr-defined,misc]
+_set_ifindex = CaptureRecord.ifindex.__set__  # type: ignore[attr-defined,misc]
 
 #: Largest captured length accepted for one packet (256 MiB); anything larger is a corrupt length field.
 MAX_CAPLEN = 256 * 1024 * 1024

@@ -31,7 +31,7 @@ __all__ = ["Server", "Connection", "ServerStats", "transfer_ipc", "Overflow", "D
 Overflow = Literal["block", "drop"]
 Distribution = Literal["flow", "round_robin", "broadcast"]
 _OVERFLOW = {"block": _core.OVERFLOW_BLOCK, "drop": _core.OVERFLOW_DROP}
-_OVERFLOW_NAME = {v: k for k, v in _OVERFLOW.items()}
+_OVERFLOW_NAME: dict[int, Overflow] = {_core.OVERFLOW_BLOCK: "block", _core.OVERFLOW_DROP: "drop"}
 DEFAULT_CAPACITY = 4 << 20
 FLOW_BUCKETS = 4096  # flow hash -> bucket -> worker: only a leaving/joining worker's share of flows moves
 LIVENESS_CHECK_S = 0.05  # how often server.send looks for workers that died while it was not blocked on them
@@ -413,13 +413,16 @@ class Server:
             d = st.as_dict()
             d.update(index=conn.index, peer_pid=conn.peer_pid, overflow=conn.overflow, live=conn in self._live)
             per.append(d)
-        return ServerStats(self.name, self.distribution, len(self._live), *totals, self._lost, per)
+        return ServerStats(
+            self.name, self.distribution, len(self._live), totals[0], totals[1], totals[2], totals[3], self._lost, per
+        )
 
     def _serve_stats(self) -> None:
         """Answers `packet-ipc stats` queries: one JSON document per connection to NAME.stats."""
-        while True:
+        listener = self._stats_sock
+        while listener is not None:
             try:
-                peer, _ = self._stats_sock.accept()
+                peer, _ = listener.accept()
             except OSError:
                 return  # closed
             with peer:
