@@ -332,7 +332,10 @@ long pipc_ring_take(struct pipc_ring *ring, struct pipc_packet *out, size_t max)
         out[i].origlen = d.origlen;
         out[i].linktype = d.linktype;
         out[i].ifindex = d.ifindex;
-        out[i].data = ring->payload + (pos & mask);
+        /* Relative to the batch's first byte in the mirrored mapping, not pos & mask: a batch that crosses
+         * the wrap stays one contiguous region (start & mask plus at most one ring's worth stays inside the
+         * double mapping). */
+        out[i].data = ring->payload + (start & mask) + (pos - start);
         out[i].id = seq;
         pos += d.caplen;
         ring->c_released[seq & smask] = 0;

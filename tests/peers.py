@@ -105,3 +105,26 @@ def collect(
     except pipc.PacketIpcError as e:
         error = type(e).__name__
     result_q.put((os.getpid(), got, client.stats().dropped_packets, error))
+
+
+def batch_columns(n: int, seed: int, max_len: int = 1518) -> tuple[bytes, bytes, bytes]:
+    """Deterministic columnar data: u64 timestamps, u32 lengths, and the payloads back to back."""
+    import array
+    import random
+
+    rng = random.Random(seed)
+    lens = array.array("I", (rng.randint(0, max_len) for _ in range(n)))
+    ts = array.array("Q", (1_700_000_000_000_000_000 + seed * 1_000_000 + i for i in range(n)))
+    blob = rng.randbytes(sum(lens))
+    return ts.tobytes(), lens.tobytes(), blob
+
+
+def serve_batches(name_q: Any, batches: int, n: int, capacity: int) -> None:
+    """Server: sends `batches` columnar batches of n packets (seeds 0..batches-1), then ends the stream."""
+    with pipc.Server(capacity=capacity) as server:
+        name_q.put(server.name)
+        conn = server.accept(timeout=30)
+        for seed in range(batches):
+            conn.send_batch(pipc.PacketBatch.from_buffers(*batch_columns(n, seed)), timeout=30)
+        conn.send(None)
+        conn.close()

@@ -1,0 +1,142 @@
+"""PacketBatch: columnar round trip between processes, zero-copy views, out-of-order release, the wrap."""
+
+from __future__ import annotations
+
+import array
+import threading
+
+import pytest
+
+import packet_ipc as pipc
+from peers import batch_columns, serve_batches
+
+
+def pair(capacity: int = 1 << 20, **kw) -> tuple[pipc.Server, pipc.Connection, pipc.Client]:
+    server = pipc.Server(capacity=capacity, **kw)
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("c", pipc.Client(server.name, timeout=10)))
+    t.start()
+    conn = server.accept(timeout=10)
+    t.join()
+    return server, conn, box["c"]
+
+
+def test_columnar_round_trip_between_processes_is_exact(ctx):
+    name_q = ctx.Queue()
+    server = ctx.Process(target=serve_batches, args=(name_q, 40, 300, 1 << 18))
+    server.start()
+    client = pipc.Client(name_q.get(timeout=30), timeout=30)
+    sent_ts, sent_lens, sent_blob = b"", b"", b""
+    for seed in range(40):
+        ts, lens, blob = batch_columns(300, seed)
+        sent_ts, sent_lens, sent_blob = sent_ts + ts, sent_lens + lens, sent_blob + blob
+    got_ts, got_lens, got_blob = bytearray(), bytearray(), bytearray()
+    while (batch := client.receive_batch(1000, timeout=30)) is not None:
+        with batch:
+            got_ts += batch.timestamps
+            got_lens += batch.caplens
+            assert bytes(batch.origlens) == bytes(batch.caplens)
+            offsets = batch.offsets.tolist()
+            assert offsets == [sum(batch.caplens.tolist()[:i]) for i in range(len(batch))]
+            got_blob += batch.data  # one contiguous view of every payload, read in place
+    server.join(30)
+    assert (bytes(got_ts), bytes(got_lens)) == (sent_ts, sent_lens)
+    assert bytes(got_blob) == sent_blob
+
+
+def test_numpy_reads_the_columns_without_copies():
+    np = pytest.importorskip("numpy")
+    server, conn, client = pair()
+    ts, lens, blob = batch_columns(100, 3)
+    conn.send_batch(pipc.PacketBatch.from_buffers(np.frombuffer(ts, np.uint64), np.frombuffer(lens, np.uint32), blob))
+    with client.receive_batch(1000, timeout=5) as batch:
+        assert np.array_equal(np.frombuffer(batch.timestamps, np.uint64), np.frombuffer(ts, np.uint64))
+        assert int(np.frombuffer(batch.caplens, np.uint32).sum()) == len(blob) == batch.nbytes
+        assert np.frombuffer(batch.data, np.uint8).tobytes() == blob
+    server.close()
+
+
+def test_payloads_are_contiguous_across_the_ring_wrap():
+    server, conn, client = pair(capacity=4096)
+    for seed in range(50):  # 1,000..1,700-byte batches in a 4 KiB ring: most wrap at some point
+        ts, lens, blob = batch_columns(3, seed, max_len=560)
+        conn.send_batch(pipc.PacketBatch.from_buffers(ts, lens, blob))
+        got = bytearray()
+        while len(got) < len(blob):
+            with client.receive_batch(10, timeout=5) as batch:
+                got += batch.data
+                for i, p in enumerate(batch):
+                    start = batch.offsets[i]
+                    assert p.tobytes() == bytes(batch.data[start : start + batch.caplens[i]])
+        assert bytes(got) == blob
+    server.close()
+
+
+def test_views_outlive_the_batch_and_hold_its_ring_space_until_they_go():
+    server, conn, client = pair(capacity=1 << 16)
+    ts, lens, blob = batch_columns(10, 1, max_len=200)
+    conn.send_batch(pipc.PacketBatch.from_buffers(ts, lens, blob))
+    batch = client.receive_batch(100, timeout=5)
+    data_view = batch.data
+    first = batch[0]
+    batch.release()
+    with pytest.raises(ValueError, match="released"):
+        batch.data
+    del batch
+    assert bytes(data_view) == blob  # still valid: the view keeps the region
+    assert conn.stats().ring_used_slots == 10  # and the server has not got the space back
+    del data_view
+    assert first.tobytes() == blob[: lens and array.array("I", lens)[0]]
+    del first
+    assert conn.stats().ring_used_slots == 0  # last view gone: space returned
+    server.close()
+
+
+def test_batches_released_out_of_order_return_space_only_as_a_prefix():
+    server, conn, client = pair(capacity=1 << 16)
+    for seed in range(4):
+        conn.send_batch(pipc.PacketBatch.from_buffers(*batch_columns(5, seed, max_len=100)))
+    held = [client.receive_batch(5, timeout=5) for _ in range(4)]
+    assert conn.stats().ring_used_slots == 20
+    held[2].release()
+    held[3].release()
+    assert conn.stats().ring_used_slots == 20  # 0 and 1 still held: nothing can be reused yet
+    held[0].release()
+    assert conn.stats().ring_used_slots == 15  # batch 0 returned; 1 still blocks 2 and 3
+    held[1].release()
+    assert conn.stats().ring_used_slots == 0
+    conn.send_batch(pipc.PacketBatch.from_buffers(*batch_columns(5, 9, max_len=100)))  # the ring is reusable
+    with client.receive_batch(5, timeout=5) as b:
+        assert bytes(b.data) == batch_columns(5, 9, max_len=100)[2]
+    server.close()
+
+
+def test_from_buffers_checks_its_columns_and_pins_a_mutable_blob():
+    ts, lens, blob = batch_columns(4, 2, max_len=50)
+    with pytest.raises(ValueError, match="add up"):
+        pipc.PacketBatch.from_buffers(ts, lens, blob + b"x")
+    with pytest.raises(ValueError, match="timestamps"):
+        pipc.PacketBatch.from_buffers(ts[:-8], lens, blob)
+    buf = bytearray(blob)
+    batch = pipc.PacketBatch.from_buffers(array.array("Q", array.array("Q", ts)), array.array("I", lens), buf)
+    with pytest.raises(BufferError):
+        buf.extend(b"more")  # the batch references it without a copy
+    packet = batch[1]
+    batch.release()
+    with pytest.raises(BufferError):
+        buf.extend(b"more")  # a packet taken from the batch still pins it
+    del packet
+    buf.extend(b"more")
+    assert len(batch) == 4
+
+
+def test_from_packets_iteration_and_indexing():
+    packets = [pipc.Packet(i, bytes([i]) * i, orig_len=i + 10, linktype=228) for i in range(6)]
+    batch = pipc.PacketBatch.from_packets(packets)
+    assert len(batch) == 6 and batch.nbytes == sum(range(6))
+    assert [(p.timestamp, p.tobytes(), p.orig_len, p.linktype) for p in batch] == [
+        (i, bytes([i]) * i, i + 10, 228) for i in range(6)
+    ]
+    with pytest.raises(IndexError):
+        batch[6]
+    assert list(batch.linktypes) == [228] * 6
