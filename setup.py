@@ -5,6 +5,7 @@ Both compile the same ``csrc/`` sources. The library and the public header are s
 """
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent
+# The soname's number is the C ABI version: a program built for ABI 1 never loads an incompatible library.
+ABI_VERSION = int(re.search(r"#define PACKET_IPC_ABI_VERSION (\d+)", (ROOT / "include" / "packet_ipc.h").read_text())[1])
 CORE = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.c"))
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"]
 LDFLAGS: list[str] = []
@@ -22,10 +25,17 @@ if os.environ.get("PACKET_IPC_SANITIZE"):
     LDFLAGS += [f"-fsanitize={san}"]
 
 LIBNAME = "packet_ipc.lib.libpacketipc"
+SONAME = f"libpacketipc.so.{ABI_VERSION}"
 
 
 class BuildExt(build_ext):
     """Names the C library plainly (libpacketipc.so) and exports only the public pipc_ symbols from it."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        # build/ keeps objects that are newer than their sources whatever flags built them: without a rebuild,
+        # PACKET_IPC_SANITIZE would ship the normal objects (and the next normal build the sanitized ones).
+        self.force = True
 
     def get_ext_fullpath(self, ext_name: str) -> str:
         path = super().get_ext_fullpath(ext_name)
@@ -35,6 +45,14 @@ class BuildExt(build_ext):
 
     def get_export_symbols(self, ext: Extension) -> list[str]:
         return [] if ext.name == LIBNAME else super().get_export_symbols(ext)
+
+    def build_extension(self, ext: Extension) -> None:
+        super().build_extension(ext)
+        if ext.name == LIBNAME:
+            # Programs linked with -lpacketipc record the soname (libpacketipc.so.1) and load that name at
+            # run time: ship it beside the link-time name (a copy: wheels cannot hold symlinks).
+            path = self.get_ext_fullpath(ext.name)
+            shutil.copy2(path, os.path.join(os.path.dirname(path), SONAME))
 
 
 class BuildPy(build_py):
@@ -62,7 +80,7 @@ setup(
             include_dirs=["include", "csrc"],
             define_macros=[("PIPC_BUILD_SHARED", "1")],
             extra_compile_args=CFLAGS,
-            extra_link_args=LDFLAGS + ["-Wl,-soname,libpacketipc.so.1"],
+            extra_link_args=LDFLAGS + [f"-Wl,-soname,{SONAME}"],
         ),
     ],
     cmdclass={"build_ext": BuildExt, "build_py": BuildPy},

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -69,6 +70,19 @@ static void close_fd(int *fd)
 }
 
 /* ---------------- server ---------------- */
+
+/* Once the server admits peers other than its own uid, SO_PEERCRED (peer_allowed) is the fence that decides,
+ * and the file modes must not stop those peers before it: the socket becomes 0666 and our private directory
+ * 0711 (others may reach the socket by its name, not list the directory). Without this an allowed uid could
+ * never connect to a path name. A directory the caller chose is left as the caller made it. */
+static int open_to_other_uids(pipc_server *s)
+{
+    if (s->name[0] == '@') /* abstract: no file, no mode */
+        return 0;
+    if (chmod(s->name, 0666) < 0 || (s->dir[0] && chmod(s->dir, 0711) < 0))
+        return -errno;
+    return 0;
+}
 
 int pipc_server_create(const char *name, const struct pipc_server_options *options, pipc_server **out)
 {
@@ -133,6 +147,12 @@ int pipc_server_create(const char *name, const struct pipc_server_options *optio
         return fd;
     }
     s->listen_fd = fd;
+    int err;
+    if (o.allow_any_uid && (err = open_to_other_uids(s)) < 0) {
+        pipc_set_error("cannot open %s to other uids: %s", s->dir, strerror(-err));
+        pipc_server_close(s);
+        return err;
+    }
     *out = s;
     return 0;
 }
@@ -152,7 +172,7 @@ int pipc_server_allow_peer(pipc_server *server, int64_t uid, int64_t gid)
             return -ENOSPC;
         server->gids[server->n_gids++] = (gid_t)gid;
     }
-    return 0;
+    return open_to_other_uids(server);
 }
 
 static int peer_allowed(const pipc_server *s, const struct ucred *cr)
@@ -184,20 +204,24 @@ static int server_handshake(pipc_server *s, int sock, uint64_t deadline, pipc_co
     socklen_t crlen = sizeof(cr);
     if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0)
         return -errno;
+    /* Read the HELLO before judging the peer, even one we refuse: closing a socket that still holds an unread
+     * message resets it, and the peer's recv then fails with ECONNRESET ahead of our queued WELCOME, so a
+     * refused client would report "connection reset" instead of our reason. */
+    struct pipc_hello h;
+    int fds[3];
+    int r = pipc_recv_msg(sock, &h, sizeof(h), fds, 3, deadline);
+    for (int i = 0; i < r; i++) /* a client has no business sending fds */
+        close(fds[i]);
+    if (r == -ECONNRESET || r == -ETIMEDOUT || r == -EINTR)
+        return r;
     if (!peer_allowed(s, &cr)) {
         char who[64];
         snprintf(who, sizeof(who), "uid %u gid %u", (unsigned)cr.uid, (unsigned)cr.gid);
         s->refused++;
         return refuse(sock, -EACCES, "client refused: %s is not allowed to connect", who);
     }
-    struct pipc_hello h;
-    int fds[3];
-    int r = pipc_recv_msg(sock, &h, sizeof(h), fds, 3, deadline);
-    if (r > 0) { /* a client has no business sending fds */
-        for (int i = 0; i < r; i++)
-            close(fds[i]);
+    if (r > 0)
         return refuse(sock, -EPROTO, "client refused: %s", "unexpected file descriptors in HELLO");
-    }
     if (r == -EPROTO || (r == 0 && h.magic != PIPC_HELLO_MAGIC))
         return refuse(sock, -EPROTO, "client refused: %s", "not a packet-ipc HELLO");
     if (r < 0)
@@ -379,6 +403,10 @@ long pipc_conn_send(pipc_conn *c, const struct pipc_packet *pk, size_t n, int ti
     uint64_t half = c->ring.payload_bytes / 2;
     uint64_t limit = half < c->snaplen ? half : c->snaplen;
     for (size_t i = 0; i < n; i++) {
+        if (pk[i].linktype > 0xffff) { /* the descriptor holds 16 bits, as pcapng's link type does */
+            pipc_set_error("packet %zu has linktype %u; linktypes are 16-bit values", i, pk[i].linktype);
+            return -EINVAL;
+        }
         if (pk[i].caplen > limit) {
             pipc_set_error("packet %zu has %u bytes, more than the %s (%llu bytes)", i, pk[i].caplen,
                            half < c->snaplen ? "ring holds (half its capacity)" : "snaplen",
@@ -577,9 +605,20 @@ int pipc_client_connect_flags(const char *name, int timeout_ms, uint32_t flags, 
     /* Our wake-ups must never block, whatever flags the peer's fds came with. */
     if (!err && (fcntl(fds[1], F_SETFL, O_NONBLOCK) < 0 || fcntl(fds[2], F_SETFL, O_NONBLOCK) < 0))
         err = -errno;
+    /* The one fd a C event loop polls (pipc_client_fd): the eventfd alone would not wake it when the server
+     * is killed (nobody writes the eventfd then), so an epoll set also watches the socket's hang-up. */
+    int poll_fd = -1;
+    if (!err) {
+        struct epoll_event ev_in = {.events = EPOLLIN}, ev_sock = {.events = EPOLLIN | EPOLLRDHUP};
+        if ((poll_fd = epoll_create1(EPOLL_CLOEXEC)) < 0 || epoll_ctl(poll_fd, EPOLL_CTL_ADD, fds[1], &ev_in) < 0 ||
+            epoll_ctl(poll_fd, EPOLL_CTL_ADD, sock, &ev_sock) < 0)
+            err = -errno;
+    }
     if (err) {
         for (int i = 0; i < nfds; i++)
             close(fds[i]);
+        if (poll_fd >= 0)
+            close(poll_fd);
         if (c)
             pipc_ring_destroy(&c->ring);
         free(c);
@@ -590,6 +629,7 @@ int pipc_client_connect_flags(const char *name, int timeout_ms, uint32_t flags, 
     c->memfd = fds[0];
     c->ev_data = fds[1];
     c->ev_space = fds[2];
+    c->poll_fd = poll_fd;
     c->spin_ns = SPIN_NS;
     c->generation = current_generation();
     *out = c;
@@ -631,6 +671,11 @@ long pipc_client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int ti
         return c->error;
     if (max == 0)
         return -EINVAL;
+    if (c->armed) { /* left armed by pipc_client_prepare_wait: else the server would write the eventfd on every
+                     * publish from now on */
+        c->armed = 0;
+        pipc_ring_consumer_disarm(&c->ring);
+    }
     uint64_t deadline = pipc_deadline(timeout_ms), start = 0;
     for (unsigned k = 0;; k++) {
         long n = pipc_ring_take(&c->ring, pk, max);
@@ -709,7 +754,7 @@ void pipc_client_release(pipc_client *c, const struct pipc_packet *pk, size_t n)
         pipc_wake(c->ev_space);
 }
 
-int pipc_client_fd(const pipc_client *c) { return c->ev_data; }
+int pipc_client_fd(const pipc_client *c) { return c->poll_fd; }
 int pipc_client_socket(const pipc_client *c) { return c->sock; }
 int pipc_client_ring_fd(const pipc_client *c) { return c->memfd; }
 
@@ -721,12 +766,24 @@ int pipc_client_prepare_wait(pipc_client *c)
         c->peer_gone = 1;
     if (c->peer_gone)
         return 0;
-    return pipc_ring_consumer_arm(&c->ring);
+    /* Drain wake-ups already consumed (the eventfd is level-triggered: a stale count would keep the caller's
+     * poll returning at once, a busy loop). A wake-up written after this read stays pending: no lost wake-up. */
+    uint64_t v;
+    if (read(c->ev_data, &v, sizeof(v)) < 0) {
+        /* EAGAIN: nothing pending */
+    }
+    if (!pipc_ring_consumer_arm(&c->ring)) {
+        pipc_ring_consumer_disarm(&c->ring); /* packets or the end are there: the caller will not sleep */
+        return 0;
+    }
+    c->armed = 1;
+    return 1;
 }
 
 void pipc_client_finish_wait(pipc_client *c)
 {
     uint64_t v;
+    c->armed = 0;
     pipc_ring_consumer_disarm(&c->ring);
     if (c->ev_data >= 0 && read(c->ev_data, &v, sizeof(v)) < 0) {
     }
@@ -752,6 +809,7 @@ void pipc_client_stats(const pipc_client *c, struct pipc_stats *st)
 
 void pipc_client_disconnect(pipc_client *c)
 {
+    close_fd(&c->poll_fd);
     close_fd(&c->sock);
     close_fd(&c->ev_data);
     close_fd(&c->ev_space);

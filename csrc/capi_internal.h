@@ -41,9 +41,11 @@ struct pipc_conn {
 
 struct pipc_client {
     int sock, memfd, ev_data, ev_space;
+    int poll_fd; /* epoll over ev_data and sock: pipc_client_fd(), readable on packets and on the server's death */
     struct pipc_ring ring;
     int error; /* sticky: -EPROTO, or -EPIPE once disconnected */
     int peer_gone;
+    int armed; /* pipc_client_prepare_wait() left the wake-up armed; the next take disarms it */
     unsigned generation;
     uint64_t spin_ns;
     struct pipc_stats stats;

@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "packet_ipc.h" /* declares pipc_last_error() PIPC_API: without it -fvisibility=hidden keeps it out of
+                           * libpacketipc.so and C programs fail to link */
 #include "wait.h"
 
 static _Thread_local char last_error[256];

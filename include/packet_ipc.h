@@ -11,7 +11,8 @@
  *    `pipc_strerror()` names it. The codes used: -ETIMEDOUT (timeout), -ECONNRESET (peer vanished without
  *    end of stream), -EPROTO (protocol violation: version mismatch, corrupt ring, wrong peer), -EMSGSIZE (a
  *    packet larger than the ring), -EACCES (peer credentials refused), -ENOENT / -ECONNREFUSED (no server
- *    at that name), -ENAMETOOLONG, -EINTR (a signal interrupted a wait; call again), -EINVAL, -ENOMEM.
+ *    at that name), -ENAMETOOLONG, -EINTR (a signal interrupted a wait; call again), -EPIPE (send after end
+ *    of stream), -EINVAL, -ENOMEM.
  *  - Timeouts are in milliseconds; a negative timeout waits forever, 0 does not block.
  *  - Objects are not thread-safe: use one object from one thread at a time (distinct objects are independent).
  *  - Build: cc prog.c $(packet-ipc config --cflags --libs)
@@ -74,7 +75,8 @@ struct pipc_server_options {
     uint32_t linktype;       /* default linktype of packets (0 is LINKTYPE_NULL; Ethernet is 1) */
     uint32_t snaplen;        /* largest caplen accepted (0: 262144) */
     int overflow;            /* PIPC_OVERFLOW_BLOCK or PIPC_OVERFLOW_DROP, for every connection */
-    int allow_any_uid;       /* 0: only clients of this process's uid (or root) may connect */
+    int allow_any_uid;       /* 0: only clients of this process's uid (or root) may connect; else any uid
+                                (the socket is then 0666 and the private directory 0711) */
 };
 
 typedef struct pipc_server pipc_server;
@@ -85,7 +87,8 @@ typedef struct pipc_client pipc_client;
 PIPC_API int pipc_abi_version(void);
 /* A static, readable description of an error code returned by this library (negative) or of an errno. */
 PIPC_API const char *pipc_strerror(int code);
-/* A readable sentence about the last error this thread got from the library (names, sizes, reasons). */
+/* A readable sentence about the last error this thread got from the library (names, sizes, reasons). Read it
+ * right after a call failed: it is not cleared by calls that succeed. */
 PIPC_API const char *pipc_last_error(void);
 
 /* ---- Server side (producer) ---- */
@@ -129,11 +132,14 @@ PIPC_API int pipc_client_connect(const char *name, int timeout_ms, pipc_client *
 PIPC_API int pipc_client_receive(pipc_client *client, struct pipc_packet *packets, size_t max, int timeout_ms);
 /* Returns received packets' ring space. Any order; each packet exactly once. */
 PIPC_API void pipc_client_release(pipc_client *client, const struct pipc_packet *packets, size_t n);
-/* An fd that is readable when packets may be available or the server has gone (for poll/epoll). After it
- * polls readable, call pipc_client_receive with timeout 0. Call pipc_client_prepare_wait() before polling. */
+/* An fd that is readable when packets may be available or the server has gone (for poll/epoll; level
+ * triggered; only poll it, never read it). Protocol: pipc_client_prepare_wait(); if it returned 1, poll this
+ * fd; then pipc_client_receive with timeout 0 (it may still return -ETIMEDOUT: a spurious wake-up). Valid
+ * until pipc_client_close. */
 PIPC_API int pipc_client_fd(const pipc_client *client);
 /* Arms the wake-up before an external poll on pipc_client_fd(); returns 1 if the caller may sleep, 0 if
- * packets (or end of stream) are already there. */
+ * packets, end of stream or the server's death are already there (receive now). Does not block. The next
+ * pipc_client_receive disarms it. */
 PIPC_API int pipc_client_prepare_wait(pipc_client *client);
 /* The server's default linktype and snaplen. */
 PIPC_API uint32_t pipc_client_linktype(const pipc_client *client);

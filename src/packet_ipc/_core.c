@@ -48,7 +48,7 @@ static PyObject *raise_code(core_state *st, int code, const char *during)
     case EMSGSIZE: PyErr_SetString(PyExc_ValueError, msg); return NULL;
     case ENAMETOOLONG: PyErr_SetString(PyExc_ValueError, msg); return NULL;
     case EINVAL: PyErr_SetString(PyExc_ValueError, msg); return NULL;
-    case ENOMEM: return PyErr_NoMemory();
+    case ENOMEM: PyErr_SetString(PyExc_MemoryError, msg); return NULL; /* keeps the reason (e.g. no ring) */
     case EPIPE: cls = st->ClosedError; break;
     case ECONNRESET: cls = during ? st->ConnectError : st->ConnectionLostError; break;
     case ENOENT:
@@ -895,10 +895,13 @@ static PyObject *server_allow_peer(ServerObject *self, PyObject *args)
     long long uid = -1, gid = -1;
     if (!PyArg_ParseTuple(args, "LL:allow_peer", &uid, &gid) || !server_open(self))
         return NULL;
-    if (pipc_server_allow_peer(self->s, uid, gid) < 0) {
+    int r = pipc_server_allow_peer(self->s, uid, gid);
+    if (r == -ENOSPC) {
         PyErr_SetString(PyExc_ValueError, "too many allowed uids/gids (at most 16 each)");
         return NULL;
     }
+    if (r < 0) /* the socket's mode could not be opened to other uids */
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, pipc_server_name(self->s));
     Py_RETURN_NONE;
 }
 
