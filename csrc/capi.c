@@ -23,8 +23,10 @@
 #include "wait.h"
 
 #include <pthread.h>
+#include <sched.h>
 
-#define SPIN_NS 20000ULL            /* spin this long before sleeping on the eventfd */
+#define SPIN_NS 20000ULL            /* spin at most this long before sleeping on the eventfd */
+#define SPIN_PAUSE_NS 2000ULL       /* of which the first part with pause only, then yielding between looks */
 #define ALIVE_CHECK_NS 10000000ULL  /* how often a never-blocking (drop) sender checks for a dead client */
 
 /* A forked child inherits copies of our objects; it must not end streams or release ring space of its
@@ -676,7 +678,7 @@ long pipc_client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int ti
         c->armed = 0;
         pipc_ring_consumer_disarm(&c->ring);
     }
-    uint64_t deadline = pipc_deadline(timeout_ms), start = 0;
+    uint64_t deadline = pipc_deadline(timeout_ms), start = 0, now = 0;
     for (unsigned k = 0;; k++) {
         long n = pipc_ring_take(&c->ring, pk, max);
         if (n < 0)
@@ -694,16 +696,25 @@ long pipc_client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int ti
             continue;
         if (idle <= 0)
             return idle;
-        uint64_t now = pipc_now_ns();
         if (!start)
-            start = now;
+            start = now = pipc_now_ns();
+        else if ((k & 63) == 0 || now - start >= SPIN_PAUSE_NS) /* while pausing, the clock every 64 turns (each
+                                                                 * turn was a tenth of a worker's time); while
+                                                                 * yielding, every turn: a yield can be long */
+            now = pipc_now_ns();
         if (now >= deadline) {
             c->stats.blocked_ns += now - start;
             pipc_set_error("no packet arrived within the timeout");
             return -ETIMEDOUT;
         }
         if (busy_poll || now - start < c->spin_ns) {
-            pipc_cpu_relax();
+            /* Spin with pause for a couple of microseconds, then yield between looks: on an idle core
+             * sched_yield returns at once, but when workers outnumber cores it hands the CPU to the producer
+             * (or another worker) instead of burning it. Only while waiting: never on the path with data. */
+            if (now - start < SPIN_PAUSE_NS)
+                pipc_cpu_relax();
+            else
+                sched_yield();
             if (busy_poll && (k & 0xfff) == 0 && pipc_peer_gone(c->sock))
                 c->peer_gone = 1;
             continue;
@@ -711,6 +722,7 @@ long pipc_client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int ti
         int sleep = pipc_ring_consumer_arm(&c->ring);
         int r = sleep ? pipc_wait(c->ev_data, c->sock, deadline) : PIPC_WAIT_EVENT;
         pipc_ring_consumer_disarm(&c->ring);
+        now = pipc_now_ns();
         if (r == PIPC_WAIT_PEER) {
             if (pipc_peer_gone(c->sock))
                 c->peer_gone = 1;

@@ -983,10 +983,28 @@ static int conn_open(ConnectionObject *self)
 }
 
 /* Sends pk[0..n) honouring the timeout; returns packets written or NULL with an exception. */
+/* Raises the error for code with `sent` (packets written by this call before it) as an attribute. */
+static PyObject *raise_with_sent(core_state *st, int code, Py_ssize_t sent)
+{
+    raise_code(st, code, NULL);
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    PyObject *v = PyLong_FromSsize_t(sent);
+    if (v && ev && PyObject_SetAttrString(ev, "sent", v) < 0)
+        PyErr_Clear(); /* an exception type without a __dict__: the count is then just not attached */
+    Py_XDECREF(v);
+    PyErr_Restore(et, ev, tb);
+    return NULL;
+}
+
+/* Sends pk[0..n) honouring the timeout; returns packets written or NULL with an exception whose `sent`
+ * counts the packets this call wrote before the error (the caller can tell what reached the ring). */
 static PyObject *conn_send_packets(ConnectionObject *self, struct pipc_packet *pk, Py_ssize_t n, int ms)
 {
     core_state *st = state_of_type(Py_TYPE(self));
     uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
+    uint64_t before = self->c->stats.packets;
     Py_ssize_t sent = 0;
     if (n == 0)
         return PyLong_FromLong(0);
@@ -994,7 +1012,7 @@ static PyObject *conn_send_packets(ConnectionObject *self, struct pipc_packet *p
     long r = pipc_conn_send(self->c, pk, (size_t)n, 0);
     if (self->overflow == PIPC_OVERFLOW_DROP) {
         if (r < 0)
-            return raise_code(st, (int)r, NULL);
+            return raise_with_sent(st, (int)r, (Py_ssize_t)(self->c->stats.packets - before));
         return PyLong_FromLong(r);
     }
     for (;;) {
@@ -1004,22 +1022,10 @@ static PyObject *conn_send_packets(ConnectionObject *self, struct pipc_packet *p
             if (PyErr_CheckSignals() < 0)
                 return NULL;
         } else if (r == -ETIMEDOUT) {
-            if (remaining(deadline) == 0 && ms >= 0) {
-                raise_code(st, (int)r, NULL);
-                PyObject *et, *ev, *tb;
-                PyErr_Fetch(&et, &ev, &tb);
-                PyErr_NormalizeException(&et, &ev, &tb);
-                PyObject *v = PyLong_FromSsize_t(sent);
-                if (v && ev) {
-                    PyObject_SetAttrString(ev, "sent", v); /* packets written before the timeout */
-                    PyErr_Clear();
-                }
-                Py_XDECREF(v);
-                PyErr_Restore(et, ev, tb);
-                return NULL;
-            }
-        } else if (r < 0)
-            return raise_code(st, (int)r, NULL);
+            if (remaining(deadline) == 0 && ms >= 0)
+                return raise_with_sent(st, (int)r, sent);
+        } else if (r < 0) /* written packets are counted even when the call fails (client gone mid-batch) */
+            return raise_with_sent(st, (int)r, (Py_ssize_t)(self->c->stats.packets - before));
         if (sent >= n)
             break;
         int left = remaining(deadline);

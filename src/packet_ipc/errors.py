@@ -37,8 +37,11 @@ class PermissionDeniedError(ConnectError, builtins.PermissionError):
 class ConnectionLostError(PacketIpcError, builtins.ConnectionError):
     """The peer vanished without end of stream (killed, crashed, or closed its socket).
 
-    A client raises it only after it has drained every packet the server committed.
+    A client raises it only after it has drained every packet the server committed. Raised by a send,
+    ``sent`` counts the packets that call wrote before it noticed.
     """
+
+    sent: int = 0
 
 
 class ProtocolError(PacketIpcError):

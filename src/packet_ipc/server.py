@@ -281,6 +281,11 @@ class Server:
 
     def _by_flow(self, batch: PacketBatch, subset: bytes | None, timeout: float | None) -> int:
         live = self._require_live()
+        if len(live) == 1:  # one worker owns every flow: no hashing needed
+            written, rest = self._send_part(live[0], batch, subset, timeout)
+            if rest:
+                return written + self._by_flow(batch, _pack(rest), timeout)
+            return written
         parts = _core.partition_by_flow(batch, self._table, len(live), self.linktype)
         if subset is not None:  # re-distribution of one dead worker's remainder: keep only those packets
             wanted = set(memoryview(subset).cast("I"))
@@ -329,11 +334,10 @@ class Server:
         self, conn: Connection, batch: PacketBatch, part: bytes | None, timeout: float | None
     ) -> tuple[int, list[int] | None]:
         """Sends batch[part] to conn. Returns (written, None), or (written, unsent indices) if conn died."""
-        before = conn._c.stats()[0]
         try:
             return conn.send_batch_indices(batch, part, timeout), None
-        except ConnectionLostError:
-            written = conn._c.stats()[0] - before
+        except ConnectionLostError as e:
+            written = getattr(e, "sent", 0)
             self._drop(conn)
             indices = list(memoryview(part).cast("I")) if part is not None else list(range(len(batch)))
             return written, indices[written:]
