@@ -17,6 +17,7 @@
 #include "capi_internal.h"
 #include "flowhash.h"
 #include "handshake.h"
+#include "pcap.h"
 #include "packet_ipc.h"
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -1594,7 +1595,81 @@ out:
     return result;
 }
 
+/* pcap_batch(buffer, pos, max_packets, big_endian, header_len, ns_per_tick, swapped_lengths, max_caplen,
+ *            linktype) -> (PacketBatch | None, next_pos, status): classic pcap records straight into a batch
+ * (columns, and the payloads copied back to back into one bytes object), no Python object per packet. */
+static PyObject *core_pcap_batch(PyObject *m, PyObject *args)
+{
+    Py_buffer v;
+    Py_ssize_t pos, max;
+    int big, swapped;
+    unsigned int header_len, linktype;
+    unsigned long long ns_per_tick, max_caplen;
+    if (!PyArg_ParseTuple(args, "y*nniIKiKI:pcap_batch", &v, &pos, &max, &big, &header_len, &ns_per_tick, &swapped,
+                          &max_caplen, &linktype))
+        return NULL;
+    core_state *st = (core_state *)PyModule_GetState(m);
+    PyObject *result = NULL, *blob = NULL;
+    BatchObject *b = NULL;
+    if (pos < 0 || pos > v.len || max < 1 || (header_len != 16 && header_len != 24)) {
+        PyErr_SetString(PyExc_ValueError, "bad pcap_batch arguments");
+        goto out;
+    }
+    b = batch_alloc(st, max);
+    if (!b)
+        goto out;
+    struct pipc_pcap_format f = {big, header_len, ns_per_tick, swapped, max_caplen};
+    size_t p = (size_t)pos;
+    int status;
+    size_t n = pipc_pcap_scan(v.buf, (size_t)v.len, &p, (size_t)max, &f, b->ts, b->caplen, b->origlen, b->offsets,
+                              &status);
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += b->caplen[i];
+    blob = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!blob)
+        goto out;
+    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(blob);
+    uint64_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(dst + off, (const uint8_t *)v.buf + b->offsets[i], b->caplen[i]);
+        b->offsets[i] = off;
+        b->linktype[i] = linktype;
+        b->ifindex[i] = 0;
+        off += b->caplen[i];
+    }
+    if (n == 0) {
+        result = Py_BuildValue("(Onn)", Py_None, (Py_ssize_t)p, (Py_ssize_t)status);
+        goto out;
+    }
+    if ((Py_ssize_t)n < max) { /* the columns were laid out for max packets: repack them for n */
+        BatchObject *exact = batch_alloc(st, (Py_ssize_t)n);
+        if (!exact)
+            goto out;
+        memcpy(exact->ts, b->ts, n * 8);
+        memcpy(exact->offsets, b->offsets, n * 8);
+        memcpy(exact->caplen, b->caplen, n * 4);
+        memcpy(exact->origlen, b->origlen, n * 4);
+        memcpy(exact->linktype, b->linktype, n * 4);
+        memcpy(exact->ifindex, b->ifindex, n * 4);
+        Py_SETREF(b, exact);
+    }
+    b->data = dst;
+    b->nbytes = (Py_ssize_t)total;
+    b->owner = blob;
+    blob = NULL;
+    result = Py_BuildValue("(Onn)", (PyObject *)b, (Py_ssize_t)p, (Py_ssize_t)status);
+out:
+    Py_XDECREF(b);
+    Py_XDECREF(blob);
+    PyBuffer_Release(&v);
+    return result;
+}
+
 static PyMethodDef core_methods[] = {
+    {"pcap_batch", core_pcap_batch, METH_VARARGS,
+     "pcap_batch(buffer, pos, max_packets, big_endian, header_len, ns_per_tick, swapped_lengths, max_caplen, "
+     "linktype) -> (PacketBatch | None, next_pos, status)."},
     {"partition_by_flow", core_partition_by_flow, METH_VARARGS,
      "partition_by_flow(batch, table, workers, linktype=0) -> list of bytes (uint32 indices per worker)."},
     {"flow_hash", core_flow_hash, METH_VARARGS, "flow_hash(linktype, data) -> int: symmetric 5-tuple hash."},

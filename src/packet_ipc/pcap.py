@@ -19,11 +19,14 @@ import struct
 from dataclasses import dataclass
 from itertools import islice
 from operator import index as _as_int
-from typing import IO, Any, BinaryIO, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 
 # CaptureError(PacketIpcError, ValueError): its message is one line naming the file, the byte offset of
 # the damage and the index of the packet being read (the number of packets read before it).
 from .errors import CaptureError
+
+if TYPE_CHECKING:
+    from ._core import PacketBatch
 
 __all__ = [
     "CaptureError",
@@ -159,6 +162,8 @@ class CaptureReader:
         self._read_chunk: Any = None
         self._count = 0  # records yielded so far
         self._closed = False
+        self._started = False  # iteration began (the C fast path can then no longer take over)
+        self._fast: tuple[int, int, int, int] | None = None  # classic pcap: (big endian, header, ns/tick, swap)
         try:
             self._attach(file, owns_file)
             self._records = self._parse_header()
@@ -234,6 +239,7 @@ class CaptureReader:
         # Versions before 2.3 stored caplen and len the other way round; 2.3 did it either way.
         swapped_lengths = 2 if minor < 3 else 1 if minor == 3 else 0
         record = s["record16"] if record_header_len == 16 else s["record24"]
+        self._fast = (int(order == ">"), record_header_len, 1 if nanosecond else 1000, swapped_lengths)
         return self._pcap_records(record, record_header_len, 1 if nanosecond else 1000, swapped_lengths)
 
     def _peek_first_interface(self) -> None:
@@ -482,6 +488,7 @@ class CaptureReader:
         """Return the record iterator (one per reader: iterating twice continues, it does not rewind)."""
         if self._closed:
             raise ValueError(f"{self.name}: capture is closed")
+        self._started = True
         return self._records
 
     def read_batches(self, max_packets: int = 256) -> Iterator[list[CaptureRecord]]:
@@ -504,6 +511,52 @@ class CaptureReader:
             if not batch:
                 return
             yield batch
+
+    def read_packet_batches(self, max_packets: int = 256) -> Iterator[PacketBatch]:
+        """Yield :class:`~packet_ipc.PacketBatch` objects of up to ``max_packets`` packets until the file ends.
+
+        A classic pcap file read from a path takes the C fast path (``csrc/pcap.c``: no Python object per
+        packet); pcapng, streams, and a reader already iterated go through the records. Damage is reported
+        as iteration reports it: every good packet first (in earlier and a final partial batch), then
+        :class:`CaptureError` with the same message.
+        """
+        from ._core import PacketBatch, pcap_batch
+
+        if max_packets < 1:
+            raise ValueError("max_packets must be at least 1")
+        if self._fast is None or self._map is None or self._started:
+            default = self.linktype if self.linktype >= 0 else 0
+            for records in self.read_batches(max_packets):
+                yield PacketBatch.from_packets(records, default)
+            return
+        self._started = True
+        big, header_len, ns_per_tick, swapped = self._fast
+        pos = self._pos
+        while True:
+            batch, pos, status = pcap_batch(
+                self._map, pos, max_packets, big, header_len, ns_per_tick, swapped, MAX_CAPLEN, self.linktype
+            )
+            self._pos = pos
+            if batch is not None:
+                self._count += len(batch)
+                yield batch
+            if status == 0:
+                continue
+            if status == 1:
+                return
+            raise self._fast_error(status, pos, header_len, big)
+
+    def _fast_error(self, status: int, pos: int, header_len: int, big: int) -> CaptureError:
+        end = len(self._buf)
+        if status == 2:
+            return self._error(f"truncated record header ({end - pos} of {header_len} bytes)", self._base + pos)
+        caplen, orig_len = struct.unpack_from(">II" if big else "<II", self._buf, pos + 8)
+        swapped = self._fast[3] if self._fast else 0
+        if swapped and (swapped == 2 or caplen > orig_len):
+            caplen = orig_len
+        if status == 4:
+            return self._error(f"absurd caplen {caplen}", self._base + pos + 8)
+        return self._error(f"record cut short ({end - pos - header_len} of {caplen} bytes)", self._base + pos)
 
     def close(self) -> None:
         """Release the mapping and close the file if :func:`open_capture` opened it. Idempotent."""
