@@ -11,6 +11,18 @@ from typing import Any
 import packet_ipc as pipc
 
 
+def connected_pair(server: pipc.Server, **client_kw: Any) -> tuple[pipc.Connection, pipc.Client]:
+    """A connection and its client in this process: the client connects from a thread while we accept."""
+    import threading
+
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("client", pipc.Client(server.name, timeout=10, **client_kw)))
+    t.start()
+    conn = server.accept(timeout=10)
+    t.join()
+    return conn, box["client"]
+
+
 def make_packets(count: int, seed: int = 0, max_len: int = 1500) -> list[pipc.Packet]:
     """Deterministic packets whose timestamp is their sequence number and whose bytes encode it."""
     out = []

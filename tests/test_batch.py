@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import array
-import threading
 
 import pytest
 
 import packet_ipc as pipc
-from peers import batch_columns, serve_batches
+from peers import batch_columns, connected_pair, serve_batches
 
 
 def pair(capacity: int = 1 << 20, **kw) -> tuple[pipc.Server, pipc.Connection, pipc.Client]:
     server = pipc.Server(capacity=capacity, **kw)
-    box: dict = {}
-    t = threading.Thread(target=lambda: box.setdefault("c", pipc.Client(server.name, timeout=10)))
-    t.start()
-    conn = server.accept(timeout=10)
-    t.join()
-    return server, conn, box["c"]
+    return (server, *connected_pair(server))
 
 
 def test_columnar_round_trip_between_processes_is_exact(ctx):

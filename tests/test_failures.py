@@ -15,21 +15,12 @@ import pytest
 
 import packet_ipc as pipc
 from conftest import ipc_dirs, open_fds
-from peers import connect_and_idle, make_packets, serve_then_hang
+from peers import connect_and_idle, connected_pair, make_packets, serve_then_hang
 
 HELLO = struct.Struct("<QIII12x")
 WELCOME = struct.Struct("<QIi240s")
 HELLO_MAGIC = 0x4F4C454843504950
 WELCOME_MAGIC = 0x434C455743504950
-
-
-def connected_pair(server: pipc.Server, **client_kw) -> tuple[pipc.Connection, pipc.Client]:
-    box: dict = {}
-    t = threading.Thread(target=lambda: box.setdefault("conn", server.accept(timeout=10)))
-    t.start()
-    client = pipc.Client(server.name, timeout=10, **client_kw)
-    t.join()
-    return box["conn"], client
 
 
 def test_client_drains_then_raises_connection_lost_when_server_killed(ctx):

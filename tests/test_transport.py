@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import packet_ipc as pipc
-from peers import digest, make_packets, receive_all, serve_packets
+from peers import connected_pair, digest, make_packets, receive_all, serve_packets
 
 
 def test_packets_arrive_in_order_and_intact_across_processes(ctx):
@@ -88,59 +88,42 @@ def test_end_of_stream_returns_none_after_draining_and_stays_none():
 
 def test_close_without_end_of_stream_is_a_clean_end():
     with pipc.Server() as server:
-        client_box = {}
-        t = threading.Thread(target=lambda: client_box.setdefault("c", pipc.Client(server.name, timeout=10)))
-        t.start()
-        conn = server.accept(timeout=10)
-        t.join()
+        conn, client = connected_pair(server)
         conn.send([pipc.Packet(1, b"x")])
         conn.close()
-        client = client_box["c"]
         assert [p.tobytes() for p in client.receive_packets(10, timeout=5)] == [b"x"]
         assert client.receive_packets(10, timeout=5) is None
 
 
 def test_receive_times_out_with_builtin_timeout_error():
     with pipc.Server() as server:
-        box = {}
-        t = threading.Thread(target=lambda: box.setdefault("c", pipc.Client(server.name, timeout=10)))
-        t.start()
-        conn = server.accept(timeout=10)
-        t.join()
+        conn, client = connected_pair(server)
         with pytest.raises(TimeoutError):
-            box["c"].receive_packets(10, timeout=0.05)
+            client.receive_packets(10, timeout=0.05)
         with pytest.raises(pipc.TimeoutError):
-            box["c"].receive_batch(10, timeout=0)
+            client.receive_batch(10, timeout=0)
         conn.send([pipc.Packet(5, b"abc")])  # still usable afterwards
-        assert box["c"].receive_packets(10, timeout=5)[0].tobytes() == b"abc"
+        assert client.receive_packets(10, timeout=5)[0].tobytes() == b"abc"
 
 
 def test_send_times_out_on_a_full_ring_and_reports_what_was_sent():
     with pipc.Server(capacity=4096) as server:
-        box = {}
-        t = threading.Thread(target=lambda: box.setdefault("c", pipc.Client(server.name, timeout=10)))
-        t.start()
-        conn = server.accept(timeout=10)
-        t.join()
+        conn, client = connected_pair(server)
         with pytest.raises(TimeoutError) as info:
             conn.send([pipc.Packet(i, b"z" * 1000) for i in range(10)], timeout=0.05)
         assert info.value.sent == 4  # 4 KiB ring: four 1000-byte packets fit
-        got = box["c"].receive_packets(100, timeout=5)  # one receive takes at most half the ring
-        got += box["c"].receive_packets(100, timeout=5)
+        got = client.receive_packets(100, timeout=5)  # one receive takes at most half the ring
+        got += client.receive_packets(100, timeout=5)
         assert [p.timestamp for p in got] == [0, 1, 2, 3]
 
 
 def test_packet_larger_than_ring_is_a_value_error_and_connection_stays_usable():
     with pipc.Server(capacity=4096) as server:
-        box = {}
-        t = threading.Thread(target=lambda: box.setdefault("c", pipc.Client(server.name, timeout=10)))
-        t.start()
-        conn = server.accept(timeout=10)
-        t.join()
+        conn, client = connected_pair(server)
         with pytest.raises(ValueError, match="more than the ring"):
             conn.send([pipc.Packet(1, b"a" * 10), pipc.Packet(2, b"b" * 5000)])
         conn.send([pipc.Packet(3, b"c" * 100)])
-        got = box["c"].receive_packets(10, timeout=5)
+        got = client.receive_packets(10, timeout=5)
         assert [(p.timestamp, p.tobytes()) for p in got] == [(3, b"c" * 100)]  # nothing of the bad batch
 
 
@@ -182,12 +165,7 @@ def test_received_sequence_equals_sent_sequence_for_any_sizes_and_capacities(dat
             seq += 1
         sent_batches.append(batch)
     with pipc.Server(capacity=capacity, max_packets=16 * ring_scale) as server:
-        box = {}
-        t = threading.Thread(target=lambda: box.setdefault("c", pipc.Client(server.name, timeout=10)))
-        t.start()
-        conn = server.accept(timeout=10)
-        t.join()
-        client = box["c"]
+        conn, client = connected_pair(server)
 
         def produce():
             for b in sent_batches:

@@ -8,6 +8,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -246,31 +247,15 @@ static PyObject *packet_get_data(PacketObject *self, void *c)
     return PyMemoryView_FromObject((PyObject *)self);
 }
 
-static PyObject *packet_get_ts(PacketObject *self, void *c)
-{
-    (void)c;
-    return PyLong_FromUnsignedLongLong(self->ts);
-}
-static PyObject *packet_get_orig(PacketObject *self, void *c)
-{
-    (void)c;
-    return PyLong_FromUnsignedLong(self->orig_len);
-}
-static PyObject *packet_get_caplen(PacketObject *self, void *c)
-{
-    (void)c;
-    return PyLong_FromUnsignedLong(self->caplen);
-}
-static PyObject *packet_get_linktype(PacketObject *self, void *c)
-{
-    (void)c;
-    return PyLong_FromUnsignedLong(self->linktype);
-}
-static PyObject *packet_get_ifindex(PacketObject *self, void *c)
-{
-    (void)c;
-    return PyLong_FromUnsignedLong(self->ifindex);
-}
+/* Plain fields as read-only attributes (ts is uint64: T_ULONGLONG; the others uint32: T_UINT). */
+static PyMemberDef packet_members[] = {
+    {"timestamp", T_ULONGLONG, offsetof(PacketObject, ts), READONLY, "Capture time, int nanoseconds since the Unix epoch."},
+    {"orig_len", T_UINT, offsetof(PacketObject, orig_len), READONLY, "Length on the wire (>= caplen when the capture was truncated)."},
+    {"caplen", T_UINT, offsetof(PacketObject, caplen), READONLY, "Number of captured bytes (len(data))."},
+    {"linktype", T_UINT, offsetof(PacketObject, linktype), READONLY, "pcap LINKTYPE_* of the packet (0 when unset on send)."},
+    {"ifindex", T_UINT, offsetof(PacketObject, ifindex), READONLY, "Capture interface index (0 if unknown)."},
+    {NULL, 0, 0, 0, NULL},
+};
 
 static PyObject *packet_bytes(PacketObject *self, PyObject *unused)
 {
@@ -322,15 +307,10 @@ static PyObject *packet_richcompare(PyObject *a, PyObject *b, int op)
 }
 
 static PyGetSetDef packet_getset[] = {
-    {"timestamp", (getter)packet_get_ts, NULL, "Capture time, int nanoseconds since the Unix epoch.", NULL},
     {"data", (getter)packet_get_data, NULL,
      "The captured bytes. For a received packet a read-only memoryview into the shared ring (no copy), valid "
      "as long as this packet or any view of it is alive.",
      NULL},
-    {"orig_len", (getter)packet_get_orig, NULL, "Length on the wire (>= caplen when the capture was truncated).", NULL},
-    {"caplen", (getter)packet_get_caplen, NULL, "Number of captured bytes (len(data)).", NULL},
-    {"linktype", (getter)packet_get_linktype, NULL, "pcap LINKTYPE_* of the packet (0 when unset on send).", NULL},
-    {"ifindex", (getter)packet_get_ifindex, NULL, "Capture interface index (0 if unknown).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -346,6 +326,7 @@ static PyType_Slot packet_slots[] = {
     {Py_tp_new, packet_new},
     {Py_tp_dealloc, packet_dealloc},
     {Py_tp_getset, packet_getset},
+    {Py_tp_members, packet_members},
     {Py_tp_methods, packet_methods},
     {Py_tp_repr, packet_repr},
     {Py_tp_richcompare, packet_richcompare},
