@@ -3,6 +3,12 @@
 Each subcommand is a small function over the library. Errors a user will meet (a missing capture, a server
 that is not there, no permission) print one line and exit non-zero; ``--debug`` shows the traceback.
 
+Damaged captures: ``replay`` reads every capture through before it listens, so a capture cut short, with a
+bad magic or an absurd length, or with a timestamp beyond 64-bit nanoseconds, makes it exit 1 with one line
+naming the file, the byte offset and the packet index, and no worker is served anything of it. ``dump``
+writes only whole packets as they arrived; if the server goes away without ending the stream it keeps what
+it wrote and exits 1.
+
 Exit codes: 0 success; 1 a runtime error (the line on stderr says which); 2 a usage error; 130 interrupted.
 """
 
@@ -151,21 +157,31 @@ def _drain_wait(server: Any, seconds: float = 5.0) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    """Serves captures to K workers and prints a summary."""
+    """Serves captures to K workers and prints a summary.
+
+    Every capture is read through once before the server listens: a damaged one, or one with a timestamp
+    packet-ipc cannot carry, fails here with one line and nothing is served. (A capture that changes while
+    it is replayed, or Ctrl-C, stops the replay mid-stream: the workers keep the whole packets sent before.)
+    """
     from .pcap import open_capture
-    from .replay import replay
+    from .replay import check_captures, replay
 
     files = _capture_files(args.files)
     if not files:
         raise FileNotFoundError(2, "no capture files given")
-    with open_capture(files[0]) as first:
-        linktype = first.linktype
-    with _make_server(args, linktype) as server:
+    if args.loop > 1 and not all(f.is_file() for f in files):
+        raise ValueError("--loop needs regular files: a capture from a pipe can be read only once")
+    total = check_captures(files)
+    # The first capture's header gives the server's linktype. A pipe (/dev/stdin) is read once: the
+    # replay goes on from this reader instead of opening it again.
+    with open_capture(files[0]) as first, _make_server(args, first.linktype) as server:
+        sources: list[Any] = list(files) if files[0].is_file() else [first, *files[1:]]
         _err(f"packet-ipc: serving {len(files)} capture(s) at {server.name}; waiting for {args.workers} worker(s)")
         server.wait_for_clients(args.workers, timeout=args.accept_timeout)
         summary = replay(
-            files, server, speed=args.speed, loop=args.loop, batch_size=args.batch,
+            sources, server, speed=args.speed, loop=args.loop, batch_size=args.batch,
             progress=not args.no_progress and sys.stderr.isatty(),
+            total_packets=None if total is None else total * args.loop,
         )
         _drain_wait(server)
         workers = server.stats().connections
@@ -378,8 +394,9 @@ def _add_stats(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def _demo_captures(explicit: Sequence[str]) -> list[Path]:
     if explicit:
         return _capture_files(explicit)
-    for candidate in (Path.cwd().parent / "shared" / "data" / "pcaps", Path(__file__).resolve().parents[3].parent
-                      / "shared" / "data" / "pcaps"):
+    # ../shared beside the working directory, or beside the source checkout (src/packet_ipc/cli.py).
+    for candidate in (Path.cwd().parent / "shared" / "data" / "pcaps",
+                      Path(__file__).resolve().parents[3] / "shared" / "data" / "pcaps"):
         if candidate.is_dir():
             return _capture_files([str(candidate)])
     return [Path(__file__).resolve().parent / "data" / "demo.pcap"]

@@ -17,7 +17,8 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
-from itertools import islice
+from itertools import groupby, islice
+from operator import attrgetter
 from operator import index as _as_int
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 
@@ -55,6 +56,8 @@ class CaptureRecord:
     linktype: int
     ifindex: int
 
+
+_linktype_of = attrgetter("linktype")
 
 # Building a frozen dataclass through its __init__ goes through object.__setattr__ once per field,
 # about twice as slow as filling the slots directly; the readers below do the latter.
@@ -525,9 +528,12 @@ class CaptureReader:
         if max_packets < 1:
             raise ValueError("max_packets must be at least 1")
         if self._fast is None or self._map is None or self._started:
-            default = self.linktype if self.linktype >= 0 else 0
             for records in self.read_batches(max_packets):
-                yield PacketBatch.from_packets(records, default)
+                # from_packets gives a record the linktype it is passed (and reads 0, LINKTYPE_NULL, as
+                # unset): one batch per run of one linktype keeps each packet's own (pcapng, several
+                # interfaces).
+                for linktype, run in groupby(records, _linktype_of):
+                    yield PacketBatch.from_packets(list(run), linktype)
             return
         self._started = True
         big, header_len, ns_per_tick, swapped = self._fast

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .batch import PacketBatch
-from .pcap import open_capture
+from .errors import CaptureError
+from .pcap import CaptureReader, open_capture
 from .server import Server
 
-__all__ = ["ReplaySummary", "replay", "batches_of"]
+__all__ = ["ReplaySummary", "replay", "batches_of", "check_captures"]
 
 
 @dataclass
@@ -43,16 +44,49 @@ class ReplaySummary:
         return self.bytes * 8 / self.seconds / 1e9 if self.seconds else 0.0
 
 
-def batches_of(paths: Iterable[str | os.PathLike[str]], batch_size: int = 256) -> Iterator[PacketBatch]:
-    """Every packet of the captures, in file order, as batches (each keeps its packets' linktypes)."""
+def batches_of(
+    paths: Iterable[str | os.PathLike[str] | CaptureReader], batch_size: int = 256
+) -> Iterator[PacketBatch]:
+    """Every packet of the captures, in file order, as batches (each keeps its packets' linktypes).
+
+    An open :class:`CaptureReader` among ``paths`` (a pipe whose header was read already) is read on from
+    where it stands, and closed at its end."""
     for path in paths:
+        with path if isinstance(path, CaptureReader) else open_capture(path) as reader:
+            yield from reader.read_packet_batches(batch_size)
+
+
+def check_captures(paths: Iterable[str | os.PathLike[str]]) -> int | None:
+    """Reads every capture through once and returns the number of packets, before anything is sent.
+
+    Lets a caller refuse a capture it cannot replay whole before any worker is served. Does not block
+    (regular files only: a pipe or device cannot be read twice, so it is not checked and the total is
+    ``None``). Raises :class:`~packet_ipc.errors.CaptureError` for a damaged capture (the message names the
+    file, the byte offset and the packet index) and for a packet whose timestamp packet-ipc cannot carry
+    (before 1970 or beyond 2**64 ns, after the year 2554); ``FileNotFoundError`` and other ``OSError``
+    from opening a file.
+    """
+    total: int | None = 0
+    for path in paths:
+        if not os.path.isfile(path):
+            total = None
+            continue
+        count = 0
         with open_capture(path) as reader:
-            for records in reader.read_batches(batch_size):
-                yield PacketBatch.from_packets(records, reader.linktype)
+            for record in reader:
+                if not 0 <= record.timestamp < 1 << 64:
+                    raise CaptureError(
+                        f"{reader.name}: packet index {count} has timestamp {record.timestamp} ns, outside what "
+                        "packet-ipc carries (0 to 2**64 ns since 1970: the years 1970 to 2554)"
+                    )
+                count += 1
+        if total is not None:
+            total += count
+    return total
 
 
 def replay(
-    paths: Iterable[str | os.PathLike[str]],
+    paths: Iterable[str | os.PathLike[str] | CaptureReader],
     server: Server,
     *,
     speed: float | None = None,
@@ -65,9 +99,12 @@ def replay(
 
     Blocks while workers are slow (``"block"`` policy). Returns a :class:`ReplaySummary`. Raises
     :class:`~packet_ipc.errors.CaptureError` for a damaged capture (nothing of the damaged batch is sent),
-    ``FileNotFoundError`` for a missing one.
+    ``FileNotFoundError`` for a missing one, ``ValueError`` for ``loop`` > 1 with an open reader among
+    ``paths`` (a pipe can be read only once).
     """
-    paths = [os.fspath(p) for p in paths]
+    paths = [p if isinstance(p, CaptureReader) else os.fspath(p) for p in paths]
+    if loop > 1 and any(isinstance(p, CaptureReader) for p in paths):
+        raise ValueError("a capture read from a pipe can be replayed only once (loop 1)")
     summary = ReplaySummary(files=len(paths))
     bar = _Progress(total_packets if total_packets is not None else None, enabled=progress)
     start = time.monotonic()

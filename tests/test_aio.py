@@ -1,0 +1,562 @@
+"""packet_ipc.aio: the asyncio API, under the default loop and uvloop, against real (spawned) processes.
+
+Each test runs its coroutine with ``asyncio.Runner(loop_factory=...)`` (no pytest-asyncio needed); the
+``loop_factory`` fixture is parametrized over the default loop and uvloop. Children are spawned, never forked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+import packet_ipc as pipc
+from packet_ipc import aio
+from peers import connect_and_idle, digest, make_packets, receive_all, serve_packets, serve_then_hang
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is in the `test` extra
+    uvloop = None
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        assert uvloop is not None
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+@pytest.fixture(params=LOOPS)
+def run(request: pytest.FixtureRequest) -> Callable[[Awaitable[Any]], Any]:
+    """Runs a coroutine to completion on a fresh loop of the parametrized kind."""
+    kind = request.param
+    if kind == "uvloop" and uvloop is None:
+        pytest.skip("uvloop is not installed (pip install packet-ipc[test])")
+
+    def runner(coro: Awaitable[Any]) -> Any:
+        with asyncio.Runner(loop_factory=lambda: new_loop(kind)) as r:
+            return r.run(coro)  # type: ignore[arg-type]
+
+    runner.kind = kind  # type: ignore[attr-defined]
+    return runner
+
+
+async def connected_pair(server: aio.Server, **kw: Any) -> tuple[aio.Connection, aio.Client]:
+    accepting = asyncio.create_task(server.accept(timeout=10))
+    client = await aio.Client.connect(server.name, timeout=10, **kw)
+    return await accepting, client
+
+
+def copy(packets: Any) -> list[pipc.Packet]:
+    return [pipc.Packet(p.timestamp, p.tobytes(), p.orig_len) for p in packets]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# children (spawned: module-level functions)
+
+
+async def _many_clients(name: str, n: int, result_q: Any) -> None:
+    async def one() -> tuple[int, int, str, str | None]:
+        got: list[pipc.Packet] = []
+        error = None
+        try:
+            async with aio.Client.connect(name, timeout=60) as client:
+                async for batch in client:
+                    got.extend(copy(batch))
+                    batch.release()
+        except pipc.PacketIpcError as e:
+            error = type(e).__name__
+        seed = got[0].timestamp if got else -1
+        return seed, len(got), digest(got), error
+
+    result_q.put(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def many_clients(name: str, n: int, loop_kind: str, result_q: Any) -> None:
+    """Client process: n asyncio clients at once on one loop; reports (seed, count, digest, error) for each."""
+    with asyncio.Runner(loop_factory=lambda: new_loop(loop_kind)) as r:
+        r.run(_many_clients(name, n, result_q))
+
+
+def serve_bursts(name_q: Any, count: int, seed: int, capacity: int) -> None:
+    """Server: sends `count` packets in random-sized bursts with short random pauses, so the consumer both finds
+    packets waiting and has to wait for them (the pauses shape the traffic; they synchronise nothing)."""
+    rng = random.Random(seed)
+    packets = make_packets(count, seed)
+    with pipc.Server(capacity=capacity) as server:
+        name_q.put(server.name)
+        conn = server.accept(timeout=30)
+        i = 0
+        while i < count:
+            k = rng.randint(1, 300)
+            conn.send(packets[i : i + k], timeout=60)
+            i += k
+            if rng.random() < 0.3:
+                time.sleep(rng.random() * 0.002)
+        conn.send(None)
+        conn.close()
+
+
+def serve_forever_fast(name_q: Any, stop: Any, size: int) -> None:
+    """Server: sends `size`-byte packets as fast as it can until `stop` is set (then ends the stream)."""
+    batch = pipc.PacketBatch.from_packets([pipc.Packet(i, bytes(size)) for i in range(256)])
+    with pipc.Server(capacity=1 << 22) as server:
+        name_q.put(server.name)
+        conn = server.accept(timeout=30)
+        try:
+            while not stop.is_set():
+                conn.send_batch(batch, timeout=30)
+            conn.send(None)
+        except pipc.ConnectionLostError:
+            pass
+        conn.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 1. many connections on one loop
+
+
+def test_one_loop_serves_64_concurrent_connections_each_with_its_own_verified_stream(run, ctx):
+    processes, per_process, count = 4, 16, 800
+    result_q = ctx.Queue()
+
+    async def main() -> list[Any]:
+        async with aio.Server(capacity=1 << 16) as server:  # small rings: every stream waits for space often
+            children = [
+                ctx.Process(target=many_clients, args=(server.name, per_process, run.kind, result_q))
+                for _ in range(processes)
+            ]
+            for c in children:
+                c.start()
+
+            async def feed(conn: aio.Connection, seed: int) -> int:
+                async with conn:
+                    stream = [pipc.Packet(seed, b"seed")] + make_packets(count, seed)
+                    return await aio.transfer_ipc(stream, conn, batch_size=64, timeout=60)
+
+            feeders = []
+            for seed in range(processes * per_process):
+                conn = await server.accept(timeout=60)
+                feeders.append(asyncio.create_task(feed(conn, seed)))
+            sent = await asyncio.gather(*feeders)
+            assert sent == [count + 1] * len(feeders)
+            reports = [r for _ in children for r in await asyncio.to_thread(result_q.get, True, 120)]
+            for c in children:
+                await asyncio.to_thread(c.join, 30)
+            return reports
+
+    reports = run(main())
+    expected = {
+        seed: (count + 1, digest([pipc.Packet(seed, b"seed")] + make_packets(count, seed)), None)
+        for seed in range(processes * per_process)
+    }
+    assert {seed: (n, d, err) for seed, n, d, err in reports} == expected
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 2. cancellation
+
+
+def test_receives_cancelled_at_random_points_lose_and_duplicate_nothing(run, ctx):
+    count, seed = 30000, 7
+    name_q = ctx.Queue()
+    server = ctx.Process(target=serve_bursts, args=(name_q, count, seed, 1 << 15))
+    server.start()
+    rng = random.Random(1234)
+
+    async def main() -> tuple[list[pipc.Packet], dict[str, int]]:
+        got: list[pipc.Packet] = []
+        outcomes = {"done": 0, "cancelled": 0, "timed_out": 0}
+        name = await asyncio.to_thread(name_q.get, True, 30)
+        async with aio.Client.connect(name, timeout=30) as client:
+            while True:
+                receive = rng.choice([client.receive_batch, client.receive_packets])
+                action = rng.random()
+                result: Any = "nothing"
+                if action < 0.35:  # asyncio.timeout at a random instant
+                    try:
+                        async with asyncio.timeout(rng.random() * 0.002):
+                            result = await receive(rng.randint(1, 400))
+                    except TimeoutError:
+                        outcomes["timed_out"] += 1
+                elif action < 0.7:  # task.cancel() after a random number of loop iterations
+                    task = asyncio.create_task(receive(rng.randint(1, 400)))
+                    for _ in range(rng.randint(0, 3)):
+                        await asyncio.sleep(0)
+                    task.cancel()
+                    try:
+                        result = await task  # a cancel that came too late: the result is real
+                    except asyncio.CancelledError:
+                        outcomes["cancelled"] += 1
+                    del task  # a finished task holds its result: received packets pin their ring space
+                else:
+                    result = await receive(rng.randint(1, 400), timeout=30)
+                if result is None:
+                    break
+                if result != "nothing":
+                    outcomes["done"] += 1
+                    got.extend(copy(result))
+                    if isinstance(result, pipc.PacketBatch):
+                        result.release()
+        return got, outcomes
+
+    got, outcomes = run(main())
+    server.join(30)
+    assert [p.timestamp for p in got] == [p.timestamp for p in make_packets(count, seed)]
+    assert digest(got) == digest(make_packets(count, seed))
+    assert outcomes["cancelled"] > 10 and outcomes["timed_out"] > 0, outcomes  # both paths were exercised
+
+
+def test_sends_cancelled_at_random_points_report_exact_progress_and_resume_without_loss(run, ctx):
+    count = 20000
+    packets = make_packets(count, 3, max_len=600)
+    result_q = ctx.Queue()
+    rng = random.Random(99)
+
+    async def main() -> dict[str, int]:
+        outcomes = {"cancelled": 0, "partial": 0, "timed_out": 0}
+        async with aio.Server(capacity=1 << 14) as server:  # 16 KiB: a 500-packet send fills it many times
+            child = ctx.Process(target=receive_all, args=(server.name, result_q, 128, 0.0005))
+            child.start()
+            conn = await server.accept(timeout=30)
+            i = 0
+            while i < count:
+                chunk = packets[i : i + rng.randint(1, 500)]
+                how = rng.random()
+                if how < 0.4:
+                    task = asyncio.create_task(conn.send(chunk))
+                    for _ in range(rng.randint(0, 4)):
+                        await asyncio.sleep(0)
+                    task.cancel()
+                    try:
+                        assert await task == len(chunk)
+                    except asyncio.CancelledError:
+                        outcomes["cancelled"] += 1
+                elif how < 0.7:
+                    try:
+                        async with asyncio.timeout(rng.random() * 0.003):
+                            await conn.send(chunk)
+                    except TimeoutError:
+                        outcomes["timed_out"] += 1
+                else:
+                    try:
+                        await conn.send(chunk, timeout=rng.random() * 0.003)
+                    except pipc.TimeoutError as e:
+                        assert e.sent == conn.last_send_progress
+                        outcomes["timed_out"] += 1
+                progress = conn.last_send_progress  # the first `progress` packets of chunk are in the ring
+                assert 0 <= progress <= len(chunk)
+                if 0 < progress < len(chunk):
+                    outcomes["partial"] += 1
+                i += progress
+            await conn.send(None)
+            report = await asyncio.to_thread(result_q.get, True, 60)
+            await asyncio.to_thread(child.join, 30)
+            conn.close()
+        n, d, head, error = report
+        assert (n, d, error) == (count, digest(packets), None)
+        return outcomes
+
+    outcomes = run(main())
+    assert outcomes["cancelled"] > 10 and outcomes["partial"] > 10, outcomes
+
+
+def test_cancelled_accept_does_not_lose_the_client(run):
+    async def main() -> None:
+        async with aio.Server() as server:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await server.accept()
+            connecting = asyncio.create_task(aio.Client.connect(server.name, timeout=10))
+            accepting = asyncio.create_task(server.accept())
+            while server._handshake is None:  # until the client knocked and its handshake runs
+                await asyncio.sleep(0)
+            accepting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await accepting
+            conn = await server.accept(timeout=10)  # the handshake finished anyway: this client is not lost
+            async with await connecting as client:
+                await conn.send([pipc.Packet(1, b"hello")])
+                conn.close()
+                assert [p.tobytes() for p in await client.receive_packets()] == [b"hello"]
+                assert await client.receive_packets() is None
+
+    run(main())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 3. the loop stays responsive
+
+
+@pytest.mark.parametrize("side", ["receive", "send"])
+def test_loop_keeps_running_other_tasks_during_a_full_speed_stream(run, ctx, side):
+    stop = ctx.Event()
+    name_q, result_q = ctx.Queue(), ctx.Queue()
+
+    async def ticker(gaps: list[float], done: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while not done.is_set():
+            await asyncio.sleep(0.005)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    async def main() -> tuple[float, int]:
+        gaps: list[float] = []
+        done = asyncio.Event()
+        tick = asyncio.create_task(ticker(gaps, done))
+        moved = 0
+        loop = asyncio.get_running_loop()
+        if side == "receive":
+            child = ctx.Process(target=serve_forever_fast, args=(name_q, stop, 64))
+            child.start()
+            name = await asyncio.to_thread(name_q.get, True, 30)
+            async with aio.Client.connect(name, timeout=30) as client:
+                end = loop.time() + 1.0
+                async for batch in client:
+                    moved += len(batch)
+                    batch.release()
+                    if loop.time() > end and not stop.is_set():
+                        stop.set()
+        else:
+            async with aio.Server(capacity=1 << 20) as server:
+                child = ctx.Process(target=receive_all, args=(server.name, result_q, 1024))
+                child.start()
+                conn = await server.accept(timeout=30)
+                batch = pipc.PacketBatch.from_packets([pipc.Packet(i, bytes(64)) for i in range(256)])
+                end = loop.time() + 1.0
+                while loop.time() < end:
+                    moved += await conn.send_batch(batch)
+                await conn.send(None)
+                n, _, _, error = await asyncio.to_thread(result_q.get, True, 60)
+                assert (n, error) == (moved, None)
+                conn.close()
+        await asyncio.to_thread(child.join, 30)
+        done.set()
+        await tick
+        return max(gaps), moved
+
+    max_gap, moved = run(main())
+    assert moved > 0
+    assert max_gap < 0.2, f"the loop was blocked for {max_gap * 1000:.0f} ms"  # liveness, not performance
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 4. end of stream and peer death, as in the sync API
+
+
+def test_async_for_ends_at_end_of_stream_and_receive_then_returns_none(run, ctx):
+    name_q, count = ctx.Queue(), 5000
+    server = ctx.Process(target=serve_packets, args=(name_q, count, 5, 1 << 16, 100))
+    server.start()
+
+    async def main() -> list[pipc.Packet]:
+        name = await asyncio.to_thread(name_q.get, True, 30)
+        got: list[pipc.Packet] = []
+        client = await aio.Client.connect(name, timeout=30)
+        async with client:
+            async for batch in client:
+                got.extend(copy(batch))
+            assert await client.receive_batch() is None
+            assert await client.receive_packets(timeout=0) is None
+        assert client.closed
+        return got
+
+    got = run(main())
+    server.join(30)
+    assert digest(got) == digest(make_packets(count, 5))
+
+
+def test_client_drains_then_raises_connection_lost_when_server_killed(run, ctx):
+    name_q, done_q = ctx.Queue(), ctx.Queue()
+    server = ctx.Process(target=serve_then_hang, args=(name_q, done_q, 1000))
+    server.start()
+
+    async def main() -> list[int]:
+        name = await asyncio.to_thread(name_q.get, True, 30)
+        async with aio.Client.connect(name, timeout=30) as client:
+            assert await asyncio.to_thread(done_q.get, True, 30) == 1000  # committed before the kill
+            got = [p.timestamp for p in await client.receive_packets(600)]
+            os.kill(server.pid, signal.SIGKILL)
+            await asyncio.to_thread(server.join, 30)
+            with pytest.raises(pipc.ConnectionLostError):
+                while True:  # timeout=5: detection must come well before it
+                    got.extend(p.timestamp for p in await client.receive_packets(300, timeout=5))
+            with pytest.raises(pipc.ConnectionLostError):  # and it stays lost
+                await client.receive_packets(1, timeout=5)
+            return got
+
+    assert run(main()) == [p.timestamp for p in make_packets(1000)]
+
+
+def test_waiting_receive_wakes_with_connection_lost_when_server_killed(run, ctx):
+    name_q, done_q = ctx.Queue(), ctx.Queue()
+    server = ctx.Process(target=serve_then_hang, args=(name_q, done_q, 10))
+    server.start()
+
+    async def main() -> None:
+        name = await asyncio.to_thread(name_q.get, True, 30)
+        async with aio.Client.connect(name, timeout=30) as client:
+            await asyncio.to_thread(done_q.get, True, 30)
+            assert len(await client.receive_packets(100)) == 10
+            waiting = asyncio.create_task(client.receive_packets(100, timeout=30))
+            while client._waiter is None:  # until it sleeps on the eventfd and the socket
+                await asyncio.sleep(0)
+            os.kill(server.pid, signal.SIGKILL)
+            started = time.monotonic()
+            with pytest.raises(pipc.ConnectionLostError):
+                await waiting
+            assert time.monotonic() - started < 10  # woken by the socket, not by the timeout
+
+    run(main())
+    server.join(30)
+
+
+def test_send_raises_connection_lost_when_client_killed(run, ctx):
+    ready_q = ctx.Queue()
+
+    async def main() -> None:
+        async with aio.Server(capacity=1 << 14) as server:
+            child = ctx.Process(target=connect_and_idle, args=(server.name, ready_q))
+            child.start()
+            conn = await server.accept(timeout=30)
+            assert await asyncio.to_thread(ready_q.get, True, 30) == child.pid == conn.peer_pid
+            packets = make_packets(2000, max_len=200)
+            with pytest.raises(pipc.TimeoutError) as full:  # timeout=0: fills the ring, never waits
+                await conn.send(packets, timeout=0)
+            first = full.value.sent
+            assert 0 < first < len(packets) and conn.last_send_progress == first
+            sending = asyncio.create_task(conn.send(packets[first:]))
+            while conn._waiter is None:  # until it waits for space
+                await asyncio.sleep(0)
+            os.kill(child.pid, signal.SIGKILL)
+            with pytest.raises(pipc.ConnectionLostError) as lost:
+                await sending
+            assert lost.value.sent == conn.last_send_progress == 0  # nothing more was written
+            assert not conn.alive
+            with pytest.raises(pipc.ConnectionLostError):  # and it stays lost
+                await conn.send(packets[:1])
+            await asyncio.to_thread(child.join, 30)
+            conn.close()
+
+    run(main())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the rest of the contract
+
+
+def test_timeouts_close_and_misuse_are_typed_errors(run):
+    async def main() -> None:
+        async with aio.Server() as server:
+            with pytest.raises(pipc.TimeoutError):
+                await server.accept(timeout=0.01)
+            conn, client = await connected_pair(server)
+            with pytest.raises(pipc.TimeoutError):
+                await client.receive_batch(timeout=0)
+            started = time.monotonic()
+            with pytest.raises(pipc.TimeoutError):
+                await client.receive_batch(timeout=0.05)
+            assert time.monotonic() - started >= 0.04
+            with pytest.raises(ValueError):  # checked before anything is written
+                await conn.send([pipc.Packet(1, b"ok"), pipc.Packet(2, bytes(1 << 24))])
+            assert conn.stats().packets == 0 and conn.last_send_progress == 0
+            waiting = asyncio.create_task(client.receive_packets())
+            await asyncio.sleep(0)
+            with pytest.raises(RuntimeError):  # one receiver at a time
+                await client.receive_packets()
+            client.close()  # wakes the waiter
+            with pytest.raises(pipc.ClosedError):
+                await waiting
+            await conn.send(None)
+            with pytest.raises(pipc.ClosedError):
+                await conn.send([pipc.Packet(1, b"late")])
+            conn.close()
+        assert server.closed
+        with pytest.raises(pipc.ClosedError):
+            await server.accept(timeout=1)
+
+    run(main())
+
+
+def test_close_wakes_a_send_waiting_for_space_with_closed_error(run):
+    async def main() -> None:
+        async with aio.Server(capacity=1 << 14) as server:
+            conn, client = await connected_pair(server)
+            sending = asyncio.create_task(conn.send(make_packets(1000, max_len=200)))
+            while conn._waiter is None:  # until it waits for space
+                await asyncio.sleep(0)
+            written = conn.last_send_progress
+            conn.close()
+            with pytest.raises(pipc.ClosedError):
+                await sending
+            assert conn.last_send_progress == written > 0
+            got = 0
+            while (batch := await client.receive_batch(timeout=5)) is not None:  # the client drains, then ends
+                got += len(batch)
+                batch.release()
+            assert got == written
+            client.close()
+
+    run(main())
+
+
+def test_connect_errors_and_async_with_connect(run, tmp_path):
+    async def main() -> None:
+        with pytest.raises(pipc.ConnectError):
+            await aio.Client.connect(str(tmp_path / "nobody"), timeout=1)
+        async with aio.Server() as server:
+            with pytest.raises(pipc.TimeoutError):  # nobody accepts
+                await aio.Client.connect(server.name, timeout=0.1)
+            accepting = asyncio.create_task(server.accept(timeout=10))
+            async with aio.Client.connect(server.name, timeout=10) as client:
+                conn = await accepting
+                await aio.transfer_ipc(_agen(3), conn)
+                assert [p.timestamp async for b in client for p in b] == [0, 1, 2]
+            assert client.closed
+            assert [c.index for c in server.connections] == [conn.index]
+            conn.close()
+
+    run(main())
+
+
+async def _agen(n: int) -> Any:
+    for i in range(n):
+        await asyncio.sleep(0)
+        yield pipc.Packet(i, i.to_bytes(4, "little"))
+
+
+def test_no_fd_or_reader_is_left_behind(run):
+    from conftest import open_fds
+
+    async def main() -> None:
+        for _ in range(20):
+            async with aio.Server() as server:
+                conn, client = await connected_pair(server)
+                with pytest.raises(pipc.TimeoutError):
+                    await client.receive_batch(timeout=0.001)
+                await conn.send([pipc.Packet(1, b"x")])
+                async with client, conn:
+                    assert len(await client.receive_packets()) == 1
+
+    run(main())  # warm-up: imports, the loop's own fds
+    before = open_fds()
+    run(main())
+    assert open_fds() - before == set()
+
+
+def test_package_digest_helper_matches_hashlib():  # keeps `digest` honest: the tests above rest on it
+    p = [pipc.Packet(5, b"ab", orig_len=3)]
+    h = hashlib.sha256((5).to_bytes(8, "little") + (3).to_bytes(4, "little") + b"ab").hexdigest()
+    assert digest(p) == h
