@@ -112,6 +112,7 @@ int pipc_server_create(const char *name, const struct pipc_server_options *optio
     s->opts = o;
     s->creator = getpid();
     s->listen_fd = -1;
+    s->pending_sock = -1;
     if (!name) {
         const char *tmp = getenv("TMPDIR");
         if (!tmp || !*tmp)
@@ -277,17 +278,25 @@ int pipc_server_accept(pipc_server *server, int timeout_ms, pipc_conn **out)
 {
     uint64_t deadline = pipc_deadline(timeout_ms);
     for (;;) {
+        int sock, r;
+        uint64_t hs_deadline;
+        if (server->pending_sock >= 0) { /* a handshake the previous call's timeout interrupted */
+            sock = server->pending_sock;
+            hs_deadline = server->pending_deadline_ns;
+            server->pending_sock = -1;
+            goto handshake;
+        }
         struct pollfd p = {.fd = server->listen_fd, .events = POLLIN};
         uint64_t now = pipc_now_ns();
         int ms = deadline == UINT64_MAX ? -1 : now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
-        int r = poll(&p, 1, ms);
+        r = poll(&p, 1, ms);
         if (r < 0)
             return errno == EINTR ? -EINTR : -errno;
         if (r == 0) {
             pipc_set_error("no client connected in time");
             return -ETIMEDOUT;
         }
-        int sock = accept4(server->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        sock = accept4(server->listen_fd, NULL, NULL, SOCK_CLOEXEC);
         if (sock < 0) {
             if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED)
                 continue;
@@ -296,10 +305,21 @@ int pipc_server_accept(pipc_server *server, int timeout_ms, pipc_conn **out)
         }
         /* A client gets a bounded time for its HELLO; one that dies or stalls in the handshake is dropped and
          * we go on waiting for the next, within the caller's deadline. */
-        uint64_t hs_deadline = pipc_now_ns() + PIPC_HANDSHAKE_MS * 1000000ULL;
+        hs_deadline = pipc_now_ns() + PIPC_HANDSHAKE_MS * 1000000ULL;
+    handshake:
         r = server_handshake(server, sock, hs_deadline < deadline ? hs_deadline : deadline, out);
         if (r == 0)
             return 0;
+        /* The caller's timeout (or a signal), not the client's bound, ended the wait for its HELLO: keep the
+         * socket for the next call. Dropping it would reset a client that did nothing wrong; a server polling
+         * accept() with short timeouts did so to most clients whose HELLO lagged the connect by a moment. */
+        if ((r == -ETIMEDOUT || r == -EINTR) && pipc_now_ns() < hs_deadline) {
+            server->pending_sock = sock;
+            server->pending_deadline_ns = hs_deadline;
+            if (r == -ETIMEDOUT)
+                pipc_set_error("no client completed its handshake in time");
+            return r;
+        }
         close(sock);
         if (r == -ECONNRESET || r == -ETIMEDOUT || r == -EPIPE) {
             server->handshake_failures++;
@@ -314,6 +334,7 @@ void pipc_server_close(pipc_server *server)
     if (!server)
         return;
     close_fd(&server->listen_fd);
+    close_fd(&server->pending_sock);
     /* Only the process that created the endpoint removes it (a forked child's close must not). */
     if (server->creator == getpid()) {
         if (server->name[0] != '@')
@@ -405,7 +426,8 @@ long pipc_conn_send(pipc_conn *c, const struct pipc_packet *pk, size_t n, int ti
     uint64_t half = c->ring.payload_bytes / 2;
     uint64_t limit = half < c->snaplen ? half : c->snaplen;
     for (size_t i = 0; i < n; i++) {
-        if (pk[i].linktype > 0xffff) { /* the descriptor holds 16 bits, as pcapng's link type does */
+        if (pk[i].linktype > 0xffff && pk[i].linktype != PIPC_LINKTYPE_DEFAULT) { /* the descriptor holds 16 bits,
+                                                                                 * as pcapng's link type does */
             pipc_set_error("packet %zu has linktype %u; linktypes are 16-bit values", i, pk[i].linktype);
             return -EINVAL;
         }

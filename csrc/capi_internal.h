@@ -24,6 +24,9 @@ struct pipc_server {
     gid_t gids[PIPC_MAX_ALLOWED];
     int n_uids, n_gids;
     uint64_t refused, handshake_failures;
+    int pending_sock;             /* taken from the backlog, HELLO not yet read when the caller's timeout ran
+                                     out: the next accept resumes it (or -1) */
+    uint64_t pending_deadline_ns; /* its own handshake bound */
 };
 
 struct pipc_conn {

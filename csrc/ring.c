@@ -236,7 +236,7 @@ void pipc_ring_put(struct pipc_ring *ring, const struct pipc_packet *packets, si
             d->caplen = packets[i].caplen;
             d->origlen = packets[i].origlen;
             d->ifindex = packets[i].ifindex;
-            d->linktype = (uint16_t)(packets[i].linktype ? packets[i].linktype : default_linktype);
+            d->linktype = (uint16_t)(packets[i].linktype == PIPC_LINKTYPE_DEFAULT ? default_linktype : packets[i].linktype);
             d->flags = 0;
             pos += packets[i].caplen;
             seq++;

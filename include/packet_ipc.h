@@ -38,13 +38,17 @@ extern "C" {
 #define PIPC_API
 #endif
 
+/* On send, a packet whose linktype is this takes the server's default linktype. (0 is LINKTYPE_NULL.) */
+#define PIPC_LINKTYPE_DEFAULT 0xffffffffu
+
 /* Overflow policy of one connection (what a send does when that client's ring is full). */
 #define PIPC_OVERFLOW_BLOCK 0 /* wait for space: lossless (default) */
 #define PIPC_OVERFLOW_DROP 1  /* drop what does not fit and count it; never blocks */
 
 /* One packet. On receive, `data` points into shared memory (read-only) and `id` identifies the packet for
  * pipc_client_release(). On send, fill ts_ns, caplen, origlen, data (and ifindex/linktype if needed;
- * linktype 0 means "the server's linktype"); id is ignored. */
+ * linktype PIPC_LINKTYPE_DEFAULT means "the server's linktype"; 0 is LINKTYPE_NULL, BSD loopback); id is ignored.
+ * Received packets always carry their concrete linktype (a 16-bit value). */
 struct pipc_packet {
     uint64_t ts_ns;       /* capture time, nanoseconds since the Unix epoch */
     uint32_t caplen;      /* bytes at data */

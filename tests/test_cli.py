@@ -22,9 +22,8 @@ Reference-tool findings the comparison allows for (tshark 4.0.17, tcpdump 4.99.3
 - libpcap cuts a record longer than its file's snaplen to the snaplen (frf16_magic_ie-oobr.pcap: snaplen 6,
   a 68-byte record); we keep the record whole, so tcpdump reads the original with that field raised.
 
-Known bug, pinned by a strict xfail: ring.c takes a packet's linktype 0 for "unset" and writes the
-server's default instead, but 0 is LINKTYPE_NULL; loopback packets in a capture that starts with another
-link type (many_interfaces.pcapng, gopacket_be_test202.pcapng) come out as that link type.
+Captures mixing link types, LINKTYPE_NULL (0, BSD loopback) among them (many_interfaces.pcapng,
+gopacket_be_test202.pcapng), have a test of their own: each packet must keep its own link type.
 
 Damaged captures (see the cli module): replay reads every capture through before it listens, so a damaged
 one fails with one line and nothing of it is served. A capture read from a pipe cannot be read twice: it is
@@ -285,7 +284,7 @@ def check_round_trip(originals: Sequence[Path], fmt: str, tmp: Path) -> list[str
 def plan_shared(captures: list[Path]) -> tuple[dict[tuple[str, int], list[Path]], list[Path], list[Path], list[Path]]:
     """Groups captures into replay/dump pairs: {(output format, first linktype): files}. Apart: captures
     packet-ipc refuses (a time beyond 64-bit ns), those only pcapng can hold (a time beyond 2106; they join
-    the pcapng pairs), and those whose LINKTYPE_NULL packets follow another linktype (see NULL_LINKTYPE)."""
+    the pcapng pairs), and those whose LINKTYPE_NULL packets follow another linktype (tested on their own)."""
     groups: dict[tuple[str, int], list[Path]] = {}
     refused, beyond_pcap, mixed_null = [], [], []
     for path in captures:
@@ -305,14 +304,6 @@ def plan_shared(captures: list[Path]) -> tuple[dict[tuple[str, int], list[Path]]
     return groups, refused, beyond_pcap, mixed_null
 
 
-# ring.c (pipc_ring_put) writes a packet's linktype 0 as "unset" and puts the server's default linktype
-# in its place, and 0 is LINKTYPE_NULL (BSD loopback): in a capture that starts with another link type,
-# loopback packets come out of dump as that link type.
-NULL_LINKTYPE = pytest.mark.xfail(
-    strict=True, reason="ring.c reads linktype 0 (LINKTYPE_NULL) as unset and sends the server's default"
-)
-
-
 @pytest.mark.shared
 @needs_tshark
 @needs_tcpdump
@@ -328,7 +319,6 @@ def test_every_shared_capture_comes_out_of_dump_as_tshark_read_it(tmp_path: Path
 
 @pytest.mark.shared
 @needs_tshark
-@NULL_LINKTYPE
 @pytest.mark.parametrize("rel", ["wireshark/many_interfaces.pcapng", "more/gopacket_be_test202.pcapng"])
 def test_pcapng_with_several_interfaces_keeps_each_packets_linktype(rel: str, tmp_path: Path) -> None:
     path = SHARED_PCAPS / rel

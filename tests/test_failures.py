@@ -249,3 +249,35 @@ def test_received_data_outlives_client_close_without_use_after_free():
         assert bytes(view) == b"still here"
         del packet
         assert bytes(view) == b"still here"
+
+
+def test_optional_attributes_are_read_per_object_and_per_slots_type():
+    from dataclasses import dataclass
+
+    @dataclass(slots=True)
+    class Slotted:
+        timestamp: int
+        data: bytes
+        orig_len: int
+        linktype: int
+        ifindex: int
+
+    class Loose:
+        def __init__(self, ts, data, **extra):
+            self.timestamp, self.data = ts, data
+            self.__dict__.update(extra)
+
+    with pipc.Server(linktype=1) as server:
+        conn, client = connected_pair(server)
+        conn.send([Slotted(1, b"a", 60, 0, 3), Slotted(2, b"b", 61, 113, 4)])
+        conn.send([Loose(3, b"c"), Loose(4, b"d", orig_len=99, linktype=0, ifindex=7), Loose(5, b"e")])
+        got = []
+        while len(got) < 5:
+            got += client.receive_packets(10, timeout=5)
+        assert [(p.timestamp, p.orig_len, p.linktype, p.ifindex) for p in got] == [
+            (1, 60, 0, 3),  # linktype 0 is LINKTYPE_NULL, not "unset"
+            (2, 61, 113, 4),
+            (3, 1, 1, 0),  # no linktype: the server's
+            (4, 99, 0, 7),
+            (5, 1, 1, 0),
+        ]

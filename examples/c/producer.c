@@ -157,7 +157,7 @@ int main(int argc, char **argv)
             p->caplen = sizes[seq % n_sizes];
             p->origlen = p->caplen + (seq % 4 == 3 ? 4 : 0);
             p->ts_ns = 1700000000000000000ULL + 1000ULL * seq;
-            p->linktype = 0; /* the server's (1, Ethernet) */
+            p->linktype = PIPC_LINKTYPE_DEFAULT; /* the server's (1, Ethernet) */
             p->ifindex = 0;
             p->data = pool + ((seq * 977) & (POOL_WINDOW - 1));
             if (checksum_on) {

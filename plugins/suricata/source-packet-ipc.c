@@ -434,7 +434,7 @@ static TmEcode ReceiveIpcLoop(ThreadVars *tv, void *data, void *slot)
                 }
                 PKT_SET_SRC(p, PKT_SRC_WIRE);
                 p->ts = IpcTime(pk->ts_ns);
-                p->datalink = (int)(pk->linktype ? pk->linktype : ptv->default_linktype);
+                p->datalink = (int)pk->linktype; /* always concrete on receive (0 is LINKTYPE_NULL) */
                 p->livedev = ptv->livedev;
                 IpcPacketVars *pv = (IpcPacketVars *)p->plugin_v;
                 pv->ptv = ptv;

@@ -99,6 +99,24 @@ static int remaining(uint64_t deadline)
     return now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
 }
 
+/* None -> PIPC_LINKTYPE_DEFAULT (the server's); else a 16-bit LINKTYPE value (0 is LINKTYPE_NULL). */
+static int linktype_from(PyObject *o, unsigned int *out)
+{
+    if (o == NULL || o == Py_None) {
+        *out = PIPC_LINKTYPE_DEFAULT;
+        return 0;
+    }
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0 || v > 0xffff) {
+        PyErr_Format(PyExc_ValueError, "linktype must be None or a 16-bit LINKTYPE value, not %ld", v);
+        return -1;
+    }
+    *out = (unsigned int)v;
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------------------ */
 /* _Lease: one received region [first, first + n) of a client's ring */
 
@@ -173,9 +191,10 @@ static PyObject *packet_new_view(core_state *st, PyObject *owner, const struct p
 static PyObject *packet_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"timestamp", "data", "orig_len", "linktype", "ifindex", NULL};
-    PyObject *ts, *data, *orig = Py_None;
-    unsigned int linktype = 0, ifindex = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OII:Packet", kwlist, &ts, &data, &orig, &linktype, &ifindex))
+    PyObject *ts, *data, *orig = Py_None, *lt = Py_None;
+    unsigned int ifindex = 0, linktype;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOI:Packet", kwlist, &ts, &data, &orig, &lt, &ifindex) ||
+        linktype_from(lt, &linktype) < 0)
         return NULL;
     if (!PyLong_Check(ts)) {
         PyErr_Format(PyExc_TypeError, "timestamp must be an int (ns since the Unix epoch), not %.100s",
@@ -252,7 +271,6 @@ static PyMemberDef packet_members[] = {
     {"timestamp", T_ULONGLONG, offsetof(PacketObject, ts), READONLY, "Capture time, int nanoseconds since the Unix epoch."},
     {"orig_len", T_UINT, offsetof(PacketObject, orig_len), READONLY, "Length on the wire (>= caplen when the capture was truncated)."},
     {"caplen", T_UINT, offsetof(PacketObject, caplen), READONLY, "Number of captured bytes (len(data))."},
-    {"linktype", T_UINT, offsetof(PacketObject, linktype), READONLY, "pcap LINKTYPE_* of the packet (0 when unset on send)."},
     {"ifindex", T_UINT, offsetof(PacketObject, ifindex), READONLY, "Capture interface index (0 if unknown)."},
     {NULL, 0, 0, 0, NULL},
 };
@@ -306,7 +324,17 @@ static PyObject *packet_richcompare(PyObject *a, PyObject *b, int op)
     return PyBool_FromLong(eq);
 }
 
+static PyObject *packet_get_linktype(PacketObject *self, void *c)
+{
+    (void)c;
+    if (self->linktype == PIPC_LINKTYPE_DEFAULT)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong(self->linktype);
+}
+
 static PyGetSetDef packet_getset[] = {
+    {"linktype", (getter)packet_get_linktype, NULL,
+     "pcap LINKTYPE_* of the packet; None on a packet built without one (it is sent with the server's).", NULL},
     {"data", (getter)packet_get_data, NULL,
      "The captured bytes. For a received packet a read-only memoryview into the shared ring (no copy), valid "
      "as long as this packet or any view of it is alive.",
@@ -332,7 +360,7 @@ static PyType_Slot packet_slots[] = {
     {Py_tp_richcompare, packet_richcompare},
     {Py_bf_getbuffer, packet_getbuffer},
     {Py_sq_length, packet_len},
-    {Py_tp_doc, "Packet(timestamp, data, orig_len=None, linktype=0, ifindex=0)\n\n"
+    {Py_tp_doc, "Packet(timestamp, data, orig_len=None, linktype=None, ifindex=0)\n\n"
                 "One packet: timestamp (int ns since the Unix epoch), data (any buffer), orig_len (wire length, "
                 "default len(data)). Received packets view the shared ring without a copy; the ring space is "
                 "returned when the last packet (and view) of its batch is gone."},
@@ -510,9 +538,10 @@ static int fill_column(PyObject *src, Py_ssize_t n, int width, void *dst, const 
 static PyObject *batch_from_buffers(PyObject *cls, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"timestamps", "lengths", "data", "origlens", "linktype", NULL};
-    PyObject *ts, *lens, *data, *origlens = Py_None;
-    unsigned int linktype = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OI:from_buffers", kwlist, &ts, &lens, &data, &origlens, &linktype))
+    PyObject *ts, *lens, *data, *origlens = Py_None, *lt = Py_None;
+    unsigned int linktype;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO:from_buffers", kwlist, &ts, &lens, &data, &origlens, &lt) ||
+        linktype_from(lt, &linktype) < 0)
         return NULL;
     core_state *st = state_of_type((PyTypeObject *)cls);
     Py_buffer lv;
@@ -567,8 +596,15 @@ fail:
     return NULL;
 }
 
+/* Which optional attributes objects of one type have (bit 0 orig_len, 1 linktype, 2 ifindex). */
+struct attr_cache {
+    PyTypeObject *type;
+    int has;
+};
+
 /* Reads one AsIpcPacket-like object. On success *view holds its data (release it). */
-static int read_packet(core_state *st, PyObject *item, Py_ssize_t i, struct pipc_packet *p, Py_buffer *view)
+static int read_packet(core_state *st, PyObject *item, Py_ssize_t i, struct pipc_packet *p, Py_buffer *view,
+                       struct attr_cache *cache)
 {
     if (Py_TYPE(item) == st->PacketType) {
         PacketObject *po = (PacketObject *)item;
@@ -610,24 +646,48 @@ static int read_packet(core_state *st, PyObject *item, Py_ssize_t i, struct pipc
             return -1;
         }
         p->origlen = (uint32_t)view->len;
-        p->linktype = 0;
+        p->linktype = PIPC_LINKTYPE_DEFAULT;
         p->ifindex = 0;
-        PyObject *ol = PyObject_GetAttrString(item, "orig_len");
-        if (!ol)
-            PyErr_Clear();
-        else {
-            if (ol != Py_None) {
-                unsigned long v = PyLong_AsUnsignedLong(ol);
-                if ((v == (unsigned long)-1 && PyErr_Occurred()) || v > UINT32_MAX) {
-                    PyErr_Clear();
-                    PyErr_Format(PyExc_ValueError, "packet %zd: .orig_len must be an int in [0, 2**32)", i);
-                    Py_DECREF(ol);
+        /* Optional attributes. A failed lookup costs an exception, so for a type without an instance __dict__
+         * (slots, dataclass(slots=True), C types: its attributes can only come from the type) which ones it
+         * has is learnt on its first object. Objects with a __dict__ may differ one from the next: every
+         * object is asked. */
+        if (cache->type != Py_TYPE(item) || Py_TYPE(item)->tp_dictoffset != 0) {
+            cache->type = Py_TYPE(item);
+            cache->has = 7;
+        }
+        static const char *names[3] = {"orig_len", "linktype", "ifindex"};
+        for (int a = 0; a < 3; a++) {
+            if (!(cache->has & (1 << a)))
+                continue;
+            PyObject *o = PyObject_GetAttrString(item, names[a]);
+            if (!o) {
+                if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
                     PyBuffer_Release(view);
                     return -1;
                 }
-                p->origlen = (uint32_t)v;
+                PyErr_Clear();
+                cache->has &= ~(1 << a);
+                continue;
             }
-            Py_DECREF(ol);
+            if (o != Py_None) {
+                unsigned long v = PyLong_AsUnsignedLong(o);
+                if ((v == (unsigned long)-1 && PyErr_Occurred()) || v > (a == 1 ? 0xffffUL : UINT32_MAX)) {
+                    PyErr_Clear();
+                    PyErr_Format(PyExc_ValueError, "packet %zd: .%s must be an int in [0, %s)", i, names[a],
+                                 a == 1 ? "2**16" : "2**32");
+                    Py_DECREF(o);
+                    PyBuffer_Release(view);
+                    return -1;
+                }
+                if (a == 0)
+                    p->origlen = (uint32_t)v;
+                else if (a == 1)
+                    p->linktype = (uint32_t)v;
+                else
+                    p->ifindex = (uint32_t)v;
+            }
+            Py_DECREF(o);
         }
     }
     if (view->len > (Py_ssize_t)UINT32_MAX) {
@@ -658,8 +718,9 @@ static struct pipc_packet *convert_packets(core_state *st, PyObject *seq, Py_ssi
         return NULL;
     }
     PyObject **items = PySequence_Fast_ITEMS(fast);
+    struct attr_cache cache = {NULL, 0};
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (read_packet(st, items[i], i, &pk[i], &views[i]) < 0) {
+        if (read_packet(st, items[i], i, &pk[i], &views[i], &cache) < 0) {
             for (Py_ssize_t k = 0; k < i; k++)
                 PyBuffer_Release(&views[k]);
             PyMem_Free(pk);
@@ -684,9 +745,9 @@ static void release_views(Py_buffer *views, Py_ssize_t n)
 static PyObject *batch_from_packets(PyObject *cls, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"packets", "linktype", NULL};
-    PyObject *seq;
-    unsigned int linktype = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|I:from_packets", kwlist, &seq, &linktype))
+    PyObject *seq, *lt = Py_None;
+    unsigned int linktype;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|O:from_packets", kwlist, &seq, &lt) || linktype_from(lt, &linktype) < 0)
         return NULL;
     core_state *st = state_of_type((PyTypeObject *)cls);
     Py_ssize_t n;
@@ -714,7 +775,7 @@ static PyObject *batch_from_packets(PyObject *cls, PyObject *args, PyObject *kw)
         b->offsets[i] = off;
         b->caplen[i] = pk[i].caplen;
         b->origlen[i] = pk[i].origlen;
-        b->linktype[i] = pk[i].linktype ? pk[i].linktype : linktype;
+        b->linktype[i] = pk[i].linktype == PIPC_LINKTYPE_DEFAULT ? linktype : pk[i].linktype;
         b->ifindex[i] = pk[i].ifindex;
         off += pk[i].caplen;
     }
@@ -756,11 +817,12 @@ static PyMethodDef batch_methods[] = {
     {"__enter__", (PyCFunction)batch_enter, METH_NOARGS, "Returns self."},
     {"__exit__", (PyCFunction)batch_exit, METH_VARARGS, "Calls release()."},
     {"from_buffers", (PyCFunction)(void (*)(void))batch_from_buffers, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
-     "from_buffers(timestamps, lengths, data, origlens=None, linktype=0) -> PacketBatch\n\n"
+     "from_buffers(timestamps, lengths, data, origlens=None, linktype=None) -> PacketBatch\n\n"
      "Builds a batch over existing buffers: timestamps (uint64 ns), lengths (uint32 caplens) and data (the "
      "payloads back to back). data is referenced, not copied (a bytearray cannot be resized meanwhile)."},
     {"from_packets", (PyCFunction)(void (*)(void))batch_from_packets, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
-     "from_packets(packets, linktype=0) -> PacketBatch\n\nCopies packets (AsIpcPacket objects) into one batch."},
+     "from_packets(packets, linktype=None) -> PacketBatch\n\nCopies packets (AsIpcPacket objects) into one batch; "
+     "linktype is given to packets that carry none (None: the server's, at send time)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1505,7 +1567,8 @@ static PyObject *core_flow_hash_batch(PyObject *m, PyObject *args)
         return NULL;
     uint32_t *h = (uint32_t *)PyBytes_AS_STRING(out);
     for (Py_ssize_t i = 0; i < b->n; i++)
-        h[i] = pipc_flow_hash(b->linktype[i] ? b->linktype[i] : linktype, b->data + b->offsets[i], b->caplen[i]);
+        h[i] = pipc_flow_hash(b->linktype[i] == PIPC_LINKTYPE_DEFAULT ? linktype : b->linktype[i], b->data + b->offsets[i],
+                              b->caplen[i]);
     return out;
 }
 
@@ -1543,7 +1606,8 @@ static PyObject *core_partition_by_flow(PyObject *m, PyObject *args)
         goto out;
     }
     for (Py_ssize_t i = 0; i < b->n; i++) {
-        uint32_t h = pipc_flow_hash(b->linktype[i] ? b->linktype[i] : linktype, b->data + b->offsets[i], b->caplen[i]);
+        uint32_t h = pipc_flow_hash(b->linktype[i] == PIPC_LINKTYPE_DEFAULT ? linktype : b->linktype[i],
+                                    b->data + b->offsets[i], b->caplen[i]);
         uint16_t w = table[h & (uint32_t)(buckets - 1)];
         if (w >= workers) { /* stops a table naming a worker that does not exist */
             PyErr_SetString(PyExc_ValueError, "table names a worker index >= workers");

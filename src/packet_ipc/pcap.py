@@ -17,8 +17,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
-from itertools import groupby, islice
-from operator import attrgetter
+from itertools import islice
 from operator import index as _as_int
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 
@@ -57,7 +56,6 @@ class CaptureRecord:
     ifindex: int
 
 
-_linktype_of = attrgetter("linktype")
 
 # Building a frozen dataclass through its __init__ goes through object.__setattr__ once per field,
 # about twice as slow as filling the slots directly; the readers below do the latter.
@@ -529,11 +527,7 @@ class CaptureReader:
             raise ValueError("max_packets must be at least 1")
         if self._fast is None or self._map is None or self._started:
             for records in self.read_batches(max_packets):
-                # from_packets gives a record the linktype it is passed (and reads 0, LINKTYPE_NULL, as
-                # unset): one batch per run of one linktype keeps each packet's own (pcapng, several
-                # interfaces).
-                for linktype, run in groupby(records, _linktype_of):
-                    yield PacketBatch.from_packets(list(run), linktype)
+                yield PacketBatch.from_packets(records)  # each record brings its own linktype and ifindex
             return
         self._started = True
         big, header_len, ns_per_tick, swapped = self._fast

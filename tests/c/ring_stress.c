@@ -107,7 +107,7 @@ static void *producer_thread(void *arg)
             p->ts_ns = TS_BASE + seq + i;
             p->caplen = next_size(&sizes);
             p->origlen = packet_origlen(seq + i, p->caplen);
-            p->linktype = 0;
+            p->linktype = PIPC_LINKTYPE_DEFAULT;
             p->ifindex = (uint32_t)(seq + i) & 7;
             p->data = packet_bytes(seq + i);
             if (contiguous) {
