@@ -497,6 +497,18 @@ int pipc_conn_end(pipc_conn *c)
     return 0;
 }
 
+int pipc_conn_abort(pipc_conn *c)
+{
+    if (c->error)
+        return c->error;
+    if (c->ended)
+        return 0; /* already ended cleanly: too late to say otherwise */
+    c->ended = 1;
+    if (pipc_ring_set_state(&c->ring, PIPC_STATE_ABORTED))
+        pipc_wake(c->ev_data);
+    return 0;
+}
+
 int pipc_conn_alive(pipc_conn *c)
 {
     if (c->error == -ECONNRESET || c->sock < 0)
@@ -682,7 +694,11 @@ static int client_idle_state(pipc_client *c)
         return 2;
     if (st == PIPC_STATE_END)
         return 0;
-    if (st == PIPC_STATE_ABORTED || c->peer_gone) {
+    if (st == PIPC_STATE_ABORTED) {
+        pipc_set_error("the server aborted the stream (it failed before the end)");
+        return -ECONNRESET;
+    }
+    if (c->peer_gone) {
         pipc_set_error("server vanished without end of stream");
         return -ECONNRESET;
     }

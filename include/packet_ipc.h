@@ -118,6 +118,9 @@ PIPC_API void pipc_server_close(pipc_server *server);
 PIPC_API long pipc_conn_send(pipc_conn *conn, const struct pipc_packet *packets, size_t n, int timeout_ms);
 /* Signals end of stream: the client drains what was sent, then receives 0. */
 PIPC_API int pipc_conn_end(pipc_conn *conn);
+/* Aborts the stream (the server failed mid-way): the client drains what was sent, then gets -ECONNRESET with
+ * "the server aborted the stream", never a clean end. Further sends fail with -EPIPE. */
+PIPC_API int pipc_conn_abort(pipc_conn *conn);
 /* Counters of this connection. */
 PIPC_API void pipc_conn_stats(const pipc_conn *conn, struct pipc_stats *stats);
 /* 1 while the client is connected, 0 once it has gone (does not block). */

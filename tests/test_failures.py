@@ -281,3 +281,20 @@ def test_optional_attributes_are_read_per_object_and_per_slots_type():
             (4, 99, 0, 7),
             (5, 1, 1, 0),
         ]
+
+
+def test_aborted_stream_is_drained_then_lost_never_a_clean_end():
+    with pipc.Server() as server:
+        conn, client = connected_pair(server)
+        conn.send([pipc.Packet(i, b"x" * i) for i in range(10)])
+        conn.abort()
+        with pytest.raises(pipc.ClosedError):
+            conn.send([pipc.Packet(1, b"late")])
+        got = []
+        with pytest.raises(pipc.ConnectionLostError, match="aborted"):
+            while True:
+                got += [p.timestamp for p in client.receive_packets(4, timeout=5)]
+        assert got == list(range(10))
+        conn.close()  # closing after an abort does not turn it into a clean end
+        with pytest.raises(pipc.ConnectionLostError):
+            client.receive_packets(1, timeout=1)

@@ -1173,6 +1173,17 @@ static PyObject *conn_close(ConnectionObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static PyObject *conn_abort(ConnectionObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!conn_open(self))
+        return NULL;
+    int r = pipc_conn_abort(self->c);
+    if (r < 0)
+        return raise_code(state_of_type(Py_TYPE(self)), r, NULL);
+    Py_RETURN_NONE;
+}
+
 static PyObject *conn_alive(ConnectionObject *self, PyObject *unused)
 {
     (void)unused;
@@ -1242,6 +1253,7 @@ static PyMethodDef conn_methods[] = {
     {"send_batch", (PyCFunction)conn_send_batch, METH_VARARGS, "send_batch(batch, timeout=None) -> int"},
     {"close", (PyCFunction)conn_close, METH_NOARGS, "Closes (the client sees end of stream after draining)."},
     {"alive", (PyCFunction)conn_alive, METH_NOARGS, "True while the client is connected."},
+    {"abort", (PyCFunction)conn_abort, METH_NOARGS, "Aborts the stream: the client drains, then ConnectionLostError."},
     {"stats", (PyCFunction)conn_stats, METH_NOARGS, "Counters tuple."},
     {"fds", (PyCFunction)conn_fds, METH_NOARGS, "(space eventfd, control socket)."},
     {"prepare_wait", (PyCFunction)conn_prepare_wait, METH_VARARGS, "Arms the space wake-up; True: may sleep."},

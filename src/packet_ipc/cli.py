@@ -161,7 +161,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     Every capture is read through once before the server listens: a damaged one, or one with a timestamp
     packet-ipc cannot carry, fails here with one line and nothing is served. (A capture that changes while
-    it is replayed, or Ctrl-C, stops the replay mid-stream: the workers keep the whole packets sent before.)
+    it is replayed, damage in a piped capture, or Ctrl-C, stops the replay mid-stream: the streams are
+    aborted, so each worker gets the whole packets sent before and then ConnectionLostError, never a clean
+    end it could mistake for the whole capture.)
     """
     from .pcap import open_capture
     from .replay import check_captures, replay
@@ -178,11 +180,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sources: list[Any] = list(files) if files[0].is_file() else [first, *files[1:]]
         _err(f"packet-ipc: serving {len(files)} capture(s) at {server.name}; waiting for {args.workers} worker(s)")
         server.wait_for_clients(args.workers, timeout=args.accept_timeout)
-        summary = replay(
-            sources, server, speed=args.speed, loop=args.loop, batch_size=args.batch,
-            progress=not args.no_progress and sys.stderr.isatty(),
-            total_packets=None if total is None else total * args.loop,
-        )
+        try:
+            summary = replay(
+                sources, server, speed=args.speed, loop=args.loop, batch_size=args.batch,
+                progress=not args.no_progress and sys.stderr.isatty(),
+                total_packets=None if total is None else total * args.loop,
+            )
+        except BaseException:
+            server.abort_connections()  # the workers must not take a cut stream for the whole capture
+            raise
         _drain_wait(server)
         workers = server.stats().connections
         server.close_connections()
@@ -277,12 +283,27 @@ def _add_capture(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 # ---- dump ---------------------------------------------------------------------------------------------
 
 
+def _connect_waiting(name: str, timeout: float, overflow: str | None) -> Any:
+    """Connects, waiting up to ``timeout`` seconds for a server that is not listening yet (workers are
+    often started before the replay)."""
+    from .client import Client
+    from .errors import ConnectError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Client(name, timeout=max(0.0, deadline - time.monotonic()), overflow=overflow)  # type: ignore[arg-type]
+        except ConnectError as e:
+            if e.errno not in (2, 111) or time.monotonic() >= deadline:  # ENOENT, ECONNREFUSED: not there yet
+                raise
+            time.sleep(0.05)  # polling for the server's socket to appear; nothing to wait on before it exists
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
     """A worker that writes what it receives as pcap/pcapng (or just counts it)."""
-    from .client import Client
     from .pcap import CaptureWriter
 
-    client = Client(args.name, timeout=args.timeout, overflow=args.overflow)
+    client = _connect_waiting(args.name, args.timeout, args.overflow)
     out: Any = None
     writer: Any = None
     if args.write:
@@ -296,12 +317,17 @@ def cmd_dump(args: argparse.Namespace) -> int:
             if batch is None:
                 break
             with batch:
+                if writer is None and not args.checksum and args.count is None:
+                    packets += len(batch)  # only counting: no Python object per packet
+                    nbytes += batch.nbytes
+                    continue
                 take = list(batch) if args.count is None else list(batch)[: args.count - packets]
                 if writer is not None:
                     writer.write_many(take)
-                checksum = (checksum + packet_checksum(take)) & 0xFFFF_FFFF_FFFF_FFFF
+                if args.checksum:
+                    checksum = (checksum + packet_checksum(take)) & 0xFFFF_FFFF_FFFF_FFFF
                 packets += len(take)
-                nbytes += sum(len(p.data) for p in take)
+                nbytes += sum(p.caplen for p in take)
                 del take
     finally:
         if writer is not None:
@@ -310,12 +336,13 @@ def cmd_dump(args: argparse.Namespace) -> int:
             out.close()
         stats = client.stats()
         client.close()
-    result = {"pid": os.getpid(), "packets": packets, "bytes": nbytes, "checksum": f"{checksum:016x}",
-              "dropped_by_server": stats.dropped_packets}
+    result = {"pid": os.getpid(), "packets": packets, "bytes": nbytes,
+              "checksum": f"{checksum:016x}" if args.checksum else None, "dropped_by_server": stats.dropped_packets}
     if args.json:
         print(json.dumps(result), file=sys.stderr if args.write == "-" else sys.stdout, flush=True)
     else:
-        _err(f"packet-ipc dump: {packets:,} packets, {nbytes:,} bytes, checksum {checksum:016x}, "
+        summed = f", checksum {checksum:016x}" if args.checksum else ""
+        _err(f"packet-ipc dump: {packets:,} packets, {nbytes:,} bytes{summed}, "
              f"dropped by the server {stats.dropped_packets:,}")
     return 0
 
@@ -328,9 +355,12 @@ def _add_dump(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("-w", "--write", default=None, help="output file, or - for stdout (default: only count)")
     p.add_argument("--format", choices=["pcap", "pcapng"], default="pcap", help="output format (pcap, nanosecond)")
     p.add_argument("-c", "--count", type=int, default=None, help="stop after this many packets")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server to accept (30)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the server to appear and accept (30)")
     p.add_argument("--overflow", choices=["block", "drop"], default=None, help="this worker's overflow policy")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--checksum", action="store_true",
+                   help="also sum a 64-bit BLAKE2b of every packet (order-independent; what demo compares)")
     p.set_defaults(func=cmd_dump)
 
 
@@ -432,7 +462,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   f"{expected_packets:,} packets, {expected_bytes:,} bytes -> {args.workers} worker processes "
                   f"({args.distribution})")
     with Server(distribution=args.distribution) as server:
-        workers = [subprocess.Popen([sys.executable, "-m", "packet_ipc.cli", "dump", server.name, "--json"],
+        workers = [subprocess.Popen([sys.executable, "-m", "packet_ipc.cli", "dump", server.name, "--json", "--checksum"],
                                     stdout=subprocess.PIPE, text=True) for _ in range(args.workers)]
         try:
             server.wait_for_clients(args.workers, timeout=60)

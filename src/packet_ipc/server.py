@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from . import _core
 from .batch import PacketBatch
-from .errors import ConnectionLostError
+from .errors import ClosedError, ConnectionLostError
 from .packet import AsIpcPacket
 from .stats import Stats
 
@@ -107,6 +107,12 @@ class Connection:
     def end(self) -> None:
         """Ends the stream (same as ``send(None)``): the client drains, then receives ``None``."""
         self._c.send(None)
+
+    def abort(self) -> None:
+        """Aborts the stream because the server failed mid-way: the client drains what was sent and then gets
+        :class:`ConnectionLostError` ("the server aborted the stream"), never a clean end. No-op after
+        ``send(None)``."""
+        self._c.abort()
 
     @property
     def alive(self) -> bool:
@@ -460,6 +466,14 @@ class Server:
                 except FileNotFoundError:
                     pass
         self._s.close()
+
+    def abort_connections(self) -> None:
+        """Aborts every live stream (see :meth:`Connection.abort`): for a server that cannot finish."""
+        for conn in list(self._live):
+            try:
+                conn.abort()
+            except (ConnectionLostError, ClosedError):
+                pass
 
     def close_connections(self) -> None:
         """Closes every accepted connection (each client sees end of stream after draining)."""
