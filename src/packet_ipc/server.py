@@ -26,7 +26,16 @@ from .errors import ClosedError, ConnectionLostError
 from .packet import AsIpcPacket
 from .stats import Stats
 
-__all__ = ["Server", "Connection", "ServerStats", "transfer_ipc", "Overflow", "Distribution", "stats_address"]
+__all__ = [
+    "Server",
+    "Connection",
+    "ServerStats",
+    "transfer_ipc",
+    "Overflow",
+    "Distribution",
+    "stats_address",
+    "sweep_stale_endpoints",
+]
 
 Overflow = Literal["block", "drop"]
 Distribution = Literal["flow", "round_robin", "broadcast"]
@@ -35,6 +44,58 @@ _OVERFLOW_NAME: dict[int, Overflow] = {_core.OVERFLOW_BLOCK: "block", _core.OVER
 DEFAULT_CAPACITY = 4 << 20
 FLOW_BUCKETS = 4096  # flow hash -> bucket -> worker: only a leaving/joining worker's share of flows moves
 LIVENESS_CHECK_S = 0.05  # how often server.send looks for workers that died while it was not blocked on them
+
+
+def _bound_unix_paths() -> set[str]:
+    """Paths of every unix socket bound on this machine right now (the kernel's /proc/net/unix)."""
+    paths = set()
+    with open("/proc/net/unix") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7].startswith("/"):
+                paths.add(fields[7])
+    return paths
+
+
+def sweep_stale_endpoints(directory: str | None = None, min_age_s: float = 10.0) -> list[str]:
+    """Removes the private directories of servers that died without closing (``kill -9``): ours (same uid),
+    named ``packet-ipc-*``, older than ``min_age_s``, whose socket no process has bound any more (checked in
+    ``/proc/net/unix``, so no live server is ever connected to or disturbed). Returns what was removed.
+
+    :class:`Server` calls it when it creates a private endpoint, so a crash leaves files only until the
+    next server starts.
+    """
+    base = directory or os.environ.get("TMPDIR") or "/tmp"
+    try:
+        entries = [e for e in os.scandir(base) if e.name.startswith("packet-ipc-")]
+    except OSError:
+        return []
+    if not entries:
+        return []
+    bound = _bound_unix_paths()
+    removed = []
+    now = time.time()
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+            sock = os.path.join(entry.path, "socket")
+            if (
+                not entry.is_dir(follow_symlinks=False)
+                or st.st_uid != os.geteuid()
+                or now - st.st_mtime < min_age_s  # a server between mkdtemp and bind
+                or not os.path.exists(sock)
+                or sock in bound
+            ):
+                continue
+            for name in os.listdir(entry.path):
+                if name == "socket" or name.startswith("socket."):
+                    os.unlink(os.path.join(entry.path, name))
+            os.rmdir(entry.path)
+            removed.append(entry.path)
+        except OSError:
+            continue  # another process got there first, or something else lives in it: leave it
+    return removed
 
 
 def stats_address(name: str) -> str:
@@ -190,6 +251,8 @@ class Server:
             raise ValueError("capacity and snaplen must be > 0, max_packets >= 0")
         self.overflow: Overflow = overflow
         self.linktype = linktype
+        if name is None:
+            sweep_stale_endpoints()
         self.snaplen = snaplen
         self._s = _core.Server(
             None if name is None else os.fspath(name),
