@@ -7,12 +7,13 @@
  *   (132) give ports; every other protocol is keyed by address pair + protocol, ports 0.
  * - Symmetry: the two (address, port) endpoints are put in canonical order (address bytes compared
  *   first, then port) before hashing, so A->B and B->A hash the same words.
- * - Fragments are hashed by address pair + protocol only (ports 0), first fragment included, because
- *   only the first fragment carries the ports: this is what keeps every fragment of a datagram on one
- *   worker. The price: fragments of a UDP (or TCP/SCTP) flow may go to a different worker than the
- *   unfragmented packets of the same flow (which are hashed with their ports). A worker that needs the
- *   whole flow must reassemble and re-dispatch, or the sender must avoid fragmentation. For protocols
- *   without ports (ICMP, GRE, ESP, ...) fragments and whole packets agree, since is_fragment is not hashed.
+ * - Fragments: pipc_flow_hash (stateless) hashes them by address pair + protocol only (ports 0), first
+ *   fragment included, because only the first fragment carries the ports: every fragment of a datagram
+ *   meets on one worker, but maybe not the worker of the datagram's flow. pipc_flow_hash_tracked (what the
+ *   server's "flow" distribution uses) does better: the first fragment hashes with its ports, like the
+ *   flow's unfragmented packets, and the datagram's later fragments follow it through a small table keyed
+ *   by (addresses, protocol, identification); a later fragment arriving before its first falls back to the
+ *   address pair. For protocols without ports (ICMP, GRE, ESP, ...) all of these agree.
  *   IPv4 fragment: MF set or offset != 0. IPv6: a Fragment header with M set or offset != 0; an "atomic
  *   fragment" (Fragment header with M = 0 and offset 0, RFC 6946) is a whole datagram, so the parser
  *   walks past it to the ports, the same rule as for IPv4. For an IPv6 fragment, proto is the Fragment
@@ -121,16 +122,24 @@ static int parse_ipv4(const uint8_t *d, uint32_t off, uint32_t caplen, struct pi
     memcpy(key->addr_b, ip + 16, 4);
 
     uint16_t frag = read_be16(ip + 6);
-    if ((frag & 0x2000) || (frag & 0x1FFF)) { /* MF set, or offset != 0 */
-        key->is_fragment = 1;
-        return 0;
-    }
     uint32_t end = caplen;
     uint32_t total = read_be16(ip + 2);
     /* stops: Ethernet padding after a short datagram being read as ports; a total length shorter than
      * the header leaves no transport bytes (end < l4 is mapped to end = l4); 0 (TSO) means caplen */
     if (total != 0 && total < caplen - off)
         end = off + (total > ihl ? total : ihl);
+    if ((frag & 0x2000) || (frag & 0x1FFF)) { /* MF set, or offset != 0 */
+        key->is_fragment = 1;
+        key->frag_id = read_be16(ip + 4);
+        if ((frag & 0x1FFF) == 0) { /* the first fragment carries the ports: kept aside for tracking */
+            key->frag_first = 1;
+            parse_ports(d, off + ihl, end, key);
+            key->frag_port_a = key->port_a;
+            key->frag_port_b = key->port_b;
+            key->port_a = key->port_b = 0;
+        }
+        return 0;
+    }
     parse_ports(d, off + ihl, end, key);
     return 0;
 }
@@ -186,6 +195,14 @@ static int parse_ipv6(const uint8_t *d, uint32_t off, uint32_t caplen, struct pi
             if ((frag & 0xFFF8) || (frag & 1)) { /* offset != 0, or M set; else atomic (RFC 6946) */
                 key->proto = d[cur];
                 key->is_fragment = 1;
+                key->frag_id = read_be32(d + cur + 4);
+                if ((frag & 0xFFF8) == 0) { /* first fragment: its transport header follows directly */
+                    key->frag_first = 1;
+                    parse_ports(d, cur + IPV6_FRAG_HDR_BYTES, end, key);
+                    key->frag_port_a = key->port_a;
+                    key->frag_port_b = key->port_b;
+                    key->port_a = key->port_b = 0;
+                }
                 return 0;
             }
         }
@@ -341,6 +358,42 @@ uint32_t pipc_flow_hash(uint32_t linktype, const uint8_t *data, uint32_t caplen)
     if (linktype == LINKTYPE_ETHERNET)
         return hash_macs(data, caplen);
     return 0;
+}
+
+/* Direction-specific identity of one datagram (all its fragments share source, destination, protocol, id). */
+static uint64_t datagram_tag(const struct pipc_flow_key *key)
+{
+    uint64_t h = UINT64_C(0x6a09e667f3bcc909) ^ ((uint64_t)key->family << 40) ^ ((uint64_t)key->proto << 32) ^
+                 key->frag_id;
+    h = fmix64(h ^ read_le_bytes(key->addr_a, 8));
+    h = fmix64(h ^ read_le_bytes(key->addr_a + 8, 8));
+    h = fmix64(h ^ read_le_bytes(key->addr_b, 8));
+    h = fmix64(h ^ read_le_bytes(key->addr_b + 8, 8));
+    return h | 1; /* never 0: 0 marks an empty slot */
+}
+
+uint32_t pipc_flow_hash_tracked(uint32_t linktype, const uint8_t *data, uint32_t caplen,
+                                struct pipc_frag_table *table)
+{
+    struct pipc_flow_key key;
+    if (pipc_flow_key_parse(linktype, data, caplen, &key) != 0)
+        return linktype == LINKTYPE_ETHERNET ? hash_macs(data, caplen) : 0;
+    if (!key.is_fragment)
+        return hash_key(&key);
+    uint64_t tag = datagram_tag(&key);
+    size_t slot = (size_t)(tag >> 52) & (PIPC_FRAG_SLOTS - 1);
+    if (key.frag_first) {
+        struct pipc_flow_key whole = key; /* hashed as the unfragmented packets of its flow are */
+        whole.port_a = key.frag_port_a;
+        whole.port_b = key.frag_port_b;
+        uint32_t h = hash_key(&whole);
+        table->tag[slot] = tag;
+        table->hash[slot] = h;
+        return h;
+    }
+    if (table->tag[slot] == tag)
+        return table->hash[slot];
+    return hash_key(&key); /* its first fragment was not seen (yet): the address pair */
 }
 
 void pipc_flow_hash_batch(uint32_t linktype, const uint8_t *const *data, const uint32_t *caplen, size_t n,

@@ -27,6 +27,19 @@ struct pipc_flow_key {
     uint8_t addr_a[16], addr_b[16];  /* IPv4 uses the first 4 bytes; rest zero */
     uint8_t is_fragment;             /* 1 if IPv4/IPv6 fragment (then ports are 0 and hashing is by
                                         address pair + proto) */
+    uint8_t frag_first;              /* fragment at offset 0: it carries the transport header */
+    uint16_t frag_port_a, frag_port_b; /* that first fragment's ports (0 if none or cut short) */
+    uint32_t frag_id;                /* IPv4 identification or IPv6 fragment identification */
+};
+
+/* Where fragments of a datagram go: pipc_flow_hash_tracked() remembers the hash given to each datagram's
+ * first fragment (by addresses, protocol and identification) so that the later fragments follow it to
+ * the worker of the datagram's flow. A fixed table (collisions overwrite: a later fragment that misses
+ * falls back to the address-pair hash). Zero-initialise it. */
+#define PIPC_FRAG_SLOTS 4096
+struct pipc_frag_table {
+    uint64_t tag[PIPC_FRAG_SLOTS];
+    uint32_t hash[PIPC_FRAG_SLOTS];
 };
 
 /*
@@ -44,6 +57,13 @@ int pipc_flow_key_parse(uint32_t linktype, const uint8_t *data, uint32_t caplen,
  * packet, or an unknown linktype, hashes to 0.
  */
 uint32_t pipc_flow_hash(uint32_t linktype, const uint8_t *data, uint32_t caplen);
+
+/* Like pipc_flow_hash, and fragments go where their datagram's flow goes: a first fragment hashes with its
+ * ports, as the unfragmented packets of its flow do, and the later fragments of the same datagram (same
+ * addresses, protocol, identification) take the hash recorded for it in *table; a later fragment seen
+ * before its first (reordered) falls back to the address-pair hash. */
+uint32_t pipc_flow_hash_tracked(uint32_t linktype, const uint8_t *data, uint32_t caplen,
+                                struct pipc_frag_table *table);
 
 /* Batch form: out[i] = pipc_flow_hash(linktype, data[i], caplen[i]) for i < n. */
 void pipc_flow_hash_batch(uint32_t linktype, const uint8_t *const *data, const uint32_t *caplen, size_t n,

@@ -199,3 +199,57 @@ def test_killing_one_of_four_workers_keeps_the_others_flows_whole(ctx):
     assert len(whole) >= 0.6 * len(packets_of_flow)  # about 3/4 of the flows were the survivors'
     # the victim's flows moved to survivors: their second half still arrived
     assert sum(received.values()) >= len(packets) - half
+
+
+def fragmented_flows(n_flows: int = 64) -> tuple[list[pipc.Packet], dict[int, int]]:
+    """UDP flows over IPv4 and IPv6: whole packets both ways, and a datagram split in two fragments (only the
+    first carries the UDP header). Returns the packets and, per timestamp, the flow number."""
+    packets, flow_of = [], {}
+
+    def add(flow, frame):
+        flow_of[len(packets)] = flow
+        packets.append(pipc.Packet(len(packets), frame, linktype=1))
+
+    for f in range(n_flows):
+        a4, b4 = bytes([10, 1, f // 256, f % 256]), bytes([10, 2, 0, 53])
+        a6, b6 = bytes(15) + bytes([f + 1]), bytes(14) + b"\x00\x35"
+        sport, dport = 20000 + f, 53
+        udp = struct.pack("!HHHH", sport, dport, 8 + 16, 0) + bytes(16)
+        eth4, eth6 = b"\x02" * 12 + b"\x08\x00", b"\x02" * 12 + b"\x86\xdd"
+
+        def v4(src, dst, payload, frag=0, ident=0):
+            return eth4 + struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, frag, 64, 17, 0, src, dst) + payload
+
+        def v6(src, dst, payload, frag=None):
+            if frag is None:
+                return eth6 + struct.pack("!IHBB16s16s", 6 << 28, len(payload), 17, 64, src, dst) + payload
+            offset_m, ident = frag
+            fh = struct.pack("!BBHI", 17, 0, offset_m, ident)
+            return eth6 + struct.pack("!IHBB16s16s", 6 << 28, 8 + len(payload), 44, 64, src, dst) + fh + payload
+
+        reply = struct.pack("!HHHH", dport, sport, 8, 0)
+        add(f, v4(a4, b4, udp))                                   # query, whole
+        add(f, v4(b4, a4, reply + bytes(16), frag=0x2000, ident=f))  # answer, first fragment (MF, offset 0)
+        add(f, v4(b4, a4, bytes(24), frag=3, ident=f))            # answer, second fragment (offset 24)
+        add(f + 1000, v6(a6, b6, udp))
+        add(f + 1000, v6(b6, a6, reply + bytes(16), frag=(1, 7000 + f)))  # first fragment: M set, offset 0
+        add(f + 1000, v6(b6, a6, bytes(24), frag=(3 << 3, 7000 + f)))    # later fragment, offset 24
+    return packets, flow_of
+
+
+def test_fragments_follow_their_flow_to_its_worker(ctx):
+    packets, flow_of = fragmented_flows()
+    with pipc.Server(distribution="flow") as server:
+        procs, result_q = run_workers(ctx, server, 4)
+        send_all(server, packets, batch=64)
+        results = [result_q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    worker_of_flow: dict = defaultdict(set)
+    for pid, got, _, error in results:
+        assert error is None
+        for ts, _ in got:
+            worker_of_flow[flow_of[ts]].add(pid)
+    assert sum(len(got) for _, got, _, _ in results) == len(packets)
+    assert all(len(pids) == 1 for pids in worker_of_flow.values())  # query, answer and its fragments together
+    assert len({next(iter(p)) for p in worker_of_flow.values()}) == 4

@@ -60,9 +60,6 @@ SHARED_SELECTION = [
 KNOWN_SPLIT_FLOWS = {
     "merged-ether.pcap": "Geneve-encapsulated SSH: the two directions of the inner flow use different outer UDP "
     "source ports, so packet-ipc sends them to different workers",
-    "ndpi_dns_fragmented.pcap": "IP fragments are distributed by address pair only (ports exist only in the first "
-    "fragment), unfragmented packets of the same UDP flow by 5-tuple: a DNS query and its fragmented "
-    "answer land on different workers",
     "ndpi_ajp_vlan.pcap": "copies of the AJP flow inside Cisco DCE/FabricPath frames (ethertype 0x8903), which "
     "Suricata decodes and packet-ipc's flow hash does not (it hashes the MAC pair): one flow on two workers",
 }

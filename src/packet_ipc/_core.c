@@ -1589,11 +1589,23 @@ static PyObject *core_flow_hash_batch(PyObject *m, PyObject *args)
 static PyObject *core_partition_by_flow(PyObject *m, PyObject *args)
 {
     PyObject *bo;
-    Py_buffer tv;
+    Py_buffer tv, fv = {0};
     Py_ssize_t workers;
     unsigned int linktype = 0;
-    if (!PyArg_ParseTuple(args, "Oy*n|I:partition_by_flow", &bo, &tv, &workers, &linktype))
+    if (!PyArg_ParseTuple(args, "Oy*n|Iw*:partition_by_flow", &bo, &tv, &workers, &linktype, &fv))
         return NULL;
+    /* Optional: a writable buffer holding the server's fragment table (see pipc_flow_hash_tracked). */
+    struct pipc_frag_table *frags = NULL;
+    if (fv.obj) {
+        if (fv.len != (Py_ssize_t)sizeof(struct pipc_frag_table) || ((uintptr_t)fv.buf & 7)) {
+            PyBuffer_Release(&fv);
+            PyBuffer_Release(&tv);
+            PyErr_Format(PyExc_ValueError, "fragment table must be an 8-byte aligned buffer of %zu bytes",
+                         sizeof(struct pipc_frag_table));
+            return NULL;
+        }
+        frags = fv.buf;
+    }
     core_state *st = (core_state *)PyModule_GetState(m);
     PyObject *result = NULL;
     uint32_t *counts = NULL, *all = NULL;
@@ -1618,8 +1630,9 @@ static PyObject *core_partition_by_flow(PyObject *m, PyObject *args)
         goto out;
     }
     for (Py_ssize_t i = 0; i < b->n; i++) {
-        uint32_t h = pipc_flow_hash(b->linktype[i] == PIPC_LINKTYPE_DEFAULT ? linktype : b->linktype[i],
-                                    b->data + b->offsets[i], b->caplen[i]);
+        uint32_t lt = b->linktype[i] == PIPC_LINKTYPE_DEFAULT ? linktype : b->linktype[i];
+        uint32_t h = frags ? pipc_flow_hash_tracked(lt, b->data + b->offsets[i], b->caplen[i], frags)
+                           : pipc_flow_hash(lt, b->data + b->offsets[i], b->caplen[i]);
         uint16_t w = table[h & (uint32_t)(buckets - 1)];
         if (w >= workers) { /* stops a table naming a worker that does not exist */
             PyErr_SetString(PyExc_ValueError, "table names a worker index >= workers");
@@ -1646,6 +1659,8 @@ static PyObject *core_partition_by_flow(PyObject *m, PyObject *args)
     }
 out:
     PyBuffer_Release(&tv);
+    if (fv.obj)
+        PyBuffer_Release(&fv);
     PyMem_Free(counts);
     PyMem_Free(owner);
     PyMem_Free(all);
@@ -1784,7 +1799,8 @@ static int core_exec(PyObject *m)
     if (PyModule_AddIntConstant(m, "ABI_VERSION", PACKET_IPC_ABI_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "WIRE_VERSION", PIPC_WIRE_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "OVERFLOW_BLOCK", PIPC_OVERFLOW_BLOCK) < 0 ||
-        PyModule_AddIntConstant(m, "OVERFLOW_DROP", PIPC_OVERFLOW_DROP) < 0)
+        PyModule_AddIntConstant(m, "OVERFLOW_DROP", PIPC_OVERFLOW_DROP) < 0 ||
+        PyModule_AddIntConstant(m, "FRAG_TABLE_BYTES", (long)sizeof(struct pipc_frag_table)) < 0)
         return -1;
     return 0;
 }

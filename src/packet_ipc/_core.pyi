@@ -9,6 +9,7 @@ ABI_VERSION: int
 WIRE_VERSION: int
 OVERFLOW_BLOCK: int
 OVERFLOW_DROP: int
+FRAG_TABLE_BYTES: int
 
 StatsTuple = tuple[int, int, int, int, int, int, int, int, int]
 
@@ -117,7 +118,9 @@ class Client:
 def flow_hash(linktype: int, data: Buffer) -> int: ...
 def flow_key(linktype: int, data: Buffer) -> tuple[int, int, bytes, int, bytes, int, int] | None: ...
 def flow_hash_batch(batch: PacketBatch, linktype: int = 0) -> bytes: ...
-def partition_by_flow(batch: PacketBatch, table: Buffer, workers: int, linktype: int = 0) -> list[bytes]: ...
+def partition_by_flow(
+    batch: PacketBatch, table: Buffer, workers: int, linktype: int = 0, fragments: Any = None
+) -> list[bytes]: ...
 def pcap_batch(
     buffer: Any, pos: int, max_packets: int, big_endian: int, header_len: int, ns_per_tick: int,
     swapped_lengths: int, max_caplen: int, linktype: int,

@@ -10,6 +10,7 @@ and counts it. ``send(None)`` ends the stream.
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import socket
@@ -272,6 +273,8 @@ class Server:
         self._all: list[Connection] = []
         self._live: list[Connection] = []
         self._table = bytearray(2 * FLOW_BUCKETS)
+        # where each datagram's later fragments go (csrc/flowhash.h: pipc_frag_table); 8-byte aligned
+        self._fragments = memoryview(array.array("Q", bytes(_core.FRAG_TABLE_BYTES))).cast("B")
         self._rr = 0
         self._lost = 0
         self._last_liveness = 0.0
@@ -355,7 +358,7 @@ class Server:
             if rest:
                 return written + self._by_flow(batch, _pack(rest), timeout)
             return written
-        parts = _core.partition_by_flow(batch, self._table, len(live), self.linktype)
+        parts = _core.partition_by_flow(batch, self._table, len(live), self.linktype, self._fragments)
         if subset is not None:  # re-distribution of one dead worker's remainder: keep only those packets
             wanted = set(memoryview(subset).cast("I"))
             parts = [_select(p, wanted) for p in parts]
@@ -589,8 +592,6 @@ def transfer_ipc(
 
 
 def _pack(indices: list[int]) -> bytes:
-    import array
-
     return array.array("I", indices).tobytes()
 
 
