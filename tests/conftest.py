@@ -42,7 +42,3 @@ def ctx() -> multiprocessing.context.SpawnContext:
 def open_fds() -> set[int]:
     return {int(x) for x in os.listdir("/proc/self/fd")}
 
-
-def ipc_dirs() -> set[str]:
-    tmp = os.environ.get("TMPDIR") or "/tmp"
-    return {d for d in os.listdir(tmp) if d.startswith("packet-ipc-")}

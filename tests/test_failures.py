@@ -14,7 +14,7 @@ import threading
 import pytest
 
 import packet_ipc as pipc
-from conftest import ipc_dirs, open_fds
+from conftest import open_fds
 from peers import connect_and_idle, connected_pair, make_packets, serve_then_hang
 
 HELLO = struct.Struct("<QIII12x")
@@ -219,9 +219,10 @@ def ring_mappings() -> int:
         return sum("packet-ipc-ring" in line for line in f)
 
 
-def test_no_fd_mapping_or_file_leaks_after_200_cycles():
+def test_no_fd_mapping_or_file_leaks_after_200_cycles(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the servers' private directories go here, and only ours
     gc.collect()  # objects of earlier tests may still hold fds; let them go first
-    before_fds, before_dirs, before_maps = open_fds(), ipc_dirs(), ring_mappings()
+    before_fds, before_maps = open_fds(), ring_mappings()
     for i in range(200):
         with pipc.Server(capacity=1 << 14) as server:
             conn, client = connected_pair(server)
@@ -234,7 +235,7 @@ def test_no_fd_mapping_or_file_leaks_after_200_cycles():
         del conn, client
     gc.collect()
     assert open_fds() - before_fds == set()  # nothing new is open (earlier tests' fds may have closed)
-    assert ipc_dirs() <= before_dirs
+    assert list(tmp_path.iterdir()) == []  # every private directory and socket removed
     assert ring_mappings() <= before_maps
 
 

@@ -421,13 +421,20 @@ class Server:
         return live
 
     def _check_liveness(self) -> None:
-        now = time.monotonic()
-        if now - self._last_liveness < LIVENESS_CHECK_S:
-            return
-        self._last_liveness = now
-        for conn in list(self._live):
-            if not conn.alive:
-                self._drop(conn)
+        # A dead worker is noticed at once when a send must wait on it; otherwise at most every
+        # LIVENESS_CHECK_S, so that the fast path makes no system call per batch.
+        if time.monotonic() - self._last_liveness >= LIVENESS_CHECK_S:
+            self.check_workers()
+
+    def check_workers(self) -> list[Connection]:
+        """Looks at every live worker now (one non-blocking check of its socket each) and drops those that
+        have gone: their flows move to the others. Returns the dropped connections. ``send`` does this by
+        itself at most every 50 ms, and always at end of stream; call it to react at once."""
+        self._last_liveness = time.monotonic()
+        gone = [conn for conn in list(self._live) if not conn.alive]
+        for conn in gone:
+            self._drop(conn)
+        return gone
 
     def _drop(self, conn: Connection) -> None:
         with self._lock:
@@ -467,6 +474,7 @@ class Server:
                 table[b] = w - 1
 
     def _end_all(self) -> int:
+        self.check_workers()  # what went to a worker that died unnoticed is counted as lost, not ended
         for conn in list(self._live):
             try:
                 conn.end()
