@@ -47,12 +47,12 @@ static PyObject *raise_code(core_state *st, int code, const char *during)
     case EPROTO: cls = st->ProtocolError; break;
     case EACCES:
     case EPERM: cls = st->PermissionDeniedError; break;
-    case EMSGSIZE: PyErr_SetString(PyExc_ValueError, msg); return NULL;
-    case ENAMETOOLONG: PyErr_SetString(PyExc_ValueError, msg); return NULL;
+    case EMSGSIZE:
+    case ENAMETOOLONG:
     case EINVAL: PyErr_SetString(PyExc_ValueError, msg); return NULL;
     case ENOMEM: PyErr_SetString(PyExc_MemoryError, msg); return NULL; /* keeps the reason (e.g. no ring) */
     case EPIPE: cls = st->ClosedError; break;
-    case ECONNRESET: cls = during ? st->ConnectError : st->ConnectionLostError; break;
+    case ECONNRESET:
     case ENOENT:
     case ECONNREFUSED: cls = during ? st->ConnectError : st->ConnectionLostError; break;
     default: cls = (during && strcmp(during, "connect") == 0) ? st->ConnectError : st->PacketIpcError; break;
@@ -1608,7 +1608,7 @@ static PyObject *core_partition_by_flow(PyObject *m, PyObject *args)
     }
     core_state *st = (core_state *)PyModule_GetState(m);
     PyObject *result = NULL;
-    uint32_t *counts = NULL, *all = NULL;
+    uint32_t *counts = NULL;
     uint16_t *owner = NULL;
     if (Py_TYPE(bo) != st->BatchType) {
         PyErr_SetString(PyExc_TypeError, "partition_by_flow takes a PacketBatch");
@@ -1663,7 +1663,6 @@ out:
         PyBuffer_Release(&fv);
     PyMem_Free(counts);
     PyMem_Free(owner);
-    PyMem_Free(all);
     return result;
 }
 

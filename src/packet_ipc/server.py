@@ -376,25 +376,16 @@ class Server:
         return sent
 
     def _round_robin(self, batch: PacketBatch, timeout: float | None) -> int:
-        while True:
+        written, part = 0, None
+        while True:  # the whole batch to the next live worker; if it dies mid-way, the rest to the next
             live = self._require_live()
             conn = live[self._rr % len(live)]
             self._rr += 1
-            written, rest = self._send_part(conn, batch, None, timeout)
-            if rest is None:
-                return written
+            more, rest = self._send_part(conn, batch, part, timeout)
+            written += more
             if not rest:
                 return written
-            sub = _pack(rest)
-            while True:  # the remainder goes to the next live worker
-                live = self._require_live()
-                conn = live[self._rr % len(live)]
-                self._rr += 1
-                more, rest2 = self._send_part(conn, batch, sub, timeout)
-                written += more
-                if not rest2:
-                    return written
-                sub = _pack(rest2)
+            part = _pack(rest)
 
     def _broadcast(self, batch: PacketBatch, timeout: float | None) -> int:
         live = self._require_live()
