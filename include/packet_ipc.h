@@ -14,7 +14,12 @@
  *    at that name), -ENAMETOOLONG, -EINTR (a signal interrupted a wait; call again), -EPIPE (send after end
  *    of stream), -EINVAL, -ENOMEM.
  *  - Timeouts are in milliseconds; a negative timeout waits forever, 0 does not block.
- *  - Objects are not thread-safe: use one object from one thread at a time (distinct objects are independent).
+ *  - Thread safety: every object may be used from several threads. Calls on one object are serialised: each
+ *    packet is written or received exactly once and each thread's packets stay in order (a call holds the
+ *    object while it waits, so a call that returns complete was not interleaved; a release may run while
+ *    another thread waits in a receive). With timeout 0 a call only tries: -ETIMEDOUT if another thread is inside a
+ *    call on the same object. Only *_close must not race with other calls on its object: call *_shutdown
+ *    first to wake a thread blocked in it (that call then fails with -EPIPE), and close once it has left.
  *  - Build: cc prog.c $(packet-ipc config --cflags --libs)
  *
  * Versioning: PACKET_IPC_ABI_VERSION changes only when this ABI changes incompatibly; pipc_abi_version()
@@ -40,6 +45,11 @@ extern "C" {
 
 /* On send, a packet whose linktype is this takes the server's default linktype. (0 is LINKTYPE_NULL.) */
 #define PIPC_LINKTYPE_DEFAULT 0xffffffffu
+
+/* How a server-level send (pipc_server_send) spreads packets over the server's live workers. */
+#define PIPC_DISTRIBUTION_FLOW 0        /* symmetric 5-tuple hash: both directions of a flow to one worker */
+#define PIPC_DISTRIBUTION_ROUND_ROBIN 1 /* each call's packets to the next worker */
+#define PIPC_DISTRIBUTION_BROADCAST 2   /* every packet to every worker */
 
 /* Overflow policy of one connection (what a send does when that client's ring is full). */
 #define PIPC_OVERFLOW_BLOCK 0 /* wait for space: lossless (default) */
@@ -81,6 +91,17 @@ struct pipc_server_options {
     int overflow;            /* PIPC_OVERFLOW_BLOCK or PIPC_OVERFLOW_DROP, for every connection */
     int allow_any_uid;       /* 0: only clients of this process's uid (or root) may connect; else any uid
                                 (the socket is then 0666 and the private directory 0711) */
+    int distribution;        /* PIPC_DISTRIBUTION_* for pipc_server_send (0: flow) */
+};
+
+/* Counters of a server's distribution (pipc_server_stats). */
+struct pipc_server_stats {
+    size_t struct_bytes;        /* sizeof(struct pipc_server_stats): set it, for compatible growth */
+    uint64_t workers;           /* live workers now */
+    uint64_t accepted;          /* connections accepted so far */
+    uint64_t lost_packets;      /* left unread in the rings of workers that died */
+    uint64_t refused;           /* clients refused by the uid/gid check */
+    uint64_t handshake_failures; /* clients that died or stalled during the handshake */
 };
 
 typedef struct pipc_server pipc_server;
@@ -105,8 +126,42 @@ PIPC_API const char *pipc_server_name(const pipc_server *server);
 /* The listening socket: readable when a client is waiting to be accepted (for poll/epoll). */
 PIPC_API int pipc_server_fd(const pipc_server *server);
 /* Waits up to timeout_ms for one client and performs the handshake. Errors about one client (-EPROTO,
- * -EACCES, ...) leave the server usable: call again. */
+ * -EACCES, ...) leave the server usable: call again. The connection is also one of the server's workers
+ * (see pipc_server_send); close it with pipc_conn_close whether or not the server is still open. */
 PIPC_API int pipc_server_accept(pipc_server *server, int timeout_ms, pipc_conn **out);
+/* ---- Many workers: server-level sends over every live connection ----
+ * Every accepted connection is also one of the server's workers until it dies or is closed. A joining
+ * worker takes 1/n of each worker's flow buckets; a dead worker's buckets go to the survivors (the other
+ * flows never move) and packets not yet written to it go to them instead; what was left unread in its
+ * ring is counted as lost. Each connection keeps its own overflow policy (block, or drop and count). */
+
+/* Distributes n packets by the server's distribution policy. Blocks like pipc_conn_send (up to timeout_ms in
+ * total) on a worker whose policy is block. Returns the number of packets written (under broadcast, counted
+ * once per packet); -ECONNRESET when no worker is (or is left) connected; -EMSGSIZE/-EINVAL (nothing sent)
+ * for a packet no ring takes. If a wait times out or is interrupted, returns the count written so far, or
+ * -ETIMEDOUT / -EINTR if none: which packets were written is then reported by pipc_server_send_some. */
+PIPC_API long pipc_server_send(pipc_server *server, const struct pipc_packet *packets, size_t n, int timeout_ms);
+/* As pipc_server_send, and when it stops early (timeout, signal) it lists the indices of the packets it did
+ * not write in unsent[0 .. *n_unsent), ascending (unsent has room for n): call again with just those to go
+ * on, and every packet still arrives exactly once and in its flow's order. */
+PIPC_API long pipc_server_send_some(pipc_server *server, const struct pipc_packet *packets, size_t n,
+                                   int timeout_ms, uint32_t *unsent, size_t *n_unsent);
+/* Ends every live worker's stream (after looking for dead workers: what they held is counted as lost). */
+PIPC_API int pipc_server_end(pipc_server *server);
+/* Aborts every live worker's stream (see pipc_conn_abort). */
+PIPC_API int pipc_server_abort(pipc_server *server);
+/* Looks at every worker now and drops the dead ones (sends do it every 50 ms and when a wait fails). Returns
+ * how many were dropped. */
+PIPC_API int pipc_server_check_workers(pipc_server *server);
+/* The acceptance indices (0, 1, ... in order of pipc_server_accept) of the live workers, in order; returns
+ * how many there are (fills at most max). */
+PIPC_API size_t pipc_server_workers(pipc_server *server, uint32_t *indices, size_t max);
+/* Counters of the server (stats->struct_bytes must be set). */
+PIPC_API void pipc_server_stats(pipc_server *server, struct pipc_server_stats *stats);
+
+/* Wakes a thread blocked in pipc_server_accept (it returns -EPIPE), and makes later accepts fail so. Any thread.
+ * The server must still be closed with pipc_server_close once no thread uses it. */
+PIPC_API void pipc_server_shutdown(pipc_server *server);
 /* Closes the endpoint and removes its socket (and its private directory). Open connections stay usable. */
 PIPC_API void pipc_server_close(pipc_server *server);
 
@@ -125,7 +180,10 @@ PIPC_API int pipc_conn_abort(pipc_conn *conn);
 PIPC_API void pipc_conn_stats(const pipc_conn *conn, struct pipc_stats *stats);
 /* 1 while the client is connected, 0 once it has gone (does not block). */
 PIPC_API int pipc_conn_alive(pipc_conn *conn);
-/* Closes the connection (without end of stream, the client sees -ECONNRESET after draining). */
+/* Wakes a thread blocked in pipc_conn_send (it returns what it wrote, or -EPIPE) and makes later sends fail
+ * with -EPIPE. Any thread. The connection must still be closed with pipc_conn_close. */
+PIPC_API void pipc_conn_shutdown(pipc_conn *conn);
+/* Closes the connection (a stream not ended or aborted is ended: the client drains, then sees the end). */
 PIPC_API void pipc_conn_close(pipc_conn *conn);
 
 /* ---- Client side (consumer) ---- */
@@ -153,6 +211,9 @@ PIPC_API uint32_t pipc_client_linktype(const pipc_client *client);
 PIPC_API uint32_t pipc_client_snaplen(const pipc_client *client);
 /* Counters of this client. */
 PIPC_API void pipc_client_stats(const pipc_client *client, struct pipc_stats *stats);
+/* Wakes a thread blocked in pipc_client_receive (it returns -EPIPE) and makes later receives fail so. Any
+ * thread. The client must still be closed with pipc_client_close. */
+PIPC_API void pipc_client_shutdown(pipc_client *client);
 /* Closes the connection. Unreleased packets become invalid. */
 PIPC_API void pipc_client_close(pipc_client *client);
 

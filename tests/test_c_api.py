@@ -279,9 +279,15 @@ def test_python_client_receives_what_the_c_producer_sent(examples, capacity):
 TU = """
 #include <packet_ipc.h>
 #include <stddef.h>
+#include <string.h>
 int main(void)
 {
-    struct pipc_server_options o = {sizeof(o), 0, 0, 1, 0, PIPC_OVERFLOW_BLOCK, 0};
+    /* zeroed, then set: option structs grow, and this form compiles cleanly in C and C++ alike */
+    struct pipc_server_options o;
+    memset(&o, 0, sizeof(o));
+    o.struct_bytes = sizeof(o);
+    o.linktype = 1;
+    o.distribution = PIPC_DISTRIBUTION_FLOW;
     struct pipc_packet p[2];
     struct pipc_stats st;
     pipc_client *c = NULL;

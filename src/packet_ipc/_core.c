@@ -128,10 +128,15 @@ typedef struct {
     Py_ssize_t nbytes;
 } LeaseObject;
 
+/* Threads: the C objects serialise their own calls. The binding counts the threads inside a call that released
+ * the GIL (`users`, guarded by the GIL): close() from another thread (or a signal handler) while one is in use
+ * shuts the C object down, which wakes that call (ClosedError), and the last user closes it. */
 typedef struct {
     PyObject_HEAD
     pipc_client *c;
     int busy_poll;
+    int users, close_pending;
+    int scratch_busy; /* a call is filling or reading scratch; a concurrent call uses a buffer of its own */
     struct pipc_packet *scratch;
     size_t scratch_len;
 } ClientObject;
@@ -847,13 +852,31 @@ static PyType_Spec batch_spec = {"packet_ipc.PacketBatch", sizeof(BatchObject), 
 typedef struct {
     PyObject_HEAD
     pipc_server *s;
+    int users, close_pending;
 } ServerObject;
 
 typedef struct {
     PyObject_HEAD
     pipc_conn *c;
     int overflow;
+    int users, close_pending;
 } ConnectionObject;
+
+static void server_leave(ServerObject *self)
+{
+    if (--self->users == 0 && self->close_pending) {
+        pipc_server_close(self->s);
+        self->s = NULL;
+    }
+}
+
+static void conn_leave(ConnectionObject *self)
+{
+    if (--self->users == 0 && self->close_pending) {
+        pipc_conn_close(self->c);
+        self->c = NULL;
+    }
+}
 
 static PyObject *server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
@@ -895,7 +918,7 @@ static void server_dealloc(ServerObject *self)
 
 static int server_open(ServerObject *self)
 {
-    if (!self->s) {
+    if (!self->s || self->close_pending) {
         core_state *st = state_of_type(Py_TYPE(self));
         PyErr_SetString(st->ClosedError, "server is closed");
         return 0;
@@ -913,14 +936,23 @@ static PyObject *server_accept(ServerObject *self, PyObject *args)
     uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
     pipc_conn *c;
     int r;
+    self->users++;
     for (;;) {
+        pipc_server *s = self->s;
         Py_BEGIN_ALLOW_THREADS
-        r = pipc_server_accept(self->s, remaining(deadline), &c);
+        r = pipc_server_accept(s, remaining(deadline), &c);
         Py_END_ALLOW_THREADS
         if (r != -EINTR)
             break;
-        if (PyErr_CheckSignals() < 0)
+        if (PyErr_CheckSignals() < 0) {
+            server_leave(self);
             return NULL;
+        }
+    }
+    server_leave(self);
+    if (r == -EPIPE) {
+        PyErr_SetString(st->ClosedError, "server was closed while accepting");
+        return NULL;
     }
     if (r < 0)
         return raise_code(st, r, "accept");
@@ -952,6 +984,12 @@ static PyObject *server_allow_peer(ServerObject *self, PyObject *args)
 static PyObject *server_close(ServerObject *self, PyObject *unused)
 {
     (void)unused;
+    if (self->users > 0 && self->s) { /* another thread is in accept(): wake it; it closes on its way out */
+        if (!self->close_pending)
+            pipc_server_shutdown(self->s);
+        self->close_pending = 1;
+        Py_RETURN_NONE;
+    }
     pipc_server_close(self->s);
     self->s = NULL;
     Py_RETURN_NONE;
@@ -984,7 +1022,7 @@ static PyObject *server_get_counters(ServerObject *self, void *c)
 static PyObject *server_get_closed(ServerObject *self, void *c)
 {
     (void)c;
-    return PyBool_FromLong(self->s == NULL);
+    return PyBool_FromLong(self->s == NULL || self->close_pending);
 }
 
 static PyMethodDef server_methods[] = {
@@ -1019,7 +1057,7 @@ static void conn_dealloc(ConnectionObject *self)
 
 static int conn_open(ConnectionObject *self)
 {
-    if (!self->c) {
+    if (!self->c || self->close_pending) {
         PyErr_SetString(state_of_type(Py_TYPE(self))->ClosedError, "connection is closed");
         return 0;
     }
@@ -1044,37 +1082,57 @@ static PyObject *raise_with_sent(core_state *st, int code, Py_ssize_t sent)
 
 /* Sends pk[0..n) honouring the timeout; returns packets written or NULL with an exception whose `sent`
  * counts the packets this call wrote before the error (the caller can tell what reached the ring). */
+static uint64_t conn_packets_sent(pipc_conn *c)
+{
+    struct pipc_stats st;
+    pipc_conn_stats(c, &st);
+    return st.packets;
+}
+
+/* Longest single wait handed to C: a thread waiting on another thread's call (which holds the connection
+ * while it waits for space) comes back this often to look at signals. */
+#define WAIT_SLICE_MS 1000
+
+static PyObject *conn_send_packets_using(ConnectionObject *self, struct pipc_packet *pk, Py_ssize_t n, int ms);
+
 static PyObject *conn_send_packets(ConnectionObject *self, struct pipc_packet *pk, Py_ssize_t n, int ms)
 {
-    core_state *st = state_of_type(Py_TYPE(self));
-    uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
-    uint64_t before = self->c->stats.packets;
-    Py_ssize_t sent = 0;
     if (n == 0)
         return PyLong_FromLong(0);
-    /* Fast path with the GIL held: nothing blocks while there is space. */
-    long r = pipc_conn_send(self->c, pk, (size_t)n, 0);
-    if (self->overflow == PIPC_OVERFLOW_DROP) {
-        if (r < 0)
-            return raise_with_sent(st, (int)r, (Py_ssize_t)(self->c->stats.packets - before));
-        return PyLong_FromLong(r);
-    }
+    self->users++;
+    PyObject *res = conn_send_packets_using(self, pk, n, ms);
+    conn_leave(self);
+    return res;
+}
+
+static PyObject *conn_send_packets_using(ConnectionObject *self, struct pipc_packet *pk, Py_ssize_t n, int ms)
+{
+    core_state *st = state_of_type(Py_TYPE(self));
+    pipc_conn *c = self->c;
+    uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
+    uint64_t before = conn_packets_sent(c);
+    Py_ssize_t sent = 0;
+    /* Fast path with the GIL held: nothing blocks while there is space (and no other thread is sending). */
+    long r = pipc_conn_send(c, pk, (size_t)n, 0);
     for (;;) {
         if (r > 0)
             sent += r;
-        else if (r == -EINTR) {
+        else if (r == -EINTR || r == -ETIMEDOUT) {
+            if (r == -ETIMEDOUT && remaining(deadline) == 0 && ms >= 0)
+                return raise_with_sent(st, (int)r, sent);
             if (PyErr_CheckSignals() < 0)
                 return NULL;
-        } else if (r == -ETIMEDOUT) {
-            if (remaining(deadline) == 0 && ms >= 0)
-                return raise_with_sent(st, (int)r, sent);
         } else if (r < 0) /* written packets are counted even when the call fails (client gone mid-batch) */
-            return raise_with_sent(st, (int)r, (Py_ssize_t)(self->c->stats.packets - before));
-        if (sent >= n)
+            return raise_with_sent(st, (int)r, (Py_ssize_t)(conn_packets_sent(c) - before));
+        /* Under drop, one pass is the whole send (what did not fit was dropped); a timeout there only meant
+         * another thread held the connection. */
+        if (sent >= n || (self->overflow == PIPC_OVERFLOW_DROP && r >= 0))
             break;
         int left = remaining(deadline);
+        if (left < 0 || left > WAIT_SLICE_MS)
+            left = WAIT_SLICE_MS;
         Py_BEGIN_ALLOW_THREADS
-        r = pipc_conn_send(self->c, pk + sent, (size_t)(n - sent), left);
+        r = pipc_conn_send(c, pk + sent, (size_t)(n - sent), left);
         Py_END_ALLOW_THREADS
     }
     return PyLong_FromSsize_t(sent);
@@ -1087,8 +1145,14 @@ static PyObject *conn_send(ConnectionObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O|O:send", &seq, &t) || timeout_ms_from(t, &ms) < 0 || !conn_open(self))
         return NULL;
     core_state *st = state_of_type(Py_TYPE(self));
-    if (seq == Py_None) {
-        int r = pipc_conn_end(self->c);
+    if (seq == Py_None) { /* waits for sends in progress on other threads: without the GIL */
+        int r;
+        pipc_conn *c = self->c;
+        self->users++;
+        Py_BEGIN_ALLOW_THREADS
+        r = pipc_conn_end(c);
+        Py_END_ALLOW_THREADS
+        conn_leave(self);
         if (r < 0)
             return raise_code(st, r, NULL);
         return PyLong_FromLong(0);
@@ -1168,6 +1232,12 @@ static PyObject *conn_send_batch(ConnectionObject *self, PyObject *args)
 static PyObject *conn_close(ConnectionObject *self, PyObject *unused)
 {
     (void)unused;
+    if (self->users > 0 && self->c) { /* another thread is sending: wake it; it closes on its way out */
+        if (!self->close_pending)
+            pipc_conn_shutdown(self->c);
+        self->close_pending = 1;
+        Py_RETURN_NONE;
+    }
     pipc_conn_close(self->c);
     self->c = NULL;
     Py_RETURN_NONE;
@@ -1178,7 +1248,13 @@ static PyObject *conn_abort(ConnectionObject *self, PyObject *unused)
     (void)unused;
     if (!conn_open(self))
         return NULL;
-    int r = pipc_conn_abort(self->c);
+    int r;
+    pipc_conn *c = self->c;
+    self->users++;
+    Py_BEGIN_ALLOW_THREADS
+    r = pipc_conn_abort(c);
+    Py_END_ALLOW_THREADS
+    conn_leave(self);
     if (r < 0)
         return raise_code(state_of_type(Py_TYPE(self)), r, NULL);
     Py_RETURN_NONE;
@@ -1187,7 +1263,7 @@ static PyObject *conn_abort(ConnectionObject *self, PyObject *unused)
 static PyObject *conn_alive(ConnectionObject *self, PyObject *unused)
 {
     (void)unused;
-    return PyBool_FromLong(self->c && pipc_conn_alive(self->c));
+    return PyBool_FromLong(self->c && !self->close_pending && pipc_conn_alive(self->c));
 }
 
 static PyObject *stats_tuple(const struct pipc_stats *s)
@@ -1245,7 +1321,7 @@ static PyObject *conn_get_info(ConnectionObject *self, void *c)
 static PyObject *conn_get_closed(ConnectionObject *self, void *c)
 {
     (void)c;
-    return PyBool_FromLong(self->c == NULL);
+    return PyBool_FromLong(self->c == NULL || self->close_pending);
 }
 
 static PyMethodDef conn_methods[] = {
@@ -1322,19 +1398,41 @@ static void client_dealloc(ClientObject *self)
     Py_DECREF(tp);
 }
 
-/* Takes up to max packets into self->scratch. Returns n > 0, 0 at end of stream, or -1 with an exception. */
-static long client_take(ClientObject *self, Py_ssize_t max, int ms)
+static void client_leave(ClientObject *self)
+{
+    if (--self->users == 0 && self->close_pending && self->c)
+        pipc_client_disconnect(self->c); /* the mapping stays until the last view is gone (dealloc) */
+}
+
+/* Where one receive puts its descriptors: the client's scratch array, or (while another thread's receive is
+ * using it) an array of this call's own. */
+typedef struct {
+    struct pipc_packet *pk;
+    int own;
+} take_buffer;
+
+static void take_buffer_done(ClientObject *self, take_buffer *b)
+{
+    if (b->own)
+        PyMem_Free(b->pk);
+    else
+        self->scratch_busy = 0;
+}
+
+/* Takes up to max packets into b. Returns n > 0, 0 at end of stream, or -1 with an exception; on n > 0 the
+ * caller must call take_buffer_done once it has read them. */
+static long client_take(ClientObject *self, Py_ssize_t max, int ms, take_buffer *b)
 {
     core_state *st = state_of_type(Py_TYPE(self));
     if (max <= 0) {
         PyErr_SetString(PyExc_ValueError, "max_packets must be >= 1");
         return -1;
     }
-    if (self->c->error == -EPIPE) {
+    if (self->close_pending || self->c->error == -EPIPE) {
         PyErr_SetString(st->ClosedError, "client is closed");
         return -1;
     }
-    if ((size_t)max > self->scratch_len) {
+    if (!self->scratch_busy && (size_t)max > self->scratch_len) {
         struct pipc_packet *p = PyMem_Realloc(self->scratch, (size_t)max * sizeof(*p));
         if (!p) {
             PyErr_NoMemory();
@@ -1343,20 +1441,42 @@ static long client_take(ClientObject *self, Py_ssize_t max, int ms)
         self->scratch = p;
         self->scratch_len = (size_t)max;
     }
+    b->own = self->scratch_busy;
+    b->pk = b->own ? PyMem_Malloc((size_t)max * sizeof(struct pipc_packet)) : self->scratch;
+    if (!b->pk) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (!b->own)
+        self->scratch_busy = 1;
+    pipc_client *c = self->c;
     /* Fast path with the GIL held: no system call while packets are waiting. */
-    long r = pipc_client_take(self->c, self->scratch, (size_t)max, 0, 0);
+    long r = pipc_client_take(c, b->pk, (size_t)max, 0, 0);
     if (r == -ETIMEDOUT && ms != 0) {
         uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
+        self->users++;
         for (;;) {
-            int left = remaining(deadline);
+            int left = remaining(deadline), busy = self->busy_poll;
+            if (left < 0 || left > WAIT_SLICE_MS)
+                left = WAIT_SLICE_MS; /* come back for signals even while another thread holds the client */
             Py_BEGIN_ALLOW_THREADS
-            r = pipc_client_take(self->c, self->scratch, (size_t)max, left, self->busy_poll);
+            r = pipc_client_take(c, b->pk, (size_t)max, left, busy);
             Py_END_ALLOW_THREADS
-            if (r != -EINTR)
+            if (r != -EINTR && !(r == -ETIMEDOUT && remaining(deadline) != 0))
                 break;
-            if (PyErr_CheckSignals() < 0)
+            if (PyErr_CheckSignals() < 0) {
+                client_leave(self);
+                take_buffer_done(self, b);
                 return -1;
+            }
         }
+        client_leave(self);
+    }
+    if (r <= 0)
+        take_buffer_done(self, b);
+    if (r == -EPIPE && self->close_pending) {
+        PyErr_SetString(st->ClosedError, "client was closed while receiving");
+        return -1;
     }
     if (r < 0) {
         raise_code(st, (int)r, NULL);
@@ -1365,21 +1485,21 @@ static long client_take(ClientObject *self, Py_ssize_t max, int ms)
     return r;
 }
 
-static LeaseObject *make_lease(core_state *st, ClientObject *self, long n)
+static LeaseObject *make_lease(core_state *st, ClientObject *self, const struct pipc_packet *pk, long n)
 {
     LeaseObject *l = PyObject_New(LeaseObject, st->LeaseType);
     if (!l) {
-        pipc_client_release_ids(self->c, self->scratch[0].id, (uint64_t)n);
+        pipc_client_release_ids(self->c, pk[0].id, (uint64_t)n);
         return NULL;
     }
     Py_INCREF(self);
     l->client = (PyObject *)self;
-    l->first = self->scratch[0].id;
+    l->first = pk[0].id;
     l->n = (uint64_t)n;
-    l->data = self->scratch[0].data;
+    l->data = pk[0].data;
     uint64_t total = 0;
     for (long i = 0; i < n; i++)
-        total += self->scratch[i].caplen;
+        total += pk[i].caplen;
     l->nbytes = (Py_ssize_t)total;
     return l;
 }
@@ -1389,26 +1509,27 @@ static PyObject *client_receive_batch(ClientObject *self, PyObject *args)
     Py_ssize_t max = 1024;
     PyObject *t = Py_None;
     int ms;
+    take_buffer tb;
     if (!PyArg_ParseTuple(args, "|nO:receive_batch", &max, &t) || timeout_ms_from(t, &ms) < 0)
         return NULL;
-    long n = client_take(self, max, ms);
+    long n = client_take(self, max, ms, &tb);
     if (n <= 0) {
         if (n == 0)
             Py_RETURN_NONE;
         return NULL;
     }
     core_state *st = state_of_type(Py_TYPE(self));
-    LeaseObject *l = make_lease(st, self, n);
-    if (!l)
-        return NULL;
-    BatchObject *b = batch_alloc(st, n);
+    const struct pipc_packet *pk = tb.pk;
+    LeaseObject *l = make_lease(st, self, pk, n);
+    BatchObject *b = l ? batch_alloc(st, n) : NULL;
     if (!b) {
-        Py_DECREF(l);
+        Py_XDECREF(l);
+        take_buffer_done(self, &tb);
         return NULL;
     }
-    const uint8_t *base = self->scratch[0].data;
+    const uint8_t *base = pk[0].data;
     for (long i = 0; i < n; i++) {
-        const struct pipc_packet *p = &self->scratch[i];
+        const struct pipc_packet *p = &pk[i];
         b->ts[i] = p->ts_ns;
         b->offsets[i] = (uint64_t)(p->data - base); /* contiguous: validated positions + mirror mapping */
         b->caplen[i] = p->caplen;
@@ -1416,6 +1537,7 @@ static PyObject *client_receive_batch(ClientObject *self, PyObject *args)
         b->linktype[i] = p->linktype;
         b->ifindex[i] = p->ifindex;
     }
+    take_buffer_done(self, &tb);
     b->owner = (PyObject *)l;
     b->data = base;
     b->nbytes = l->nbytes;
@@ -1429,37 +1551,37 @@ static PyObject *client_receive_packets(ClientObject *self, PyObject *args)
     int ms;
     if (!PyArg_ParseTuple(args, "|nO:receive_packets", &max, &t) || timeout_ms_from(t, &ms) < 0)
         return NULL;
-    long n = client_take(self, max, ms);
+    take_buffer tb;
+    long n = client_take(self, max, ms, &tb);
     if (n <= 0) {
         if (n == 0)
             Py_RETURN_NONE;
         return NULL;
     }
     core_state *st = state_of_type(Py_TYPE(self));
-    LeaseObject *l = make_lease(st, self, n);
-    if (!l)
-        return NULL;
-    PyObject *list = PyList_New(n);
-    if (!list) {
-        Py_DECREF(l);
-        return NULL;
+    LeaseObject *l = make_lease(st, self, tb.pk, n);
+    PyObject *list = l ? PyList_New(n) : NULL;
+    for (long i = 0; list && i < n; i++) {
+        PyObject *p = packet_new_view(st, (PyObject *)l, &tb.pk[i]);
+        if (!p)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, p);
     }
-    for (long i = 0; i < n; i++) {
-        PyObject *p = packet_new_view(st, (PyObject *)l, &self->scratch[i]);
-        if (!p) {
-            Py_DECREF(list);
-            Py_DECREF(l);
-            return NULL;
-        }
-        PyList_SET_ITEM(list, i, p);
-    }
-    Py_DECREF(l); /* the packets hold it now */
+    take_buffer_done(self, &tb);
+    Py_XDECREF(l); /* the packets hold it now */
     return list;
 }
 
 static PyObject *client_close(ClientObject *self, PyObject *unused)
 {
     (void)unused;
+    if (self->users > 0 && self->c) { /* another thread is receiving: wake it; it disconnects on its way out */
+        if (!self->close_pending)
+            pipc_client_shutdown(self->c);
+        self->close_pending = 1;
+        Py_RETURN_NONE;
+    }
     /* Disconnect now; the mapping lives until the last received view is gone (then dealloc unmaps). */
     if (self->c)
         pipc_client_disconnect(self->c);
@@ -1503,7 +1625,7 @@ static PyObject *client_get_info(ClientObject *self, void *c)
 static PyObject *client_get_closed(ClientObject *self, void *c)
 {
     (void)c;
-    return PyBool_FromLong(self->c->error == -EPIPE);
+    return PyBool_FromLong(self->c->error == -EPIPE || self->close_pending);
 }
 
 static PyMethodDef client_methods[] = {
