@@ -49,7 +49,7 @@ static unsigned current_generation(void)
  * it: nothing could be done without waiting); otherwise waiting for the lock counts against the timeout.
  * pipc_*_shutdown wakes a thread blocked in a call on the object, which then fails with -EPIPE; closing is
  * the one call that must not race with others (like close(2) on an fd another thread is using). */
-static int lock_call(pthread_mutex_t *m, uint64_t deadline, const char *what)
+int pipc_lock_until(pthread_mutex_t *m, uint64_t deadline, const char *what)
 {
     int r = pthread_mutex_trylock(m);
     if (r == 0)
@@ -74,6 +74,8 @@ static int lock_call(pthread_mutex_t *m, uint64_t deadline, const char *what)
     pipc_set_error("another thread kept this %s busy past the timeout", what);
     return -ETIMEDOUT;
 }
+
+#define lock_call pipc_lock_until
 
 static int is_closing(const int *closing) { return __atomic_load_n(closing, __ATOMIC_ACQUIRE); }
 static void set_closing(int *closing) { __atomic_store_n(closing, 1, __ATOMIC_RELEASE); }
@@ -275,7 +277,7 @@ static int server_handshake(pipc_server *s, int sock, uint64_t deadline, pipc_co
     if (!peer_allowed(s, &cr)) {
         char who[64];
         snprintf(who, sizeof(who), "uid %u gid %u", (unsigned)cr.uid, (unsigned)cr.gid);
-        s->refused++;
+        count(&s->refused, 1);
         return refuse(sock, -EACCES, "client refused: %s is not allowed to connect", who);
     }
     if (r > 0)
@@ -352,15 +354,14 @@ int pipc_server_accept(pipc_server *server, int timeout_ms, pipc_conn **out)
 void pipc_server_stats(pipc_server *server, struct pipc_server_stats *stats)
 {
     struct pipc_server_stats st = {.struct_bytes = sizeof(st)};
-    pthread_mutex_lock(&server->dist.lock);
+    /* Short locks and counters only: an accept or a send may be waiting on another thread. */
+    pthread_mutex_lock(&server->dist.set_lock);
     st.workers = server->dist.n_workers;
     st.accepted = server->dist.accepted;
-    pthread_mutex_unlock(&server->dist.lock);
+    pthread_mutex_unlock(&server->dist.set_lock);
     st.lost_packets = counted(&server->dist.lost_packets);
-    pthread_mutex_lock(&server->lock);
-    st.refused = server->refused;
-    st.handshake_failures = server->handshake_failures;
-    pthread_mutex_unlock(&server->lock);
+    st.refused = counted(&server->refused);
+    st.handshake_failures = counted(&server->handshake_failures);
     size_t n = stats->struct_bytes < sizeof(st) ? stats->struct_bytes : sizeof(st);
     memcpy(stats, &st, n);
     stats->struct_bytes = n;
@@ -427,7 +428,7 @@ static int server_accept_locked(pipc_server *server, uint64_t deadline, pipc_con
         }
         close(sock);
         if (r == -ECONNRESET || r == -ETIMEDOUT || r == -EPIPE) {
-            server->handshake_failures++;
+            count(&server->handshake_failures, 1);
             continue;
         }
         return r;

@@ -21,6 +21,7 @@
 /* The server's many-worker state (distribute.c), guarded by its lock. */
 struct pipc_distributor {
     pthread_mutex_t lock;     /* held by a server-level send across its waits; joins and checks take it too */
+    pthread_mutex_t set_lock; /* short: workers[] and counters, for readers that must never wait for a send */
     int policy;               /* PIPC_DISTRIBUTION_* */
     pipc_conn **workers;      /* live workers in order of acceptance; the server holds a reference to each */
     size_t n_workers, cap_workers;
@@ -102,6 +103,8 @@ int pipc_conn_socket(const pipc_conn *c);
 int pipc_conn_prepare_wait(pipc_conn *c, uint64_t need_bytes);
 void pipc_conn_finish_wait(pipc_conn *c);
 
+/* capi.c, for distribute.c: an object's lock, waiting until deadline (pipc_deadline; "now": only try) */
+int pipc_lock_until(pthread_mutex_t *m, uint64_t deadline, const char *what);
 /* capi.c, for distribute.c: a send up to a deadline that reports how many packets it wrote (even on error) */
 int pipc_conn_send_until(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline, size_t *written);
 

@@ -32,6 +32,7 @@ int pipc_dist_init(struct pipc_distributor *d, int policy)
     }
     d->policy = policy;
     pthread_mutex_init(&d->lock, NULL);
+    pthread_mutex_init(&d->set_lock, NULL);
     return 0;
 }
 
@@ -46,6 +47,7 @@ void pipc_dist_destroy(struct pipc_distributor *d)
     free(d->owner);
     free(d->part);
     pthread_mutex_destroy(&d->lock);
+    pthread_mutex_destroy(&d->set_lock);
     memset(d, 0, sizeof(*d));
 }
 
@@ -101,10 +103,12 @@ int pipc_dist_join(struct pipc_distributor *d, pipc_conn *conn)
             d->cap_workers = cap;
         }
     }
-    conn->index = d->accepted++;
     if (!err) {
         __atomic_add_fetch(&conn->refs, 1, __ATOMIC_RELAXED); /* the server's reference */
+        pthread_mutex_lock(&d->set_lock);
+        conn->index = d->accepted++;
         d->workers[d->n_workers++] = conn;
+        pthread_mutex_unlock(&d->set_lock);
         rebalance_join(d);
     }
     pthread_mutex_unlock(&d->lock);
@@ -120,8 +124,10 @@ static void leave(struct pipc_distributor *d, size_t position, int dead)
         pipc_conn_stats(c, &st);
         __atomic_add_fetch(&d->lost_packets, st.ring_used_slots, __ATOMIC_RELAXED);
     }
+    pthread_mutex_lock(&d->set_lock);
     memmove(d->workers + position, d->workers + position + 1, (d->n_workers - position - 1) * sizeof(*d->workers));
     d->n_workers--;
+    pthread_mutex_unlock(&d->set_lock);
     rebalance_leave(d, position);
     pipc_conn_unref(c);
 }
@@ -173,11 +179,12 @@ static int grow_scratch(struct pipc_distributor *d, size_t n)
     return 0;
 }
 
-/* Writes the packets todo[0..m) to worker w; on return *done counts those written (a prefix of them).
- * Returns 0, or the error that stopped it. A worker that failed for good has left when this returns 1 in
- * *left (then its unwritten packets must go elsewhere). */
+/* Writes the packets todo[0..m) (or pk[0..m)) to worker w. On return *done counts those dealt with (a prefix:
+ * written, or dropped and counted under the worker's drop policy) and *written those written. Returns 0, or
+ * the error that stopped it. A worker that failed for good has left when this sets *left (then its packets
+ * not dealt with must go elsewhere). */
 static int send_part(struct pipc_distributor *d, size_t w, const struct pipc_packet *pk, const uint32_t *todo,
-                     size_t m, uint64_t deadline, size_t *done, int *left)
+                     size_t m, uint64_t deadline, size_t *done, size_t *written, int *left)
 {
     pipc_conn *c = d->workers[w];
     const struct pipc_packet *src = pk;
@@ -186,7 +193,8 @@ static int send_part(struct pipc_distributor *d, size_t w, const struct pipc_pac
             d->part[k] = pk[todo[k]];
         src = d->part;
     }
-    int err = pipc_conn_send_until(c, src, m, deadline, done);
+    int err = pipc_conn_send_until(c, src, m, deadline, written);
+    *done = err ? *written : m; /* without an error, what was not written was dropped (and counted) */
     *left = 0;
     if (err == -ECONNRESET || err == -EPROTO || (err == -EPIPE && worker_state(c))) {
         leave(d, w, err != -EPIPE);
@@ -276,11 +284,11 @@ static long send_flow(struct pipc_distributor *d, uint32_t default_linktype, con
         size_t n_retry = 0, begin = 0, workers_before = nw;
         int err = 0;
         for (size_t w = 0, pos = 0; w < workers_before; w++) {
-            size_t end = start[w], count = end - begin, done = 0;
+            size_t end = start[w], count = end - begin, done = 0, written = 0;
             if (count) {
                 int left;
-                err = send_part(d, pos, pk, d->todo + begin, count, deadline, &done, &left);
-                sent += done;
+                err = send_part(d, pos, pk, d->todo + begin, count, deadline, &done, &written, &left);
+                sent += written;
                 if (err) { /* timeout or signal: report everything not written, stop */
                     report_unsent(d->todo, begin + done, m, unsent, n_unsent);
                     report_unsent(d->retry, 0, n_retry, unsent, n_unsent);
@@ -316,21 +324,22 @@ static long send_flow(struct pipc_distributor *d, uint32_t default_linktype, con
 static long send_round_robin(struct pipc_distributor *d, const struct pipc_packet *pk, size_t n, uint64_t deadline,
                              uint32_t *unsent, size_t *n_unsent)
 {
-    size_t from = 0;
+    size_t from = 0, sent = 0;
     while (from < n) { /* the whole call to the next live worker; if it dies mid-way, the rest to the next */
         if (!d->n_workers)
-            return from ? (long)from : no_worker();
-        size_t w = d->rr++ % d->n_workers, done = 0;
+            return sent ? (long)sent : no_worker();
+        size_t w = d->rr++ % d->n_workers, done = 0, written = 0;
         int left;
-        int err = send_part(d, w, pk + from, NULL, n - from, deadline, &done, &left);
+        int err = send_part(d, w, pk + from, NULL, n - from, deadline, &done, &written, &left);
         from += done;
+        sent += written;
         if (err) {
             for (size_t i = from; unsent && i < n; i++)
                 unsent[(*n_unsent)++] = (uint32_t)i;
-            return from ? (long)from : err;
+            return sent ? (long)sent : err;
         }
     }
-    return (long)n;
+    return (long)sent;
 }
 
 static long send_broadcast(struct pipc_distributor *d, const struct pipc_packet *pk, size_t n, uint64_t deadline)
@@ -341,8 +350,8 @@ static long send_broadcast(struct pipc_distributor *d, const struct pipc_packet 
         size_t from = 0;
         int left = 0, err;
         do {
-            size_t done = 0;
-            err = send_part(d, w, pk + from, NULL, n - from, deadline, &done, &left);
+            size_t done = 0, written = 0;
+            err = send_part(d, w, pk + from, NULL, n - from, deadline, &done, &written, &left);
             from += done;
         } while (err == -EINTR && !left);
         if (err)
@@ -364,11 +373,9 @@ long pipc_server_send_some(pipc_server *s, const struct pipc_packet *pk, size_t 
     *n_unsent = 0;
     if (n > UINT32_MAX)
         return -EINVAL;
-    if (timeout_ms == 0 ? pthread_mutex_trylock(&d->lock) != 0 : pthread_mutex_lock(&d->lock) != 0) {
-        pipc_set_error("another thread is sending on this server");
-        return -ETIMEDOUT;
-    }
-    long r;
+    long r = pipc_lock_until(&d->lock, deadline, "server");
+    if (r)
+        return r;
     if (pipc_now_ns() - d->last_check_ns >= PIPC_LIVENESS_CHECK_NS)
         check_workers(d);
     if (!d->n_workers)
@@ -423,10 +430,10 @@ int pipc_server_check_workers(pipc_server *s)
 
 size_t pipc_server_workers(pipc_server *s, uint32_t *indices, size_t max)
 {
-    pthread_mutex_lock(&s->dist.lock);
+    pthread_mutex_lock(&s->dist.set_lock); /* never waits for a send in progress */
     size_t n = s->dist.n_workers;
     for (size_t i = 0; i < n && i < max; i++)
         indices[i] = s->dist.workers[i]->index;
-    pthread_mutex_unlock(&s->dist.lock);
+    pthread_mutex_unlock(&s->dist.set_lock);
     return n;
 }

@@ -65,6 +65,25 @@ static PyObject *raise_code(core_state *st, int code, const char *during)
     return NULL;
 }
 
+/* Raises the error for code with `sent` (packets written by this call before it) as an attribute. */
+static PyObject *raise_with_sent(core_state *st, int code, Py_ssize_t sent)
+{
+    raise_code(st, code, NULL);
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    PyObject *v = PyLong_FromSsize_t(sent);
+    if (v && ev && PyObject_SetAttrString(ev, "sent", v) < 0)
+        PyErr_Clear(); /* an exception type without a __dict__: the count is then just not attached */
+    Py_XDECREF(v);
+    PyErr_Restore(et, ev, tb);
+    return NULL;
+}
+
+/* Longest single wait handed to C: a thread waiting on another thread's call (which holds the connection
+ * while it waits for space) comes back this often to look at signals. */
+#define WAIT_SLICE_MS 1000
+
 /* seconds (float/int/None) -> ms for the C API; -1 = forever */
 static int timeout_ms_from(PyObject *o, int *ms)
 {
@@ -846,12 +865,34 @@ static PyType_Spec batch_spec = {"packet_ipc.PacketBatch", sizeof(BatchObject), 
                                  Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
                                  batch_slots};
 
+/* The descriptors of batch[idx[k]] (or batch[k]) for k < n, in `local` when it has room (256), else in
+ * memory the caller frees with PyMem_Free; NULL with MemoryError. */
+static struct pipc_packet *batch_to_packets(BatchObject *b, const uint32_t *idx, Py_ssize_t n, struct pipc_packet *local)
+{
+    struct pipc_packet *pk = n <= 256 ? local : PyMem_Malloc((size_t)n * sizeof(*pk));
+    if (!pk) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t i = idx ? (Py_ssize_t)idx[k] : k;
+        pk[k].ts_ns = b->ts[i];
+        pk[k].caplen = b->caplen[i];
+        pk[k].origlen = b->origlen[i];
+        pk[k].linktype = b->linktype[i];
+        pk[k].ifindex = b->ifindex[i];
+        pk[k].data = b->data + b->offsets[i];
+    }
+    return pk;
+}
+
 /* ------------------------------------------------------------------------------------------------------ */
 /* Server */
 
 typedef struct {
     PyObject_HEAD
     pipc_server *s;
+    int distribution;
     int users, close_pending;
 } ServerObject;
 
@@ -880,13 +921,14 @@ static void conn_leave(ConnectionObject *self)
 
 static PyObject *server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"name", "capacity", "max_packets", "linktype", "snaplen", "overflow", "allow_any_uid", NULL};
+    static char *kwlist[] = {"name",     "capacity",      "max_packets",  "linktype", "snaplen",
+                             "overflow", "allow_any_uid", "distribution", NULL};
     PyObject *name = Py_None;
     unsigned long long capacity = 0;
     unsigned int max_packets = 0, linktype = 1, snaplen = 262144;
-    int overflow = 0, allow_any = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OKIIIip:Server", kwlist, &name, &capacity, &max_packets, &linktype,
-                                     &snaplen, &overflow, &allow_any))
+    int overflow = 0, allow_any = 0, distribution = PIPC_DISTRIBUTION_FLOW;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OKIIIipi:Server", kwlist, &name, &capacity, &max_packets, &linktype,
+                                     &snaplen, &overflow, &allow_any, &distribution))
         return NULL;
     const char *cname = NULL;
     if (name != Py_None) {
@@ -894,7 +936,8 @@ static PyObject *server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         if (!cname)
             return NULL;
     }
-    struct pipc_server_options o = {sizeof(o), capacity, max_packets, linktype, snaplen, overflow, allow_any};
+    struct pipc_server_options o = {sizeof(o), capacity, max_packets, linktype, snaplen, overflow, allow_any,
+                                    distribution};
     pipc_server *s;
     int r = pipc_server_create(cname, &o, &s);
     if (r < 0)
@@ -905,6 +948,7 @@ static PyObject *server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         return NULL;
     }
     self->s = s;
+    self->distribution = distribution;
     return (PyObject *)self;
 }
 
@@ -1016,7 +1060,9 @@ static PyObject *server_get_counters(ServerObject *self, void *c)
     (void)c;
     if (!server_open(self))
         return NULL;
-    return Py_BuildValue("(KK)", (unsigned long long)self->s->refused, (unsigned long long)self->s->handshake_failures);
+    struct pipc_server_stats st = {.struct_bytes = sizeof(st)};
+    pipc_server_stats(self->s, &st);
+    return Py_BuildValue("(KK)", (unsigned long long)st.refused, (unsigned long long)st.handshake_failures);
 }
 
 static PyObject *server_get_closed(ServerObject *self, void *c)
@@ -1025,8 +1071,203 @@ static PyObject *server_get_closed(ServerObject *self, void *c)
     return PyBool_FromLong(self->s == NULL || self->close_pending);
 }
 
+/* Distributes pk[0..n) (see pipc_server_send_some): releases the GIL, comes back for signals, and after an
+ * early stop sends on exactly the packets not yet written, so none is sent twice or lost. */
+static PyObject *server_send_packets(ServerObject *self, struct pipc_packet *pk, Py_ssize_t n, int ms)
+{
+    core_state *st = state_of_type(Py_TYPE(self));
+    uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
+    uint32_t *unsent = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(uint32_t));
+    struct pipc_packet *rest = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(*rest));
+    if (!unsent || !rest) {
+        PyMem_Free(unsent);
+        PyMem_Free(rest);
+        return PyErr_NoMemory();
+    }
+    PyObject *res = NULL;
+    Py_ssize_t sent = 0, m = n;
+    pipc_server *s = self->s;
+    self->users++;
+    for (;;) {
+        long r;
+        size_t n_unsent = 0;
+        int left = remaining(deadline);
+        /* broadcast cannot resume a part (the workers would hold different prefixes): no slices there */
+        if (self->distribution != PIPC_DISTRIBUTION_BROADCAST && (left < 0 || left > WAIT_SLICE_MS))
+            left = WAIT_SLICE_MS;
+        Py_BEGIN_ALLOW_THREADS
+        r = pipc_server_send_some(s, pk, (size_t)m, left, unsent, &n_unsent);
+        Py_END_ALLOW_THREADS
+        if (r > 0)
+            sent += r;
+        int early = r == -EINTR || r == -ETIMEDOUT || (r >= 0 && n_unsent > 0);
+        if (!early && r < 0) {
+            raise_with_sent(st, (int)r, sent);
+            break;
+        }
+        if (!early) {
+            res = PyLong_FromSsize_t(sent);
+            break;
+        }
+        if (PyErr_CheckSignals() < 0)
+            break;
+        if ((r == -ETIMEDOUT || n_unsent) && remaining(deadline) == 0 && ms >= 0) {
+            raise_with_sent(st, -ETIMEDOUT, sent);
+            break;
+        }
+        if (r >= 0 || r == -ETIMEDOUT || r == -EINTR) { /* go on with what was not written */
+            if (n_unsent == 0 && r < 0)
+                continue; /* nothing was written: the same packets again */
+            for (size_t k = 0; k < n_unsent; k++)
+                rest[k] = pk[unsent[k]];
+            memcpy(pk, rest, n_unsent * sizeof(*pk));
+            m = (Py_ssize_t)n_unsent;
+        }
+    }
+    server_leave(self);
+    PyMem_Free(unsent);
+    PyMem_Free(rest);
+    return res;
+}
+
+static PyObject *server_send(ServerObject *self, PyObject *args)
+{
+    PyObject *seq, *t = Py_None;
+    int ms;
+    if (!PyArg_ParseTuple(args, "O|O:send", &seq, &t) || timeout_ms_from(t, &ms) < 0 || !server_open(self))
+        return NULL;
+    core_state *st = state_of_type(Py_TYPE(self));
+    Py_ssize_t n;
+    Py_buffer *views;
+    struct pipc_packet *pk = convert_packets(st, seq, &n, &views);
+    if (!pk)
+        return NULL;
+    PyObject *res = server_send_packets(self, pk, n, ms);
+    release_views(views, n);
+    PyMem_Free(pk);
+    return res;
+}
+
+static PyObject *server_send_batch(ServerObject *self, PyObject *args)
+{
+    PyObject *bo, *t = Py_None;
+    int ms;
+    if (!PyArg_ParseTuple(args, "O|O:send_batch", &bo, &t) || timeout_ms_from(t, &ms) < 0 || !server_open(self))
+        return NULL;
+    core_state *st = state_of_type(Py_TYPE(self));
+    if (Py_TYPE(bo) != st->BatchType) {
+        PyErr_Format(PyExc_TypeError, "send_batch takes a PacketBatch, not %.100s", Py_TYPE(bo)->tp_name);
+        return NULL;
+    }
+    BatchObject *b = (BatchObject *)bo;
+    if (!batch_live(b))
+        return NULL;
+    struct pipc_packet local[256];
+    struct pipc_packet *pk = batch_to_packets(b, NULL, b->n, local);
+    if (!pk)
+        return NULL;
+    Py_INCREF(bo); /* the batch (and its data) stays alive while the GIL is released */
+    PyObject *res = server_send_packets(self, pk, b->n, ms);
+    Py_DECREF(bo);
+    if (pk != local)
+        PyMem_Free(pk);
+    return res;
+}
+
+/* End of stream (or abort) for every live worker: waits for sends in progress, so without the GIL. */
+static PyObject *server_finish(ServerObject *self, int abort)
+{
+    if (!server_open(self))
+        return NULL;
+    pipc_server *s = self->s;
+    self->users++;
+    Py_BEGIN_ALLOW_THREADS
+    if (abort)
+        pipc_server_abort(s);
+    else
+        pipc_server_end(s);
+    Py_END_ALLOW_THREADS
+    server_leave(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *server_end(ServerObject *self, PyObject *unused)
+{
+    (void)unused;
+    return server_finish(self, 0);
+}
+
+static PyObject *server_abort(ServerObject *self, PyObject *unused)
+{
+    (void)unused;
+    return server_finish(self, 1);
+}
+
+static PyObject *server_check_workers(ServerObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!server_open(self))
+        return NULL;
+    pipc_server *s = self->s;
+    int dropped;
+    self->users++;
+    Py_BEGIN_ALLOW_THREADS
+    dropped = pipc_server_check_workers(s);
+    Py_END_ALLOW_THREADS
+    server_leave(self);
+    return PyLong_FromLong(dropped);
+}
+
+static PyObject *server_workers(ServerObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!server_open(self))
+        return NULL;
+    uint32_t local[64], *idx = local;
+    size_t cap = 64, n = pipc_server_workers(self->s, idx, cap);
+    while (n > cap) { /* more workers than fit: a larger snapshot (the set may grow meanwhile) */
+        if (idx != local)
+            PyMem_Free(idx);
+        cap = n + 16;
+        if (!(idx = PyMem_Malloc(cap * sizeof(uint32_t))))
+            return PyErr_NoMemory();
+        n = pipc_server_workers(self->s, idx, cap);
+    }
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; list && i < n; i++) {
+        PyObject *v = PyLong_FromUnsignedLong(idx[i]);
+        if (!v)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)i, v);
+    }
+    if (idx != local)
+        PyMem_Free(idx);
+    return list;
+}
+
+static PyObject *server_stats(ServerObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!server_open(self))
+        return NULL;
+    struct pipc_server_stats st = {.struct_bytes = sizeof(st)};
+    pipc_server_stats(self->s, &st);
+    return Py_BuildValue("{sKsKsKsKsK}", "workers", (unsigned long long)st.workers, "accepted",
+                         (unsigned long long)st.accepted, "lost_packets", (unsigned long long)st.lost_packets,
+                         "refused", (unsigned long long)st.refused, "handshake_failures",
+                         (unsigned long long)st.handshake_failures);
+}
+
 static PyMethodDef server_methods[] = {
     {"accept", (PyCFunction)server_accept, METH_VARARGS, "accept(timeout=None) -> Connection"},
+    {"send", (PyCFunction)server_send, METH_VARARGS, "send(packets, timeout=None) -> int: distributes"},
+    {"send_batch", (PyCFunction)server_send_batch, METH_VARARGS, "send_batch(batch, timeout=None) -> int"},
+    {"end", (PyCFunction)server_end, METH_NOARGS, "Ends every live worker's stream."},
+    {"abort", (PyCFunction)server_abort, METH_NOARGS, "Aborts every live worker's stream."},
+    {"check_workers", (PyCFunction)server_check_workers, METH_NOARGS, "Drops dead workers; returns how many."},
+    {"workers", (PyCFunction)server_workers, METH_NOARGS, "Acceptance indices of the live workers."},
+    {"stats", (PyCFunction)server_stats, METH_NOARGS, "Distribution counters (dict)."},
     {"allow_peer", (PyCFunction)server_allow_peer, METH_VARARGS, "allow_peer(uid, gid): -1 for none."},
     {"close", (PyCFunction)server_close, METH_NOARGS, "Closes the endpoint and removes its socket."},
     {"fileno", (PyCFunction)server_fileno, METH_NOARGS, "The listening socket (readable when a client waits)."},
@@ -1064,22 +1305,6 @@ static int conn_open(ConnectionObject *self)
     return 1;
 }
 
-/* Sends pk[0..n) honouring the timeout; returns packets written or NULL with an exception. */
-/* Raises the error for code with `sent` (packets written by this call before it) as an attribute. */
-static PyObject *raise_with_sent(core_state *st, int code, Py_ssize_t sent)
-{
-    raise_code(st, code, NULL);
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
-    PyErr_NormalizeException(&et, &ev, &tb);
-    PyObject *v = PyLong_FromSsize_t(sent);
-    if (v && ev && PyObject_SetAttrString(ev, "sent", v) < 0)
-        PyErr_Clear(); /* an exception type without a __dict__: the count is then just not attached */
-    Py_XDECREF(v);
-    PyErr_Restore(et, ev, tb);
-    return NULL;
-}
-
 /* Sends pk[0..n) honouring the timeout; returns packets written or NULL with an exception whose `sent`
  * counts the packets this call wrote before the error (the caller can tell what reached the ring). */
 static uint64_t conn_packets_sent(pipc_conn *c)
@@ -1088,10 +1313,6 @@ static uint64_t conn_packets_sent(pipc_conn *c)
     pipc_conn_stats(c, &st);
     return st.packets;
 }
-
-/* Longest single wait handed to C: a thread waiting on another thread's call (which holds the connection
- * while it waits for space) comes back this often to look at signals. */
-#define WAIT_SLICE_MS 1000
 
 static PyObject *conn_send_packets_using(ConnectionObject *self, struct pipc_packet *pk, Py_ssize_t n, int ms);
 
@@ -1204,20 +1425,11 @@ static PyObject *conn_send_batch(ConnectionObject *self, PyObject *args)
             }
     }
     struct pipc_packet local[256];
-    struct pipc_packet *pk = n <= 256 ? local : PyMem_Malloc((size_t)n * sizeof(*pk));
+    struct pipc_packet *pk = batch_to_packets(b, idx, n, local);
     if (!pk) {
         if (idx)
             PyBuffer_Release(&sv);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t k = 0; k < n; k++) {
-        Py_ssize_t i = idx ? (Py_ssize_t)idx[k] : k;
-        pk[k].ts_ns = b->ts[i];
-        pk[k].caplen = b->caplen[i];
-        pk[k].origlen = b->origlen[i];
-        pk[k].linktype = b->linktype[i];
-        pk[k].ifindex = b->ifindex[i];
-        pk[k].data = b->data + b->offsets[i];
+        return NULL;
     }
     Py_INCREF(bo); /* the batch (and its data) stays alive while the GIL is released */
     PyObject *res = conn_send_packets(self, pk, n, ms);
@@ -1920,6 +2132,9 @@ static int core_exec(PyObject *m)
     if (PyModule_AddIntConstant(m, "ABI_VERSION", PACKET_IPC_ABI_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "WIRE_VERSION", PIPC_WIRE_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "OVERFLOW_BLOCK", PIPC_OVERFLOW_BLOCK) < 0 ||
+        PyModule_AddIntConstant(m, "DISTRIBUTION_FLOW", PIPC_DISTRIBUTION_FLOW) < 0 ||
+        PyModule_AddIntConstant(m, "DISTRIBUTION_ROUND_ROBIN", PIPC_DISTRIBUTION_ROUND_ROBIN) < 0 ||
+        PyModule_AddIntConstant(m, "DISTRIBUTION_BROADCAST", PIPC_DISTRIBUTION_BROADCAST) < 0 ||
         PyModule_AddIntConstant(m, "OVERFLOW_DROP", PIPC_OVERFLOW_DROP) < 0 ||
         PyModule_AddIntConstant(m, "FRAG_TABLE_BYTES", (long)sizeof(struct pipc_frag_table)) < 0)
         return -1;
