@@ -16,6 +16,8 @@ from setuptools.command.build_py import build_py
 ROOT = Path(__file__).parent
 # The soname's number is the C ABI version: a program built for ABI 1 never loads an incompatible library.
 ABI_VERSION = int(re.search(r"#define PACKET_IPC_ABI_VERSION (\d+)", (ROOT / "include" / "packet_ipc.h").read_text())[1])
+# The release is written once, in the header; the package metadata (and so packet_ipc.__version__) takes it from there.
+VERSION = re.search(r'#define PACKET_IPC_VERSION "([^"]+)"', (ROOT / "include" / "packet_ipc.h").read_text())[1]
 CORE = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.c"))
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"]
 LDFLAGS: list[str] = []
@@ -66,6 +68,7 @@ class BuildPy(build_py):
 
 
 setup(
+    version=VERSION,
     ext_modules=[
         Extension(
             "packet_ipc._core",

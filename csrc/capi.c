@@ -44,6 +44,8 @@ static unsigned current_generation(void)
 
 int pipc_abi_version(void) { return PACKET_IPC_ABI_VERSION; }
 
+const char *pipc_version(void) { return PACKET_IPC_VERSION; }
+
 const char *pipc_strerror(int code)
 {
     switch (code < 0 ? -code : code) {
