@@ -39,6 +39,13 @@ class BuildExt(build_ext):
         # PACKET_IPC_SANITIZE would ship the normal objects (and the next normal build the sanitized ones).
         self.force = True
 
+    def build_extensions(self) -> None:
+        # An interpreter built by pyenv links extensions with -Wl,-rpath,<its own lib dir>: the build machine's
+        # path would travel in every wheel (and be searched for libraries on the user's machine). Neither the
+        # extension nor libpacketipc.so needs libpython, so drop it.
+        self.compiler.linker_so = [a for a in self.compiler.linker_so if not a.startswith("-Wl,-rpath")]
+        super().build_extensions()
+
     def get_ext_fullpath(self, ext_name: str) -> str:
         path = super().get_ext_fullpath(ext_name)
         if ext_name == LIBNAME:
