@@ -16,6 +16,8 @@ from setuptools.command.build_py import build_py
 ROOT = Path(__file__).parent
 # The soname's number is the C ABI version: a program built for ABI 1 never loads an incompatible library.
 ABI_VERSION = int(re.search(r"#define PACKET_IPC_ABI_VERSION (\d+)", (ROOT / "include" / "packet_ipc.h").read_text())[1])
+# The release is written once, in the header; the package metadata (and so packet_ipc.__version__) takes it from there.
+VERSION = re.search(r'#define PACKET_IPC_VERSION "([^"]+)"', (ROOT / "include" / "packet_ipc.h").read_text())[1]
 CORE = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.c"))
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"]
 LDFLAGS: list[str] = []
@@ -36,6 +38,13 @@ class BuildExt(build_ext):
         # build/ keeps objects that are newer than their sources whatever flags built them: without a rebuild,
         # PACKET_IPC_SANITIZE would ship the normal objects (and the next normal build the sanitized ones).
         self.force = True
+
+    def build_extensions(self) -> None:
+        # An interpreter built by pyenv links extensions with -Wl,-rpath,<its own lib dir>: the build machine's
+        # path would travel in every wheel (and be searched for libraries on the user's machine). Neither the
+        # extension nor libpacketipc.so needs libpython, so drop it.
+        self.compiler.linker_so = [a for a in self.compiler.linker_so if not a.startswith("-Wl,-rpath")]
+        super().build_extensions()
 
     def get_ext_fullpath(self, ext_name: str) -> str:
         path = super().get_ext_fullpath(ext_name)
@@ -66,6 +75,7 @@ class BuildPy(build_py):
 
 
 setup(
+    version=VERSION,
     ext_modules=[
         Extension(
             "packet_ipc._core",

@@ -96,6 +96,8 @@ static void load_stats(const struct pipc_stats *from, struct pipc_stats *to)
 
 int pipc_abi_version(void) { return PACKET_IPC_ABI_VERSION; }
 
+const char *pipc_version(void) { return PACKET_IPC_VERSION; }
+
 const char *pipc_strerror(int code)
 {
     switch (code < 0 ? -code : code) {

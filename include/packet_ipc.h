@@ -23,7 +23,7 @@
  *  - Build: cc prog.c $(packet-ipc config --cflags --libs)
  *
  * Versioning: PACKET_IPC_ABI_VERSION changes only when this ABI changes incompatibly; pipc_abi_version()
- * reports the library's. Option structs begin with their own size so they can grow compatibly.
+ * reports the library's; PACKET_IPC_VERSION and pipc_version() name the release. Option structs begin with their own size so they can grow compatibly.
  */
 #ifndef PACKET_IPC_H
 #define PACKET_IPC_H
@@ -36,6 +36,9 @@ extern "C" {
 #endif
 
 #define PACKET_IPC_ABI_VERSION 1
+/* The release of packet-ipc this header belongs to: the one place the version is written (setup.py reads it for
+ * the Python package). pipc_version() reports the library's. */
+#define PACKET_IPC_VERSION "0.1.0"
 
 #if defined(PIPC_BUILD_SHARED) && defined(__GNUC__)
 #define PIPC_API __attribute__((visibility("default")))
@@ -110,6 +113,8 @@ typedef struct pipc_client pipc_client;
 
 /* Library's ABI version (PACKET_IPC_ABI_VERSION it was built with). */
 PIPC_API int pipc_abi_version(void);
+/* Library's release (the PACKET_IPC_VERSION string it was built with, e.g. "0.1.0"); static, never NULL. */
+PIPC_API const char *pipc_version(void);
 /* A static, readable description of an error code returned by this library (negative) or of an errno. */
 PIPC_API const char *pipc_strerror(int code);
 /* A readable sentence about the last error this thread got from the library (names, sizes, reasons). Read it
