@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -100,11 +101,11 @@ def _library() -> Any:
     global _lib
     if _lib is None:
         lib = ctypes.CDLL(str(Path(__file__).resolve().parent / "lib" / "libpacketipc.so"))
-        vp, sz, u32p = ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint32)
+        vp, sz = ctypes.c_void_p, ctypes.c_size_t
         lib.pipc_capture_open.argtypes = [ctypes.POINTER(_Options), ctypes.POINTER(vp)]
         lib.pipc_capture_open.restype = ctypes.c_int
-        lib.pipc_capture_next_columns.argtypes = [vp, sz, ctypes.POINTER(ctypes.c_uint64), u32p, u32p, u32p, u32p,
-                                                  vp, sz, ctypes.POINTER(sz), ctypes.c_int]
+        # pointers as plain addresses (the columns and buffers are ctypes arrays that never move): cheap calls
+        lib.pipc_capture_next_columns.argtypes = [vp, sz, vp, vp, vp, vp, vp, vp, sz, ctypes.POINTER(sz), ctypes.c_int]
         lib.pipc_capture_next_columns.restype = ctypes.c_long
         lib.pipc_capture_count.argtypes = [vp]
         lib.pipc_capture_count.restype = sz
@@ -163,7 +164,9 @@ class LiveCapture:
         self.iface = interfaces[0]
         self.linktype: int = self.interfaces[0].linktype
         self._max = 0
-        self._buf = bytearray()
+        self._used = ctypes.c_size_t()
+        self._used_ref = ctypes.byref(self._used)
+        self._next = lib.pipc_capture_next_columns
 
     def _query(self, fn: Any) -> list[InterfaceStats]:
         out = []
@@ -184,19 +187,24 @@ class LiveCapture:
     def _columns(self, max_packets: int) -> None:
         if max_packets != self._max:
             self._max = max_packets
-            self._ts = (ctypes.c_uint64 * max_packets)()
-            self._cols = [(ctypes.c_uint32 * max_packets)() for _ in range(4)]
+            ts = (ctypes.c_uint64 * max_packets)()
+            cols = [(ctypes.c_uint32 * max_packets)() for _ in range(4)]
+            self._columns_kept = (ts, cols)
+            self._views = [memoryview(ts), *(memoryview(c) for c in cols)]
+            self._addrs = [ctypes.addressof(ts), *(ctypes.addressof(c) for c in cols)]
             self._buf_bytes = max(2 * self.snaplen, min(max_packets * 2048, 4 << 20))
-            self._buf = bytearray(self._buf_bytes)
+            self._bufs: list[ctypes.Array[ctypes.c_char]] = []
 
-    def _data_buffer(self) -> bytearray:
-        """The data buffer for the next batch: the previous one unless a batch still uses it."""
-        try:  # a bytearray with a live export (an earlier batch still alive) refuses to resize
-            self._buf.append(0)
-            del self._buf[-1]
-        except BufferError:
-            self._buf = bytearray(self._buf_bytes)
-        return self._buf
+    def _data_buffer(self) -> ctypes.Array[ctypes.c_char]:
+        """A data buffer (a ctypes array: its address never moves) that no live batch uses. A batch holds a
+        memoryview of its buffer, and so a reference to it: a buffer referenced only by the pool is free."""
+        for buf in self._bufs:
+            if sys.getrefcount(buf) <= 3:  # the pool's list, this loop's variable, getrefcount's argument
+                return buf
+        buf = (ctypes.c_char * self._buf_bytes)()
+        if len(self._bufs) < 4:
+            self._bufs.append(buf)
+        return buf
 
     def read_batch(self, max_packets: int = 256, timeout: float | None = 0.1) -> PacketBatch | None:
         """Returns the packets that arrived (at most ``max_packets``, waiting up to ``timeout`` seconds for the
@@ -205,25 +213,18 @@ class LiveCapture:
             raise ValueError("max_packets must be at least 1")
         self._columns(max_packets)
         buf = self._data_buffer()
-        used = ctypes.c_size_t()
         ms = -1 if timeout is None else max(0, int(timeout * 1000))
-        ts, (caplen, origlen, linktype, ifindex) = self._ts, self._cols
-        target = (ctypes.c_char * len(buf)).from_buffer(buf)
+        ts, caplen, origlen, linktype, ifindex = self._addrs
         with self._lock:
-            n = self._lib.pipc_capture_next_columns(
-                self._handle(), max_packets, ts, caplen, origlen, linktype, ifindex, target, len(buf),
-                ctypes.byref(used), ms,
-            )
-        del target  # its export of buf ends here: only the batch's remains
-        if n in (-errno.ETIMEDOUT, -errno.EINTR):
-            return None
-        if n < 0:
+            n = self._next(self._handle(), max_packets, ts, caplen, origlen, linktype, ifindex, ctypes.addressof(buf),
+                           self._buf_bytes, self._used_ref, ms)
+        if n <= 0:
+            if n in (-errno.ETIMEDOUT, -errno.EINTR):
+                return None
             raise PacketIpcError(-n, _last_error(self._lib))
-        cut = slice(0, n)
-        return PacketBatch.from_buffers(
-            memoryview(ts)[cut], memoryview(caplen)[cut], memoryview(buf)[: used.value], memoryview(origlen)[cut],
-            linktypes=memoryview(linktype)[cut], ifindexes=memoryview(ifindex)[cut],
-        )
+        v = self._views
+        return PacketBatch.from_buffers(v[0][:n], v[1][:n], memoryview(buf)[: self._used.value], v[2][:n],
+                                        linktypes=v[3][:n], ifindexes=v[4][:n])
 
     def batches(
         self, max_packets: int = 256, *, count: int | None = None, duration: float | None = None

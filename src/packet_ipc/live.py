@@ -50,7 +50,7 @@ def add_capture_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--immediate", action="store_true", help="deliver each packet at once (more CPU per packet)")
     p.add_argument("-c", "--count", type=int, default=None, help="stop after this many packets")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--batch", type=int, default=256, help="packets per batch at most (256)")
+    p.add_argument("--batch", type=int, default=1024, help="packets per batch at most (1024)")
 
 
 def interface_lines(interfaces: list[dict[str, Any]]) -> list[str]:
@@ -109,9 +109,10 @@ def run_capture(args: argparse.Namespace) -> int:
                     want = args.batch if args.count is None else min(args.batch, args.count - packets)
                     batch = cap.read_batch(want, wait)
                     if batch is not None:
-                        server.send_batch(batch)
-                        packets += len(batch)
-                        nbytes += batch.nbytes
+                        with batch:  # released at once: its data buffer serves the next read
+                            server.send_batch(batch)
+                            packets += len(batch)
+                            nbytes += batch.nbytes
             except _Stop:
                 pass
             state["running"] = True  # from here a signal only sets the flag: the stream ends cleanly regardless
