@@ -16,7 +16,7 @@ Per run: offered packets/s (generator), packets that reached the interface (its 
 (libpcap's ps_drop + ps_ifdrop), packets delivered (tcpdump: written; packet-ipc: received by the workers),
 and CPU seconds per million delivered packets of the capture process (the scheduler's run time of every thread, /proc/PID/task/*/schedstat,
 from just before the load to after it was drained) and of the workers. The highest paced rate with zero
-drops (nothing dropped, everything received delivered) is reported per contender.
+drops (nothing dropped by the kernel, every generated frame delivered) is reported per contender.
 """
 
 from __future__ import annotations
@@ -206,7 +206,9 @@ def run_one(c: Contender, kind: str, frames: Path, gen: Path, loop: int, rate: i
         "contender": c.label, "generator": kind if not rate else f"pipc_gen {rate:,}/s", "rate": rate,
         "offered_pps": round(offered["pps"]), "sent": offered["sent"], "arrived": arrived, **counters,
         "cpu_s_per_M": round((cpu1[0] - cpu0[0]) * per_m, 3), "worker_cpu_s_per_M": round((cpu1[1] - cpu0[1]) * per_m, 3),
-        "zero_drop": counters["dropped"] == 0 and delivered >= min(arrived, counters["received"]),
+        # zero drops: nothing dropped by the kernel and every generated frame delivered (stray frames of the
+        # link itself, e.g. from the namespace, may add a few)
+        "zero_drop": counters["dropped"] == 0 and delivered >= offered["sent"],
     }
 
 

@@ -137,6 +137,7 @@ struct pipc_capture {
     size_t n, next_if; /* next_if: where the next read starts, so one busy interface cannot starve another */
     int wake_fd;       /* eventfd: pipc_capture_breakloop() */
     uint32_t snaplen;
+    int linger_ms;
     /* Packets libpcap handed over when the caller's buffer was full: returned first by the next read. */
     struct pipc_packet *carry;
     size_t n_carry, cap_carry;
@@ -317,6 +318,7 @@ int pipc_capture_open(const struct pipc_capture_options *o, pipc_capture **out)
     }
     c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     c->snaplen = snaplen;
+    c->linger_ms = o->linger_ms > 0 ? o->linger_ms : 0;
     c->n = o->n_interfaces;
     if (c->wake_fd < 0) {
         rc = -errno;
@@ -440,16 +442,26 @@ long pipc_capture_next(pipc_capture *c, struct pipc_packet *out, size_t max, uin
     for (size_t i = 0; i < c->n; i++)
         fds[i] = (struct pollfd){pc.get_selectable_fd(c->ifs[i].p), POLLIN, 0};
     fds[c->n] = (struct pollfd){c->wake_fd, POLLIN, 0};
+    int64_t linger_end = -1; /* set once the first packets are in: how long to wait for more */
     for (;;) {
         take_carry(c, &s);
         int rc = read_pass(c, &s);
         if (rc < 0)
             return s.n ? (long)s.n : rc;
-        if (s.n)
-            return (long)s.n;
+        int64_t now = now_ms();
+        if (s.n) {
+            if (s.n == s.max || s.used + c->snaplen > s.bytes || c->linger_ms == 0)
+                return (long)s.n;
+            if (linger_end < 0)
+                linger_end = now + c->linger_ms;
+            else if (now >= linger_end)
+                return (long)s.n;
+        }
         int wait = -1;
-        if (deadline >= 0) {
-            int64_t left = deadline - now_ms();
+        if (s.n) {
+            wait = (int)(linger_end - now);
+        } else if (deadline >= 0) {
+            int64_t left = deadline - now;
             if (left <= 0) {
                 pipc_set_error("no packet within the timeout");
                 return -ETIMEDOUT;
@@ -458,14 +470,20 @@ long pipc_capture_next(pipc_capture *c, struct pipc_packet *out, size_t max, uin
         }
         int r = poll(fds, c->n + 1, wait);
         if (r < 0 && errno == EINTR) {
+            if (s.n)
+                return (long)s.n; /* the caller sees the signal on return */
             pipc_set_error("interrupted by a signal");
             return -EINTR;
         }
         if (r < 0) {
+            if (s.n)
+                return (long)s.n;
             pipc_set_error("poll: %s", strerror(errno));
             return -errno;
         }
         if (fds[c->n].revents & POLLIN) {
+            if (s.n)
+                return (long)s.n; /* the break stays pending: the next call returns -EINTR */
             uint64_t v;
             if (read(c->wake_fd, &v, sizeof v) < 0) { /* consumed: one break per call */
             }
@@ -474,6 +492,8 @@ long pipc_capture_next(pipc_capture *c, struct pipc_packet *out, size_t max, uin
         }
         for (size_t i = 0; i < c->n; i++)
             if (fds[i].revents & (POLLERR | POLLNVAL)) {
+                if (s.n)
+                    return (long)s.n;
                 pipc_set_error("capture on '%s' failed: the interface went away or failed", c->ifs[i].name);
                 return -ENETDOWN;
             }

@@ -176,6 +176,8 @@ struct pipc_capture_options {
     uint32_t buffer_bytes;          /* libpcap's kernel ring per interface (0: 8 MiB) */
     int immediate;                  /* non-zero: deliver each packet at once (more CPU per packet) */
     int timeout_ms;                 /* without immediate: how long the kernel holds a partly filled block (0: 100) */
+    int linger_ms;                  /* once pipc_capture_next has packets, how long it may wait for more to fill
+                                       max (fewer, larger batches: less work per packet; 0: return at once) */
 };
 
 /* One interface of a capture: identity and counters. */
@@ -198,6 +200,7 @@ typedef struct pipc_capture pipc_capture;
 PIPC_API int pipc_capture_open(const struct pipc_capture_options *options, pipc_capture **out);
 /* Reads up to max packets from any of the interfaces, copying their bytes back to back into buf (buf_bytes
  * must be at least the snaplen); out[i].data points into buf. Waits up to timeout_ms for the first packet.
+ * With linger_ms, once it has packets it waits up to that long for more, until max or the buffer is full.
  * Returns the count (> 0); -ETIMEDOUT if nothing arrived; -EINTR if a signal interrupted the wait or
  * pipc_capture_breakloop() was called; -ENETDOWN / -EIO if an interface failed. Packets libpcap delivers
  * beyond what fits are kept and returned first by the next call: nothing is lost between calls. */

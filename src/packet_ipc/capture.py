@@ -77,6 +77,7 @@ class _Options(ctypes.Structure):
         ("buffer_bytes", ctypes.c_uint32),
         ("immediate", ctypes.c_int),
         ("timeout_ms", ctypes.c_int),
+        ("linger_ms", ctypes.c_int),
     ]
 
 
@@ -139,6 +140,7 @@ class LiveCapture:
         timeout_ms: int = 100,
         buffer_bytes: int = 0,
         immediate: bool = False,
+        linger_ms: int = 0,
     ) -> None:
         if isinstance(interfaces, str):
             interfaces = [interfaces]
@@ -152,7 +154,8 @@ class LiveCapture:
         self._h: int | None = None
         names = (ctypes.c_char_p * len(interfaces))(*(name.encode() for name in interfaces))
         opts = _Options(ctypes.sizeof(_Options), names, len(interfaces), snaplen, int(promisc),
-                        bpf_filter.encode() if bpf_filter else None, buffer_bytes, int(immediate), timeout_ms)
+                        bpf_filter.encode() if bpf_filter else None, buffer_bytes, int(immediate), timeout_ms,
+                        max(0, linger_ms))
         handle = ctypes.c_void_p()
         rc = lib.pipc_capture_open(ctypes.byref(opts), ctypes.byref(handle))
         if rc < 0:
@@ -286,11 +289,14 @@ def open_live(
     *,
     buffer_bytes: int = 0,
     immediate: bool = False,
+    linger_ms: int = 0,
 ) -> LiveCapture:
     """Opens ``iface`` (a name, or several) for live capture through libpcap. Raises ``ValueError`` for a
     snaplen outside 1..262144, and :class:`CaptureOpenError` with one clear line for an interface that does
     not exist, missing permission (capturing needs CAP_NET_RAW), a filter libpcap cannot compile, or libpcap
     not installed. ``buffer_bytes`` sizes libpcap's kernel ring per interface (0: 8 MiB); ``timeout_ms`` is
-    how long the kernel may hold a partly filled block; ``immediate`` delivers every packet at once."""
+    how long the kernel may hold a partly filled block; ``immediate`` delivers every packet at once;
+    ``linger_ms``: once a read has packets, how long it may wait for more to fill the batch (fewer, fuller
+    batches: less CPU per packet, at most that much more latency)."""
     return LiveCapture([iface] if isinstance(iface, str) else list(iface), snaplen, bpf_filter, promisc,
-                       timeout_ms, buffer_bytes, immediate)
+                       timeout_ms, buffer_bytes, immediate, linger_ms)

@@ -48,9 +48,11 @@ def add_capture_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-B", "--buffer-size", type=int, default=8192,
                    help="libpcap's kernel buffer per interface in KiB, as tcpdump -B (8192)")
     p.add_argument("--immediate", action="store_true", help="deliver each packet at once (more CPU per packet)")
+    p.add_argument("--linger-ms", type=int, default=30,
+                   help="once a read has packets, wait up to this long (ms) for more to fill the batch (30)")
     p.add_argument("-c", "--count", type=int, default=None, help="stop after this many packets")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--batch", type=int, default=1024, help="packets per batch at most (1024)")
+    p.add_argument("--batch", type=int, default=4096, help="packets per batch at most (4096)")
 
 
 def interface_lines(interfaces: list[dict[str, Any]]) -> list[str]:
@@ -83,11 +85,13 @@ def run_capture(args: argparse.Namespace) -> int:
     """Runs ``packet-ipc capture`` (see the module's docstring); returns the exit code."""
     from .cli import _drain_wait, _err, _make_server, _print_summary
 
+    if args.batch < 1 or args.linger_ms < 0:
+        raise ValueError("--batch must be at least 1 and --linger-ms at least 0")
     if args.buffer_size < 0 or args.buffer_size >= 1 << 21:
         raise ValueError(f"--buffer-size {args.buffer_size} KiB is out of range (0 to 2097151)")
     names: list[str] = args.interface
     with open_live(names, args.snaplen, args.filter, not args.no_promisc, buffer_bytes=args.buffer_size * 1024,
-                   immediate=args.immediate) as cap, _stop_signals(cap) as state:
+                   immediate=args.immediate, linger_ms=args.linger_ms) as cap, _stop_signals(cap) as state:
         with _make_server(args, cap.linktype) as server:
             server.add_stats_source("capture", lambda: {"interfaces": [s.as_dict() for s in cap.interface_stats()]})
             _err(f"packet-ipc: capturing on {', '.join(names)} into {server.name}; "
