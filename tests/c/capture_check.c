@@ -90,6 +90,27 @@ int main(int argc, char **argv)
     CHECK(pipc_capture_stats(cap, 0, &st) == 0);
     CHECK(st.captured == 1 && st.received >= 1 && st.dropped == 0);
 
+    /* A buffer of only the snaplen: packets that do not fit are carried over to the next calls, none lost. */
+    pipc_capture_close(cap);
+    o.snaplen = 200;
+    CHECK(pipc_capture_open(&o, &cap) == 0);
+    s = socket(AF_INET, SOCK_DGRAM, 0);
+    char big[150];
+    for (int i = 0; i < 3; i++) {
+        memset(big, 'a' + i, sizeof big);
+        CHECK(sendto(s, big, sizeof big, 0, (struct sockaddr *)&to, sizeof to) == (ssize_t)sizeof big);
+    }
+    close(s);
+    usleep(100000); /* all three in libpcap's ring before the first read */
+    for (int i = 0; i < 3; i++) {
+        n = pipc_capture_next(cap, pk, 8, buf, 200, 5000);
+        CHECK(n == 1 && pk[0].caplen == 42 + sizeof big && pk[0].data[42] == 'a' + i);
+        if (i == 0) /* libpcap handed over all three at once: two were carried */
+            CHECK(pipc_capture_info(cap, 0, &info) == 0 && info.captured == 3);
+    }
+    CHECK(pipc_capture_next(cap, pk, 8, buf, 200, 0) == -ETIMEDOUT);
+    CHECK(pipc_capture_stats(cap, 0, &st) == 0 && st.captured == 3);
+
     CHECK(pipc_capture_breakloop(cap) == 0 && pipc_capture_fd(cap) >= 0);
     CHECK(pipc_capture_next(cap, pk, 8, buf, sizeof buf, 5000) == -EINTR);
     CHECK(pipc_capture_next(cap, pk, 8, buf, sizeof buf, 0) == -ETIMEDOUT); /* the break was consumed */
