@@ -222,6 +222,75 @@ PIPC_API void pipc_client_shutdown(pipc_client *client);
 /* Closes the connection. Unreleased packets become invalid. */
 PIPC_API void pipc_client_close(pipc_client *client);
 
+/* ---- Live capture (libpcap, loaded at run time) ----
+ *
+ * Captures from one or more interfaces through libpcap (loaded with dlopen: "libpcap.so.0.8", then
+ * "libpcap.so.1", "libpcap.so"; the environment variable PACKET_IPC_LIBPCAP names another file instead, a
+ * test hook). Each interface is a pcap_t in non-blocking mode (pcap_create, pcap_set_snaplen/promisc/
+ * timeout/buffer_size/immediate_mode, nanosecond timestamps where the kernel gives them, pcap_activate,
+ * pcap_compile + pcap_setfilter); pipc_capture_next() polls them together and copies each packet once, into
+ * the caller's buffer. When libpcap cannot be loaded, pipc_capture_open returns -ELIBACC and
+ * pipc_last_error() says to install libpcap0.8. */
+
+struct pipc_capture_options {
+    size_t struct_bytes;            /* sizeof(struct pipc_capture_options): set it, for compatible growth */
+    const char *const *interfaces;  /* names of the interfaces to capture on (at least one) */
+    size_t n_interfaces;
+    uint32_t snaplen;               /* bytes kept per packet, 1 to 262144 (0: 262144) */
+    int promisc;                    /* non-zero: promiscuous mode */
+    const char *filter;             /* BPF filter in tcpdump syntax, applied to every interface (NULL: none) */
+    uint32_t buffer_bytes;          /* libpcap's kernel ring per interface (0: 8 MiB) */
+    int immediate;                  /* non-zero: deliver each packet at once (more CPU per packet) */
+    int timeout_ms;                 /* without immediate: how long the kernel holds a partly filled block (0: 100) */
+    int linger_ms;                  /* once pipc_capture_next has packets, how long it may wait for more to fill
+                                       max (fewer, larger batches: less work per packet; 0: return at once) */
+};
+
+/* One interface of a capture: identity and counters. */
+struct pipc_capture_stats {
+    char name[48];        /* interface name as given */
+    uint32_t ifindex;     /* its index (0 for pseudo-devices such as "any") */
+    uint32_t linktype;    /* pcap LINKTYPE_* of its packets */
+    int nanosecond;       /* 1 if its timestamps have nanosecond resolution, 0 for microseconds */
+    uint64_t captured;    /* packets libpcap handed to packet-ipc from it */
+    uint64_t received;    /* pcap_stats ps_recv: packets the kernel's filter accepted (Linux: includes drops) */
+    uint64_t dropped;     /* pcap_stats ps_drop: dropped by the kernel, no room in the capture buffer */
+    uint64_t if_dropped;  /* pcap_stats ps_ifdrop: dropped by the interface or its driver */
+};
+
+typedef struct pipc_capture pipc_capture;
+
+/* Opens every interface of options (all or nothing). Errors: -ENODEV (no such interface), -EPERM (no
+ * permission: capturing needs CAP_NET_RAW), -EINVAL (bad snaplen, or a filter libpcap cannot compile),
+ * -ENETDOWN (interface not up), -ELIBACC (libpcap missing). pipc_last_error() names the interface/filter. */
+PIPC_API int pipc_capture_open(const struct pipc_capture_options *options, pipc_capture **out);
+/* Reads up to max packets from any of the interfaces, copying their bytes back to back into buf (buf_bytes
+ * must be at least the snaplen); out[i].data points into buf. Waits up to timeout_ms for the first packet.
+ * With linger_ms, once it has packets it waits up to that long for more, until max or the buffer is full.
+ * Returns the count (> 0); -ETIMEDOUT if nothing arrived; -EINTR if a signal interrupted the wait or
+ * pipc_capture_breakloop() was called; -ENETDOWN / -EIO if an interface failed. Packets libpcap delivers
+ * beyond what fits are kept and returned first by the next call: nothing is lost between calls. */
+PIPC_API long pipc_capture_next(pipc_capture *cap, struct pipc_packet *out, size_t max, uint8_t *buf,
+                                size_t buf_bytes, int timeout_ms);
+/* As pipc_capture_next, but into columns (for bindings building columnar batches): packet i's fields go to
+ * ts_ns[i], caplen[i], origlen[i], linktype[i], ifindex[i] (arrays of max); its bytes follow packet i-1's in
+ * buf; *used receives the bytes filled. */
+PIPC_API long pipc_capture_next_columns(pipc_capture *cap, size_t max, uint64_t *ts_ns, uint32_t *caplen,
+                                        uint32_t *origlen, uint32_t *linktype, uint32_t *ifindex, uint8_t *buf,
+                                        size_t buf_bytes, size_t *used, int timeout_ms);
+/* Number of interfaces of the capture. */
+PIPC_API size_t pipc_capture_count(const pipc_capture *cap);
+/* Identity of interface i (name, ifindex, linktype, precision, captured); the libpcap counters stay 0. */
+PIPC_API int pipc_capture_info(const pipc_capture *cap, size_t i, struct pipc_capture_stats *info);
+/* As pipc_capture_info, plus libpcap's counters (pcap_stats) of interface i. */
+PIPC_API int pipc_capture_stats(pipc_capture *cap, size_t i, struct pipc_capture_stats *stats);
+/* Makes a pending or the next pipc_capture_next return -EINTR (async-signal-safe; from any thread). */
+PIPC_API int pipc_capture_breakloop(pipc_capture *cap);
+/* The descriptor pipc_capture_breakloop() writes to (an eventfd; poll it only). */
+PIPC_API int pipc_capture_fd(const pipc_capture *cap);
+/* Closes every interface. */
+PIPC_API void pipc_capture_close(pipc_capture *cap);
+
 #ifdef __cplusplus
 }
 #endif

@@ -561,10 +561,11 @@ static int fill_column(PyObject *src, Py_ssize_t n, int width, void *dst, const 
 
 static PyObject *batch_from_buffers(PyObject *cls, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"timestamps", "lengths", "data", "origlens", "linktype", NULL};
-    PyObject *ts, *lens, *data, *origlens = Py_None, *lt = Py_None;
+    static char *kwlist[] = {"timestamps", "lengths", "data", "origlens", "linktype", "linktypes", "ifindexes", NULL};
+    PyObject *ts, *lens, *data, *origlens = Py_None, *lt = Py_None, *lts = Py_None, *ifs = Py_None;
     unsigned int linktype;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO:from_buffers", kwlist, &ts, &lens, &data, &origlens, &lt) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO$OO:from_buffers", kwlist, &ts, &lens, &data, &origlens, &lt,
+                                     &lts, &ifs) ||
         linktype_from(lt, &linktype) < 0)
         return NULL;
     core_state *st = state_of_type((PyTypeObject *)cls);
@@ -612,6 +613,9 @@ static PyObject *batch_from_buffers(PyObject *cls, PyObject *args, PyObject *kw)
                      dv->len);
         goto fail;
     }
+    if ((lts != Py_None && fill_column(lts, n, 4, b->linktype, "linktypes") < 0) ||
+        (ifs != Py_None && fill_column(ifs, n, 4, b->ifindex, "ifindexes") < 0))
+        goto fail;
     b->data = dv->buf;
     b->nbytes = dv->len;
     return (PyObject *)b;
@@ -841,9 +845,11 @@ static PyMethodDef batch_methods[] = {
     {"__enter__", (PyCFunction)batch_enter, METH_NOARGS, "Returns self."},
     {"__exit__", (PyCFunction)batch_exit, METH_VARARGS, "Calls release()."},
     {"from_buffers", (PyCFunction)(void (*)(void))batch_from_buffers, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
-     "from_buffers(timestamps, lengths, data, origlens=None, linktype=None) -> PacketBatch\n\n"
+     "from_buffers(timestamps, lengths, data, origlens=None, linktype=None, *, linktypes=None, ifindexes=None) "
+     "-> PacketBatch\n\n"
      "Builds a batch over existing buffers: timestamps (uint64 ns), lengths (uint32 caplens) and data (the "
-     "payloads back to back). data is referenced, not copied (a bytearray cannot be resized meanwhile)."},
+     "payloads back to back). data is referenced, not copied (a bytearray cannot be resized meanwhile). "
+     "linktypes / ifindexes (uint32 per packet) override linktype and the ifindex 0."},
     {"from_packets", (PyCFunction)(void (*)(void))batch_from_packets, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
      "from_packets(packets, linktype=None) -> PacketBatch\n\nCopies packets (AsIpcPacket objects) into one batch; "
      "linktype is given to packets that carry none (None: the server's, at send time)."},

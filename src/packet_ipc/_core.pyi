@@ -45,7 +45,8 @@ class PacketBatch:
 
     @classmethod
     def from_buffers(
-        cls, timestamps: Buffer, lengths: Buffer, data: Buffer, origlens: Buffer | None = None, linktype: int | None = None
+        cls, timestamps: Buffer, lengths: Buffer, data: Buffer, origlens: Buffer | None = None, linktype: int | None = None,
+        *, linktypes: Buffer | None = None, ifindexes: Buffer | None = None,
     ) -> PacketBatch: ...
     @classmethod
     def from_packets(cls, packets: Sequence[Any], linktype: int | None = None) -> PacketBatch: ...

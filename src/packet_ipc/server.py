@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
@@ -116,6 +116,7 @@ class ServerStats:
     dropped_bytes: int
     lost_packets: int
     connections: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # sections added by Server.add_stats_source
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as a plain dict (JSON-friendly)."""
@@ -129,6 +130,7 @@ class ServerStats:
             "dropped_bytes": self.dropped_bytes,
             "lost_packets": self.lost_packets,
             "connections": self.connections,
+            **self.extra,
         }
 
 
@@ -272,6 +274,7 @@ class Server:
         self._lost_at_close = 0
         self._all: list[Connection] = []  # every accepted connection, by acceptance index (as C counts them)
         self._stats_sock: socket.socket | None = None
+        self._stats_sources: dict[str, Callable[[], Any]] = {}
         if stats_socket:
             self._start_stats()
 
@@ -380,8 +383,18 @@ class Server:
             d = st.as_dict()
             d.update(index=conn.index, peer_pid=conn.peer_pid, overflow=conn.overflow, live=conn.index in live)
             per.append(d)
+        extra = {key: source() for key, source in list(self._stats_sources.items())}
         lost = self._s.stats()["lost_packets"] if not self._s.closed else self._lost_at_close
-        return ServerStats(self.name, self.distribution, len(live), totals[0], totals[1], totals[2], totals[3], lost, per)
+        return ServerStats(
+            self.name, self.distribution, len(live), totals[0], totals[1], totals[2], totals[3], lost, per, extra
+        )
+
+    def add_stats_source(self, key: str, source: Callable[[], Any]) -> None:
+        """Adds a section ``key`` to :meth:`stats` (and ``packet-ipc stats NAME``): ``source()``'s JSON-friendly
+        result, called on every query, possibly from the statistics thread (e.g. a live capture's counters)."""
+        if key in ServerStats.__dataclass_fields__:
+            raise ValueError(f"{key!r} is a field of ServerStats already")
+        self._stats_sources[key] = source
 
     def _serve_stats(self) -> None:
         """Answers `packet-ipc stats` queries: one JSON document per connection to NAME.stats."""
