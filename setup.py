@@ -56,6 +56,8 @@ class BuildExt(build_ext):
         return [] if ext.name == LIBNAME else super().get_export_symbols(ext)
 
     def build_extension(self, ext: Extension) -> None:
+        if ext.name != LIBNAME:  # the binding links the library built just before it (csrc/ compiled once)
+            ext.library_dirs = [os.path.dirname(self.get_ext_fullpath(LIBNAME))]
         super().build_extension(ext)
         if ext.name == LIBNAME:
             # Programs linked with -lpacketipc record the soname (libpacketipc.so.1) and load that name at
@@ -65,25 +67,21 @@ class BuildExt(build_ext):
 
 
 class BuildPy(build_py):
-    """Ships the public header inside the package (packet_ipc/include/packet_ipc.h)."""
+    """Ships the public headers inside the package (packet_ipc/include/packet_ipc.h and packet_ipc_ext.h)."""
 
     def run(self) -> None:
         super().run()
         dst = Path(self.build_lib) / "packet_ipc" / "include"
         dst.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / "include" / "packet_ipc.h", dst / "packet_ipc.h")
+        for header in ("packet_ipc.h", "packet_ipc_ext.h"):
+            shutil.copy2(ROOT / "include" / header, dst / header)
 
 
 setup(
     version=VERSION,
     ext_modules=[
-        Extension(
-            "packet_ipc._core",
-            sources=CORE + ["src/packet_ipc/_core.c"],
-            include_dirs=["include", "csrc"],
-            extra_compile_args=CFLAGS,
-            extra_link_args=LDFLAGS,
-        ),
+        # First the C library (what C programs link), then the binding over it: csrc/ is compiled once, and
+        # Python, C programs and the ctypes users of the library in one process share one copy of its state.
         Extension(
             LIBNAME,
             sources=CORE,
@@ -91,6 +89,15 @@ setup(
             define_macros=[("PIPC_BUILD_SHARED", "1")],
             extra_compile_args=CFLAGS,
             extra_link_args=LDFLAGS + [f"-Wl,-soname,{SONAME}"],
+        ),
+        Extension(
+            "packet_ipc._core",
+            sources=["src/packet_ipc/_core.c"],
+            include_dirs=["include"],  # public headers only: the binding is a client of the C ABI
+            libraries=["packetipc"],
+            extra_compile_args=CFLAGS,
+            # finds lib/libpacketipc.so.N (the soname copy) beside the module, wherever the package is installed
+            extra_link_args=LDFLAGS + ["-Wl,-rpath,$ORIGIN/lib"],
         ),
     ],
     cmdclass={"build_ext": BuildExt, "build_py": BuildPy},

@@ -95,6 +95,7 @@ static void load_stats(const struct pipc_stats *from, struct pipc_stats *to)
 }
 
 int pipc_abi_version(void) { return PACKET_IPC_ABI_VERSION; }
+int pipc_wire_version(void) { return PIPC_WIRE_VERSION; }
 
 const char *pipc_version(void) { return PACKET_IPC_VERSION; }
 
@@ -656,9 +657,18 @@ void pipc_conn_shutdown(pipc_conn *c)
         pipc_wake(c->ev_space); /* our own sleeper waits on it for space */
 }
 
+void pipc_conn_info(const pipc_conn *c, struct pipc_conn_info *info)
+{
+    struct pipc_conn_info i = {.struct_bytes = sizeof(i), .peer_pid = c->peer_pid, .overflow = c->overflow,
+                               .ended = __atomic_load_n(&c->ended, __ATOMIC_RELAXED), .index = c->index};
+    size_t n = info->struct_bytes < sizeof(i) ? info->struct_bytes : sizeof(i);
+    memcpy(info, &i, n);
+    info->struct_bytes = n;
+}
+
 int pipc_conn_alive(pipc_conn *c)
 {
-    if (sticky_error(&c->error) == -ECONNRESET || c->sock < 0)
+    if (sticky_error(&c->error) == -ECONNRESET || __atomic_load_n(&c->closed, __ATOMIC_ACQUIRE) || c->sock < 0)
         return 0;
     if (pipc_peer_gone(c->sock)) {
         set_sticky_error(&c->error, -ECONNRESET);
@@ -700,18 +710,31 @@ void pipc_conn_finish_wait(pipc_conn *c)
     }
 }
 
+/* The ring and the fds (idempotent). Under the connection's lock when others may still reach it. */
+static void conn_release_resources(pipc_conn *c)
+{
+    pipc_ring_destroy(&c->ring);
+    close_fd(&c->sock);
+    close_fd(&c->memfd);
+    close_fd(&c->ev_data);
+    close_fd(&c->ev_space);
+}
+
 void pipc_conn_close(pipc_conn *c)
 {
     if (!c)
         return;
+    /* A send waiting for space on it (a server-level send, say) gives up at once rather than hold us. */
+    pipc_conn_shutdown(c);
+    lock_call(&c->lock, UINT64_MAX, "connection");
     /* A close without send(None) still ends the stream cleanly: the client drains, then sees the end. A
      * forked child's copy must not end its parent's stream. */
-    lock_call(&c->lock, UINT64_MAX, "connection");
     if (c->ring.hdr && !sticky_error(&c->error) && !c->ended && c->generation == current_generation() &&
         pipc_ring_set_state(&c->ring, PIPC_STATE_END) && c->ev_data >= 0)
         pipc_wake(c->ev_data);
     c->ended = 1;
     __atomic_store_n(&c->closed, 1, __ATOMIC_RELEASE); /* the server drops it from its workers */
+    conn_release_resources(c); /* now, even while the server still holds the object */
     pthread_mutex_unlock(&c->lock);
     pipc_conn_unref(c);
 }
@@ -721,23 +744,46 @@ void pipc_conn_unref(pipc_conn *c)
 {
     if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) > 0)
         return;
-    pipc_ring_destroy(&c->ring);
-    close_fd(&c->sock);
-    close_fd(&c->memfd);
-    close_fd(&c->ev_data);
-    close_fd(&c->ev_space);
+    conn_release_resources(c);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }
 
 /* ---------------- client (consumer) ---------------- */
 
+static int client_connect(const char *name, int timeout_ms, uint32_t flags, pipc_client **out);
+
 int pipc_client_connect(const char *name, int timeout_ms, pipc_client **out)
 {
-    return pipc_client_connect_flags(name, timeout_ms, 0, out);
+    return client_connect(name, timeout_ms, 0, out);
 }
 
-int pipc_client_connect_flags(const char *name, int timeout_ms, uint32_t flags, pipc_client **out)
+int pipc_client_connect_with(const char *name, int timeout_ms, const struct pipc_client_options *options,
+                             pipc_client **out)
+{
+    struct pipc_client_options o = {.struct_bytes = sizeof(o), .use_server_overflow = 1};
+    if (options) {
+        size_t n = options->struct_bytes < sizeof(o) ? options->struct_bytes : sizeof(o);
+        if (n < sizeof(size_t))
+            return -EINVAL;
+        memcpy(&o, options, n);
+    }
+    uint32_t flags = 0; /* the HELLO says which policy this client wants (the server's when it says none) */
+    if (!o.use_server_overflow && o.overflow == PIPC_OVERFLOW_DROP)
+        flags = PIPC_HELLO_WANT_DROP;
+    else if (!o.use_server_overflow && o.overflow == PIPC_OVERFLOW_BLOCK)
+        flags = PIPC_HELLO_WANT_BLOCK;
+    else if (!o.use_server_overflow && o.overflow != -1) {
+        pipc_set_error("overflow must be PIPC_OVERFLOW_BLOCK, PIPC_OVERFLOW_DROP or -1, not %d", o.overflow);
+        return -EINVAL;
+    }
+    int err = client_connect(name, timeout_ms, flags, out);
+    if (!err)
+        (*out)->busy_poll = o.busy_poll != 0;
+    return err;
+}
+
+static int client_connect(const char *name, int timeout_ms, uint32_t flags, pipc_client **out)
 {
     struct sockaddr_un addr;
     socklen_t len;
@@ -881,7 +927,7 @@ static int client_idle_state(pipc_client *c)
 static long client_take_locked(pipc_client *c, struct pipc_packet *pk, size_t max, uint64_t deadline,
                                int busy_poll);
 
-long pipc_client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int timeout_ms, int busy_poll)
+static long client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int timeout_ms, int busy_poll)
 {
     int err = sticky_error(&c->error);
     if (err)
@@ -986,10 +1032,10 @@ int pipc_client_receive(pipc_client *c, struct pipc_packet *pk, size_t max, int 
 {
     if (max > (size_t)0x7fffffff)
         max = 0x7fffffff;
-    return (int)pipc_client_take(c, pk, max, timeout_ms, 0);
+    return (int)client_take(c, pk, max, timeout_ms, c->busy_poll);
 }
 
-int pipc_client_release_ids(pipc_client *c, uint64_t first, uint64_t n)
+int pipc_client_release_range(pipc_client *c, uint64_t first, uint64_t n)
 {
     if (c->generation != current_generation()) /* a forked copy: the ring belongs to the parent */
         return -EINVAL;

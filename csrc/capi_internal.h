@@ -1,6 +1,6 @@
 /*
- * capi_internal.h - the objects behind the public ABI, and the few extra entry points the Python binding
- * uses (taking with busy polling, releasing by id range, arming waits for an event loop). Not installed.
+ * capi_internal.h - the objects behind the public ABI (include/packet_ipc.h), shared by capi.c and
+ * distribute.c. Not installed: programs, the Python binding included, see only the public headers.
  */
 #ifndef PIPC_CAPI_INTERNAL_H
 #define PIPC_CAPI_INTERNAL_H
@@ -10,7 +10,7 @@
 #include <pthread.h>
 #include <sys/types.h>
 
-#include "flowhash.h"
+#include "packet_ipc_ext.h"
 #include "packet_ipc.h"
 #include "ring.h"
 
@@ -28,6 +28,8 @@ struct pipc_distributor {
     uint32_t accepted;        /* connections accepted so far: the next one's index */
     uint16_t table[PIPC_FLOW_BUCKETS]; /* bucket -> position in workers[] */
     struct pipc_frag_table frags;      /* where each datagram's later fragments go */
+    uint64_t ring_bytes;      /* payload bytes of every worker's ring, and the snaplen (for the size checks) */
+    uint32_t snaplen;
     uint64_t rr;              /* round robin: next worker */
     uint64_t lost_packets;    /* left unread in the rings of workers that died (atomic) */
     uint64_t last_check_ns;
@@ -85,23 +87,11 @@ struct pipc_client {
     int error; /* sticky: -EPROTO, or -EPIPE once disconnected */
     int peer_gone;
     int armed; /* pipc_client_prepare_wait() left the wake-up armed; the next take disarms it */
+    int busy_poll; /* struct pipc_client_options.busy_poll */
     unsigned generation;
     uint64_t spin_ns;
     struct pipc_stats stats;
 };
-
-int pipc_server_allow_peer(pipc_server *server, int64_t uid, int64_t gid);
-int pipc_client_connect_flags(const char *name, int timeout_ms, uint32_t flags, pipc_client **out);
-long pipc_client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int timeout_ms, int busy_poll);
-int pipc_client_release_ids(pipc_client *c, uint64_t first, uint64_t n);
-int pipc_client_socket(const pipc_client *c);
-int pipc_client_ring_fd(const pipc_client *c);
-void pipc_client_finish_wait(pipc_client *c);
-void pipc_client_disconnect(pipc_client *c);
-int pipc_conn_fd(const pipc_conn *c);
-int pipc_conn_socket(const pipc_conn *c);
-int pipc_conn_prepare_wait(pipc_conn *c, uint64_t need_bytes);
-void pipc_conn_finish_wait(pipc_conn *c);
 
 /* capi.c, for distribute.c: an object's lock, waiting until deadline (pipc_deadline; "now": only try) */
 int pipc_lock_until(pthread_mutex_t *m, uint64_t deadline, const char *what);

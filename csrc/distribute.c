@@ -106,6 +106,8 @@ int pipc_dist_join(struct pipc_distributor *d, pipc_conn *conn)
     if (!err) {
         __atomic_add_fetch(&conn->refs, 1, __ATOMIC_RELAXED); /* the server's reference */
         pthread_mutex_lock(&d->set_lock);
+        d->ring_bytes = conn->ring.payload_bytes; /* the same for every ring of a server */
+        d->snaplen = conn->snaplen;
         conn->index = d->accepted++;
         d->workers[d->n_workers++] = conn;
         pthread_mutex_unlock(&d->set_lock);
@@ -121,7 +123,9 @@ static void leave(struct pipc_distributor *d, size_t position, int dead)
     pipc_conn *c = d->workers[position];
     if (dead) {
         struct pipc_stats st;
+        pthread_mutex_lock(&c->lock); /* its caller may be closing it (unmapping the ring) meanwhile */
         pipc_conn_stats(c, &st);
+        pthread_mutex_unlock(&c->lock);
         __atomic_add_fetch(&d->lost_packets, st.ring_used_slots, __ATOMIC_RELAXED);
     }
     pthread_mutex_lock(&d->set_lock);
@@ -137,7 +141,11 @@ static int worker_state(pipc_conn *c)
 {
     if (__atomic_load_n(&c->closed, __ATOMIC_ACQUIRE))
         return 2;
-    return pipc_conn_alive(c) ? 0 : 1;
+    if (pthread_mutex_trylock(&c->lock) != 0)
+        return 0; /* its caller is sending on it right now: looked at again next time */
+    int state = __atomic_load_n(&c->closed, __ATOMIC_ACQUIRE) ? 2 : pipc_conn_alive(c) ? 0 : 1;
+    pthread_mutex_unlock(&c->lock);
+    return state;
 }
 
 static int check_workers(struct pipc_distributor *d)
@@ -213,8 +221,7 @@ static int send_part(struct pipc_distributor *d, size_t w, const struct pipc_pac
 /* Every packet must fit a ring: checked once for all workers (they share the server's ring size). */
 static int check_sizes(struct pipc_distributor *d, const struct pipc_packet *pk, size_t n)
 {
-    const pipc_conn *c = d->workers[0];
-    uint64_t half = c->ring.payload_bytes / 2, limit = half < c->snaplen ? half : c->snaplen;
+    uint64_t half = d->ring_bytes / 2, limit = half < d->snaplen ? half : d->snaplen;
     for (size_t i = 0; i < n; i++) {
         if (pk[i].linktype > 0xffff && pk[i].linktype != PIPC_LINKTYPE_DEFAULT) {
             pipc_set_error("packet %zu has linktype %u; linktypes are 16-bit values", i, pk[i].linktype);
@@ -222,7 +229,7 @@ static int check_sizes(struct pipc_distributor *d, const struct pipc_packet *pk,
         }
         if (pk[i].caplen > limit) {
             pipc_set_error("packet %zu has %u bytes, more than the %s (%llu bytes)", i, pk[i].caplen,
-                           half < c->snaplen ? "ring holds (half its capacity)" : "snaplen", (unsigned long long)limit);
+                           half < d->snaplen ? "ring holds (half its capacity)" : "snaplen", (unsigned long long)limit);
             return -EMSGSIZE;
         }
     }

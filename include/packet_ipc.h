@@ -97,6 +97,25 @@ struct pipc_server_options {
     int distribution;        /* PIPC_DISTRIBUTION_* for pipc_server_send (0: flow) */
 };
 
+/* Options of a client (pipc_client_connect_with). Zero fields take defaults. */
+struct pipc_client_options {
+    size_t struct_bytes; /* sizeof(struct pipc_client_options): set it, for compatible growth */
+    int overflow;        /* what the server does when this client's ring is full: PIPC_OVERFLOW_BLOCK or
+                            PIPC_OVERFLOW_DROP, chosen by the client; -1 (or 0 with use_server_overflow): the
+                            server's policy */
+    int use_server_overflow; /* 1: ignore overflow, take the server's policy */
+    int busy_poll;       /* 1: receives spin on the ring instead of sleeping (one core per client, lowest latency) */
+};
+
+/* One accepted connection, as the server sees it (pipc_conn_info). */
+struct pipc_conn_info {
+    size_t struct_bytes; /* sizeof(struct pipc_conn_info): set it, for compatible growth */
+    int64_t peer_pid;    /* the client's process id (SO_PEERCRED at accept) */
+    int overflow;        /* PIPC_OVERFLOW_BLOCK or PIPC_OVERFLOW_DROP (the client may have chosen it) */
+    int ended;           /* 1 once the stream was ended or aborted */
+    uint32_t index;      /* order of acceptance on its server (0, 1, ...) */
+};
+
 /* Counters of a server's distribution (pipc_server_stats). */
 struct pipc_server_stats {
     size_t struct_bytes;        /* sizeof(struct pipc_server_stats): set it, for compatible growth */
@@ -113,6 +132,9 @@ typedef struct pipc_client pipc_client;
 
 /* Library's ABI version (PACKET_IPC_ABI_VERSION it was built with). */
 PIPC_API int pipc_abi_version(void);
+/* Version of the shared-memory layout and handshake this library speaks (docs/wire-format.md); a client and a
+ * server of different wire versions refuse each other with -EPROTO. */
+PIPC_API int pipc_wire_version(void);
 /* Library's release (the PACKET_IPC_VERSION string it was built with, e.g. "0.1.0"); static, never NULL. */
 PIPC_API const char *pipc_version(void);
 /* A static, readable description of an error code returned by this library (negative) or of an errno. */
@@ -130,6 +152,9 @@ PIPC_API int pipc_server_create(const char *name, const struct pipc_server_optio
 PIPC_API const char *pipc_server_name(const pipc_server *server);
 /* The listening socket: readable when a client is waiting to be accepted (for poll/epoll). */
 PIPC_API int pipc_server_fd(const pipc_server *server);
+/* Lets clients of this uid (uid >= 0) or of this gid (gid >= 0) connect too (besides this process's uid and
+ * root); pass -1 for the other. At most 16 of each (-ENOSPC). Opens the socket's mode to other uids. */
+PIPC_API int pipc_server_allow_peer(pipc_server *server, int64_t uid, int64_t gid);
 /* Waits up to timeout_ms for one client and performs the handshake. Errors about one client (-EPROTO,
  * -EACCES, ...) leave the server usable: call again. The connection is also one of the server's workers
  * (see pipc_server_send); close it with pipc_conn_close whether or not the server is still open. */
@@ -185,6 +210,16 @@ PIPC_API int pipc_conn_abort(pipc_conn *conn);
 PIPC_API void pipc_conn_stats(const pipc_conn *conn, struct pipc_stats *stats);
 /* 1 while the client is connected, 0 once it has gone (does not block). */
 PIPC_API int pipc_conn_alive(pipc_conn *conn);
+/* Who and what this connection is (info->struct_bytes must be set). */
+PIPC_API void pipc_conn_info(const pipc_conn *conn, struct pipc_conn_info *info);
+/* For an event loop that waits for ring space itself (a send with timeout 0 returned -ETIMEDOUT):
+ * pipc_conn_prepare_wait(conn, bytes the next packet needs) arms the wake-up and returns 1 if the caller may
+ * sleep (0: space appeared meanwhile: send now). Then poll pipc_conn_fd (readable when the client freed space)
+ * and pipc_conn_socket (readable when the client has gone), and call pipc_conn_finish_wait before sending. */
+PIPC_API int pipc_conn_prepare_wait(pipc_conn *conn, uint64_t need_bytes);
+PIPC_API void pipc_conn_finish_wait(pipc_conn *conn);
+PIPC_API int pipc_conn_fd(const pipc_conn *conn);
+PIPC_API int pipc_conn_socket(const pipc_conn *conn);
 /* Wakes a thread blocked in pipc_conn_send (it returns what it wrote, or -EPIPE) and makes later sends fail
  * with -EPIPE. Any thread. The connection must still be closed with pipc_conn_close. */
 PIPC_API void pipc_conn_shutdown(pipc_conn *conn);
@@ -195,6 +230,9 @@ PIPC_API void pipc_conn_close(pipc_conn *conn);
 
 /* Connects to the server named name, waiting up to timeout_ms for it to accept. */
 PIPC_API int pipc_client_connect(const char *name, int timeout_ms, pipc_client **out);
+/* As pipc_client_connect, with options (NULL: defaults, as pipc_client_connect). */
+PIPC_API int pipc_client_connect_with(const char *name, int timeout_ms, const struct pipc_client_options *options,
+                                      pipc_client **out);
 /* Receives up to max packets with no copy. Returns n > 0; 0 at end of stream once everything was drained;
  * -ETIMEDOUT if nothing arrived in time; -ECONNRESET when the server vanished and everything committed
  * was drained; -EPROTO if the ring is corrupt (the connection is then unusable). Received packets stay
@@ -202,6 +240,9 @@ PIPC_API int pipc_client_connect(const char *name, int timeout_ms, pipc_client *
 PIPC_API int pipc_client_receive(pipc_client *client, struct pipc_packet *packets, size_t max, int timeout_ms);
 /* Returns received packets' ring space. Any order; each packet exactly once. */
 PIPC_API void pipc_client_release(pipc_client *client, const struct pipc_packet *packets, size_t n);
+/* Releases n packets by id: first_id, first_id + 1, ... (the packets of one receive have consecutive ids, in
+ * order). -EINVAL if any of them was not received or was released already (then nothing is released). */
+PIPC_API int pipc_client_release_range(pipc_client *client, uint64_t first_id, uint64_t n);
 /* An fd that is readable when packets may be available or the server has gone (for poll/epoll; level
  * triggered; only poll it, never read it). Protocol: pipc_client_prepare_wait(); if it returned 1, poll this
  * fd; then pipc_client_receive with timeout 0 (it may still return -ETIMEDOUT: a spurious wake-up). Valid
@@ -211,6 +252,12 @@ PIPC_API int pipc_client_fd(const pipc_client *client);
  * packets, end of stream or the server's death are already there (receive now). Does not block. The next
  * pipc_client_receive disarms it. */
 PIPC_API int pipc_client_prepare_wait(pipc_client *client);
+/* Disarms the wake-up armed by pipc_client_prepare_wait (after the poll, whatever woke it) and drains the
+ * eventfd; the next receive does it too. */
+PIPC_API void pipc_client_finish_wait(pipc_client *client);
+/* The control socket (readable, or hung up, when the server has gone) and the ring's memfd (diagnostics). */
+PIPC_API int pipc_client_socket(const pipc_client *client);
+PIPC_API int pipc_client_ring_fd(const pipc_client *client);
 /* The server's default linktype and snaplen. */
 PIPC_API uint32_t pipc_client_linktype(const pipc_client *client);
 PIPC_API uint32_t pipc_client_snaplen(const pipc_client *client);
@@ -219,6 +266,9 @@ PIPC_API void pipc_client_stats(const pipc_client *client, struct pipc_stats *st
 /* Wakes a thread blocked in pipc_client_receive (it returns -EPIPE) and makes later receives fail so. Any
  * thread. The client must still be closed with pipc_client_close. */
 PIPC_API void pipc_client_shutdown(pipc_client *client);
+/* Disconnects from the server now (receives then fail with -EPIPE) but keeps the ring mapped, so received and
+ * unreleased packets stay valid until pipc_client_close. */
+PIPC_API void pipc_client_disconnect(pipc_client *client);
 /* Closes the connection. Unreleased packets become invalid. */
 PIPC_API void pipc_client_close(pipc_client *client);
 

@@ -15,11 +15,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "capi_internal.h"
-#include "flowhash.h"
-#include "handshake.h"
-#include "pcap.h"
-#include "packet_ipc.h"
+#include "packet_ipc.h" /* the public C ABI: the binding uses nothing else */
+#include "packet_ipc_ext.h"
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* module state and errors */
@@ -155,6 +152,7 @@ typedef struct {
     pipc_client *c;
     int busy_poll;
     int users, close_pending;
+    int disconnected; /* close() disconnected it (the mapping stays for the views still alive) */
     int scratch_busy; /* a call is filling or reading scratch; a concurrent call uses a buffer of its own */
     struct pipc_packet *scratch;
     size_t scratch_len;
@@ -165,7 +163,7 @@ static void lease_dealloc(LeaseObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     ClientObject *cl = (ClientObject *)self->client;
     if (cl && cl->c && self->n)
-        pipc_client_release_ids(cl->c, self->first, self->n);
+        pipc_client_release_range(cl->c, self->first, self->n);
     Py_XDECREF(self->client);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
@@ -1011,8 +1009,10 @@ static PyObject *server_accept(ServerObject *self, PyObject *args)
         pipc_conn_close(c);
         return NULL;
     }
+    struct pipc_conn_info info = {.struct_bytes = sizeof(info)};
+    pipc_conn_info(c, &info);
     co->c = c;
-    co->overflow = c->overflow;
+    co->overflow = info.overflow;
     return (PyObject *)co;
 }
 
@@ -1532,8 +1532,12 @@ static PyObject *conn_get_info(ConnectionObject *self, void *c)
     (void)c;
     if (!conn_open(self))
         return NULL;
-    return Py_BuildValue("(iiiKK)", (int)self->c->peer_pid, self->overflow, self->c->ended,
-                         (unsigned long long)self->c->ring.payload_bytes, (unsigned long long)self->c->ring.slot_count);
+    struct pipc_conn_info info = {.struct_bytes = sizeof(info)};
+    struct pipc_stats st;
+    pipc_conn_info(self->c, &info);
+    pipc_conn_stats(self->c, &st);
+    return Py_BuildValue("(iiiKK)", (int)info.peer_pid, info.overflow, info.ended, (unsigned long long)st.ring_bytes,
+                         (unsigned long long)st.ring_slots);
 }
 
 static PyObject *conn_get_closed(ConnectionObject *self, void *c)
@@ -1578,16 +1582,15 @@ static PyObject *client_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "s|Opi:Client", kwlist, &name, &t, &busy, &overflow) ||
         timeout_ms_from(t, &ms) < 0)
         return NULL;
-    uint32_t flags = overflow == PIPC_OVERFLOW_DROP ? PIPC_HELLO_WANT_DROP
-                     : overflow == PIPC_OVERFLOW_BLOCK ? PIPC_HELLO_WANT_BLOCK
-                                                        : 0;
+    struct pipc_client_options o = {.struct_bytes = sizeof(o), .overflow = overflow, .busy_poll = busy};
+    o.use_server_overflow = overflow != PIPC_OVERFLOW_BLOCK && overflow != PIPC_OVERFLOW_DROP;
     core_state *st = state_of_type(tp);
     uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
     pipc_client *c;
     int r;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        r = pipc_client_connect_flags(name, remaining(deadline), flags, &c);
+        r = pipc_client_connect_with(name, remaining(deadline), &o, &c);
         Py_END_ALLOW_THREADS
         if (r != -EINTR)
             break;
@@ -1618,8 +1621,10 @@ static void client_dealloc(ClientObject *self)
 
 static void client_leave(ClientObject *self)
 {
-    if (--self->users == 0 && self->close_pending && self->c)
+    if (--self->users == 0 && self->close_pending && self->c) {
         pipc_client_disconnect(self->c); /* the mapping stays until the last view is gone (dealloc) */
+        self->disconnected = 1;
+    }
 }
 
 /* Where one receive puts its descriptors: the client's scratch array, or (while another thread's receive is
@@ -1646,7 +1651,7 @@ static long client_take(ClientObject *self, Py_ssize_t max, int ms, take_buffer 
         PyErr_SetString(PyExc_ValueError, "max_packets must be >= 1");
         return -1;
     }
-    if (self->close_pending || self->c->error == -EPIPE) {
+    if (self->close_pending || self->disconnected) {
         PyErr_SetString(st->ClosedError, "client is closed");
         return -1;
     }
@@ -1669,16 +1674,17 @@ static long client_take(ClientObject *self, Py_ssize_t max, int ms, take_buffer 
         self->scratch_busy = 1;
     pipc_client *c = self->c;
     /* Fast path with the GIL held: no system call while packets are waiting. */
-    long r = pipc_client_take(c, b->pk, (size_t)max, 0, 0);
+    size_t take_max = (size_t)max < INT_MAX ? (size_t)max : INT_MAX;
+    long r = pipc_client_receive(c, b->pk, take_max, 0);
     if (r == -ETIMEDOUT && ms != 0) {
         uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
         self->users++;
         for (;;) {
-            int left = remaining(deadline), busy = self->busy_poll;
+            int left = remaining(deadline);
             if (left < 0 || left > WAIT_SLICE_MS)
                 left = WAIT_SLICE_MS; /* come back for signals even while another thread holds the client */
             Py_BEGIN_ALLOW_THREADS
-            r = pipc_client_take(c, b->pk, (size_t)max, left, busy);
+            r = pipc_client_receive(c, b->pk, take_max, left);
             Py_END_ALLOW_THREADS
             if (r != -EINTR && !(r == -ETIMEDOUT && remaining(deadline) != 0))
                 break;
@@ -1707,7 +1713,7 @@ static LeaseObject *make_lease(core_state *st, ClientObject *self, const struct 
 {
     LeaseObject *l = PyObject_New(LeaseObject, st->LeaseType);
     if (!l) {
-        pipc_client_release_ids(self->c, pk[0].id, (uint64_t)n);
+        pipc_client_release_range(self->c, pk[0].id, (uint64_t)n);
         return NULL;
     }
     Py_INCREF(self);
@@ -1801,8 +1807,10 @@ static PyObject *client_close(ClientObject *self, PyObject *unused)
         Py_RETURN_NONE;
     }
     /* Disconnect now; the mapping lives until the last received view is gone (then dealloc unmaps). */
-    if (self->c)
+    if (self->c) {
         pipc_client_disconnect(self->c);
+        self->disconnected = 1;
+    }
     Py_RETURN_NONE;
 }
 
@@ -1836,14 +1844,16 @@ static PyObject *client_finish_wait(ClientObject *self, PyObject *unused)
 static PyObject *client_get_info(ClientObject *self, void *c)
 {
     (void)c;
+    struct pipc_stats st;
+    pipc_client_stats(self->c, &st);
     return Py_BuildValue("(IIKK)", pipc_client_linktype(self->c), pipc_client_snaplen(self->c),
-                         (unsigned long long)self->c->ring.payload_bytes, (unsigned long long)self->c->ring.slot_count);
+                         (unsigned long long)st.ring_bytes, (unsigned long long)st.ring_slots);
 }
 
 static PyObject *client_get_closed(ClientObject *self, void *c)
 {
     (void)c;
-    return PyBool_FromLong(self->c->error == -EPIPE || self->close_pending);
+    return PyBool_FromLong(self->disconnected || self->close_pending);
 }
 
 static PyMethodDef client_methods[] = {
@@ -2136,7 +2146,7 @@ static int core_exec(PyObject *m)
         add_type(m, &client_spec, &st->ClientType, "Client") < 0)
         return -1;
     if (PyModule_AddIntConstant(m, "ABI_VERSION", PACKET_IPC_ABI_VERSION) < 0 ||
-        PyModule_AddIntConstant(m, "WIRE_VERSION", PIPC_WIRE_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "WIRE_VERSION", pipc_wire_version()) < 0 ||
         PyModule_AddIntConstant(m, "OVERFLOW_BLOCK", PIPC_OVERFLOW_BLOCK) < 0 ||
         PyModule_AddIntConstant(m, "DISTRIBUTION_FLOW", PIPC_DISTRIBUTION_FLOW) < 0 ||
         PyModule_AddIntConstant(m, "DISTRIBUTION_ROUND_ROBIN", PIPC_DISTRIBUTION_ROUND_ROBIN) < 0 ||
