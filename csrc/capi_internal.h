@@ -93,6 +93,32 @@ struct pipc_client {
     struct pipc_stats stats;
 };
 
+#define SPIN_NS 20000ULL            /* spin at most this long before sleeping on the eventfd */
+#define SPIN_PAUSE_NS 2000ULL       /* of which the first part with pause only, then yielding between looks */
+#define ALIVE_CHECK_NS 10000000ULL  /* how often a never-blocking (drop) sender checks for a dead client */
+
+/* capi.c: fork detection (a forked child's copies must not end or release its parent's rings), fds */
+unsigned pipc_fork_generation(void);
+void pipc_close_fd(int *fd);
+
+/* Atomics on process-local fields that another thread may read (counters, flags, sticky errors). */
+static inline int is_closing(const int *closing) { return __atomic_load_n(closing, __ATOMIC_ACQUIRE); }
+static inline void set_closing(int *closing) { __atomic_store_n(closing, 1, __ATOMIC_RELEASE); }
+/* Counters: written by the thread holding the object's lock, read by *_stats from any thread. */
+static inline void count(uint64_t *counter, uint64_t v) { __atomic_fetch_add(counter, v, __ATOMIC_RELAXED); }
+static inline uint64_t counted(const uint64_t *counter) { return __atomic_load_n(counter, __ATOMIC_RELAXED); }
+static inline int sticky_error(const int *error) { return __atomic_load_n(error, __ATOMIC_RELAXED); }
+static inline void set_sticky_error(int *error, int err) { __atomic_store_n(error, err, __ATOMIC_RELAXED); }
+
+static inline void load_stats(const struct pipc_stats *from, struct pipc_stats *to)
+{
+    to->packets = counted(&from->packets);
+    to->bytes = counted(&from->bytes);
+    to->dropped_packets = counted(&from->dropped_packets);
+    to->dropped_bytes = counted(&from->dropped_bytes);
+    to->blocked_ns = counted(&from->blocked_ns);
+}
+
 /* capi.c, for distribute.c: an object's lock, waiting until deadline (pipc_deadline; "now": only try) */
 int pipc_lock_until(pthread_mutex_t *m, uint64_t deadline, const char *what);
 /* capi.c, for distribute.c: a send up to a deadline that reports how many packets it wrote (even on error) */

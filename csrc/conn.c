@@ -1,0 +1,317 @@
+/*
+ * conn.c - the server's side of one client: writing packets into its ring, waiting for space (spin, then
+ * the eventfd), overflow policies, end of stream and abort, and the connection's life (shared by its caller
+ * and, while it is a worker, its server).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "atomics.h"
+#include "capi_internal.h"
+#include "handshake.h"
+#include "packet_ipc.h"
+#include "ring.h"
+#include "wait.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+static int conn_fail(pipc_conn *c, int err)
+{
+    if (err == -EPROTO || err == -ECONNRESET)
+        set_sticky_error(&c->error, err);
+    if (err == -EPROTO)
+        pipc_set_error("client corrupted the ring's consumer positions");
+    else if (err == -ECONNRESET)
+        pipc_set_error("client has gone");
+    return err;
+}
+
+/* Waits until need_slots/need_bytes are free. 0, or -ETIMEDOUT/-EINTR/-ECONNRESET/-EPROTO. */
+static int conn_wait_space(pipc_conn *c, uint64_t need_slots, uint64_t need_bytes, uint64_t deadline)
+{
+    uint64_t start = pipc_now_ns(), fs, fb;
+    int err, r;
+    for (unsigned k = 0;; k++) {
+        if ((err = pipc_ring_space(&c->ring, &fs, &fb)) < 0)
+            return err;
+        if (fs >= need_slots && fb >= need_bytes)
+            goto done;
+        pipc_cpu_relax();
+        if ((k & 63) == 63) {
+            uint64_t now = pipc_now_ns();
+            if (now - start > SPIN_NS || now >= deadline || is_closing(&c->closing))
+                break;
+        }
+    }
+    if (pipc_now_ns() >= deadline) { /* timeout 0: never sleep */
+        r = -ETIMEDOUT;
+        goto out;
+    }
+    for (;;) {
+        int sleep = pipc_ring_producer_arm(&c->ring, need_slots, need_bytes);
+        r = sleep ? pipc_wait(c->ev_space, c->sock, deadline) : PIPC_WAIT_EVENT;
+        pipc_ring_producer_disarm(&c->ring);
+        if (is_closing(&c->closing)) {
+            pipc_set_error("connection closed by another thread");
+            r = -EPIPE;
+            goto out;
+        }
+        if (r == PIPC_WAIT_PEER) {
+            r = pipc_peer_gone(c->sock) ? -ECONNRESET : -EPROTO;
+            goto out;
+        }
+        if (r < 0)
+            goto out;
+        if ((err = pipc_ring_space(&c->ring, &fs, &fb)) < 0)
+            return err;
+        if (fs >= need_slots && fb >= need_bytes)
+            goto done;
+        if (pipc_now_ns() >= deadline) {
+            r = -ETIMEDOUT;
+            goto out;
+        }
+    }
+done:
+    count(&c->stats.blocked_ns, pipc_now_ns() - start);
+    return 0;
+out:
+    count(&c->stats.blocked_ns, pipc_now_ns() - start);
+    return r;
+}
+
+static int conn_check(pipc_conn *c)
+{
+    int err = sticky_error(&c->error);
+    if (err)
+        return err;
+    if (is_closing(&c->closing)) {
+        pipc_set_error("connection closed by another thread");
+        return -EPIPE;
+    }
+    if (c->ended) {
+        pipc_set_error("send after end of stream");
+        return -EPIPE;
+    }
+    return 0;
+}
+
+static long conn_send_locked(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline,
+                             size_t *written_out);
+
+long pipc_conn_send(pipc_conn *c, const struct pipc_packet *pk, size_t n, int timeout_ms)
+{
+    uint64_t deadline = pipc_deadline(timeout_ms);
+    size_t written = 0;
+    int err = pipc_conn_send_until(c, pk, n, deadline, &written);
+    if (!err || (written && (err == -ETIMEDOUT || err == -EINTR || err == -EPIPE)))
+        return (long)written;
+    return err;
+}
+
+int pipc_conn_send_until(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline, size_t *written)
+{
+    *written = 0;
+    int err = pipc_lock_until(&c->lock, deadline, "connection");
+    if (err)
+        return err;
+    long r = conn_send_locked(c, pk, n, deadline, written);
+    pthread_mutex_unlock(&c->lock);
+    return (int)r;
+}
+
+/* Returns 0 with *written == n, or the error that stopped it with *written packets written before it. */
+static long conn_send_locked(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline,
+                             size_t *written_out)
+{
+    int err = conn_check(c);
+    if (err)
+        return err;
+    /* Half the ring at most: see pipc_ring_take (a consumer holding one batch must never stall us). */
+    uint64_t half = c->ring.payload_bytes / 2;
+    uint64_t limit = half < c->snaplen ? half : c->snaplen;
+    for (size_t i = 0; i < n; i++) {
+        if (pk[i].linktype > 0xffff && pk[i].linktype != PIPC_LINKTYPE_DEFAULT) { /* the descriptor holds 16 bits,
+                                                                                 * as pcapng's link type does */
+            pipc_set_error("packet %zu has linktype %u; linktypes are 16-bit values", i, pk[i].linktype);
+            return -EINVAL;
+        }
+        if (pk[i].caplen > limit) {
+            pipc_set_error("packet %zu has %u bytes, more than the %s (%llu bytes)", i, pk[i].caplen,
+                           half < c->snaplen ? "ring holds (half its capacity)" : "snaplen",
+                           (unsigned long long)limit);
+            return -EMSGSIZE;
+        }
+    }
+    size_t i = 0, written = 0;
+    while (i < n) {
+        uint64_t fs, fb;
+        if ((err = pipc_ring_space(&c->ring, &fs, &fb)) < 0) {
+            err = conn_fail(c, err);
+            break;
+        }
+        size_t j = i;
+        uint64_t bytes = 0;
+        while (j < n && j - i < fs && bytes + pk[j].caplen <= fb)
+            bytes += pk[j++].caplen;
+        if (j > i) {
+            pipc_ring_put(&c->ring, pk + i, j - i, c->linktype);
+            if (pipc_ring_publish(&c->ring))
+                pipc_wake(c->ev_data);
+            count(&c->stats.packets, j - i);
+            count(&c->stats.bytes, bytes);
+            written += j - i;
+            i = j;
+            continue;
+        }
+        if (c->overflow == PIPC_OVERFLOW_DROP) {
+            uint64_t dropped_bytes = 0;
+            for (j = i; j < n; j++)
+                dropped_bytes += pk[j].caplen;
+            pipc_ring_count_drop(&c->ring, n - i, dropped_bytes);
+            count(&c->stats.dropped_packets, n - i);
+            count(&c->stats.dropped_bytes, dropped_bytes);
+            uint64_t now = pipc_now_ns();
+            if (now - c->last_alive_check_ns > ALIVE_CHECK_NS) {
+                c->last_alive_check_ns = now;
+                if (pipc_peer_gone(c->sock))
+                    err = conn_fail(c, -ECONNRESET);
+            }
+            break;
+        }
+        err = conn_wait_space(c, 1, pk[i].caplen, deadline);
+        if (err == -ETIMEDOUT)
+            pipc_set_error("ring full: no space within the timeout");
+        else if (err && err != -EINTR && err != -EPIPE)
+            err = conn_fail(c, err);
+        if (err)
+            break;
+    }
+    *written_out = written;
+    return err;
+}
+
+/* End of stream (PIPC_STATE_END) or abort: after the sends in progress on other threads. */
+static int conn_finish(pipc_conn *c, uint32_t state)
+{
+    pipc_lock_until(&c->lock, UINT64_MAX, "connection");
+    int err = sticky_error(&c->error);
+    if (!err && !c->ended) { /* after end of stream, an abort is too late to say otherwise */
+        c->ended = 1;
+        if (pipc_ring_set_state(&c->ring, state))
+            pipc_wake(c->ev_data);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return err;
+}
+
+int pipc_conn_end(pipc_conn *c) { return conn_finish(c, PIPC_STATE_END); }
+int pipc_conn_abort(pipc_conn *c) { return conn_finish(c, PIPC_STATE_ABORTED); }
+
+void pipc_conn_shutdown(pipc_conn *c)
+{
+    set_closing(&c->closing);
+    if (c->ev_space >= 0)
+        pipc_wake(c->ev_space); /* our own sleeper waits on it for space */
+}
+
+void pipc_conn_info(const pipc_conn *c, struct pipc_conn_info *info)
+{
+    struct pipc_conn_info i = {.struct_bytes = sizeof(i), .peer_pid = c->peer_pid, .overflow = c->overflow,
+                               .ended = __atomic_load_n(&c->ended, __ATOMIC_RELAXED), .index = c->index};
+    size_t n = info->struct_bytes < sizeof(i) ? info->struct_bytes : sizeof(i);
+    memcpy(info, &i, n);
+    info->struct_bytes = n;
+}
+
+int pipc_conn_alive(pipc_conn *c)
+{
+    if (sticky_error(&c->error) == -ECONNRESET || __atomic_load_n(&c->closed, __ATOMIC_ACQUIRE) || c->sock < 0)
+        return 0;
+    if (pipc_peer_gone(c->sock)) {
+        set_sticky_error(&c->error, -ECONNRESET);
+        return 0;
+    }
+    return 1;
+}
+
+void pipc_conn_stats(const pipc_conn *c, struct pipc_stats *st)
+{
+    memset(st, 0, sizeof(*st));
+    load_stats(&c->stats, st);
+    const struct pipc_ring *r = &c->ring;
+    if (r->hdr) {
+        /* From shared positions and counters only: a send may be running on another thread. Payload
+         * positions start at 0, so the bytes sent are the producer's payload position. */
+        uint64_t ws = pipc_load_acquire64(&r->hdr->write_slot);
+        uint64_t rs = pipc_load_acquire64(&r->hdr->read_slot), rp = pipc_load_acquire64(&r->hdr->read_payload);
+        st->ring_used_slots = rs <= ws ? ws - rs : 0;
+        st->ring_used_bytes = rp <= st->bytes ? st->bytes - rp : 0;
+    }
+    st->ring_bytes = r->payload_bytes;
+    st->ring_slots = r->slot_count;
+}
+
+int pipc_conn_fd(const pipc_conn *c) { return c->ev_space; }
+int pipc_conn_socket(const pipc_conn *c) { return c->sock; }
+
+int pipc_conn_prepare_wait(pipc_conn *c, uint64_t need_bytes)
+{
+    return pipc_ring_producer_arm(&c->ring, 1, need_bytes);
+}
+
+void pipc_conn_finish_wait(pipc_conn *c)
+{
+    uint64_t v;
+    pipc_ring_producer_disarm(&c->ring);
+    if (read(c->ev_space, &v, sizeof(v)) < 0) {
+    }
+}
+
+/* The ring and the fds (idempotent). Under the connection's lock when others may still reach it. */
+static void conn_release_resources(pipc_conn *c)
+{
+    pipc_ring_destroy(&c->ring);
+    pipc_close_fd(&c->sock);
+    pipc_close_fd(&c->memfd);
+    pipc_close_fd(&c->ev_data);
+    pipc_close_fd(&c->ev_space);
+}
+
+void pipc_conn_close(pipc_conn *c)
+{
+    if (!c)
+        return;
+    /* A send waiting for space on it (a server-level send, say) gives up at once rather than hold us. */
+    pipc_conn_shutdown(c);
+    pipc_lock_until(&c->lock, UINT64_MAX, "connection");
+    /* A close without send(None) still ends the stream cleanly: the client drains, then sees the end. A
+     * forked child's copy must not end its parent's stream. */
+    if (c->ring.hdr && !sticky_error(&c->error) && !c->ended && c->generation == pipc_fork_generation() &&
+        pipc_ring_set_state(&c->ring, PIPC_STATE_END) && c->ev_data >= 0)
+        pipc_wake(c->ev_data);
+    c->ended = 1;
+    __atomic_store_n(&c->closed, 1, __ATOMIC_RELEASE); /* the server drops it from its workers */
+    conn_release_resources(c); /* now, even while the server still holds the object */
+    pthread_mutex_unlock(&c->lock);
+    pipc_conn_unref(c);
+}
+
+/* Drops one reference (the caller's, or the server's when the worker leaves); the last frees everything. */
+void pipc_conn_unref(pipc_conn *c)
+{
+    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) > 0)
+        return;
+    conn_release_resources(c);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
