@@ -1,6 +1,6 @@
 /*
- * capi_internal.h - the objects behind the public ABI (include/packet_ipc.h), shared by capi.c and
- * distribute.c. Not installed: programs, the Python binding included, see only the public headers.
+ * capi_internal.h - the objects behind the public ABI (include/packet_ipc.h), shared by capi.c, server.c,
+ * conn.c, client.c and distribute.c. Not installed: programs, the Python binding included, see only the public headers.
  */
 #ifndef PIPC_CAPI_INTERNAL_H
 #define PIPC_CAPI_INTERNAL_H
@@ -121,10 +121,10 @@ static inline void load_stats(const struct pipc_stats *from, struct pipc_stats *
 
 /* capi.c, for distribute.c: an object's lock, waiting until deadline (pipc_deadline; "now": only try) */
 int pipc_lock_until(pthread_mutex_t *m, uint64_t deadline, const char *what);
-/* capi.c, for distribute.c: a send up to a deadline that reports how many packets it wrote (even on error) */
+/* conn.c, for distribute.c: a send up to a deadline that reports how many packets it wrote (even on error) */
 int pipc_conn_send_until(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline, size_t *written);
 
-/* distribute.c, for capi.c */
+/* distribute.c, for server.c and conn.c */
 int pipc_dist_init(struct pipc_distributor *d, int policy);
 int pipc_dist_join(struct pipc_distributor *d, pipc_conn *conn);
 void pipc_dist_destroy(struct pipc_distributor *d);
