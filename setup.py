@@ -92,7 +92,7 @@ setup(
         ),
         Extension(
             "packet_ipc._core",
-            sources=["src/packet_ipc/_core.c"],
+            sources=sorted(str(p.relative_to(ROOT)) for p in (ROOT / "src" / "packet_ipc").glob("_*.c")),
             include_dirs=["include"],  # public headers only: the binding is a client of the C ABI
             libraries=["packetipc"],
             extra_compile_args=CFLAGS,

@@ -104,7 +104,7 @@ def flowhash(tmp_path_factory: pytest.TempPathFactory) -> FlowHashLib:
     if shutil.which("gcc") is None:
         pytest.skip("gcc is needed to build csrc/flowhash.c")
     so = tmp_path_factory.mktemp("flowhash") / "libflowhash.so"
-    _compile(so, "-shared", "-fPIC", str(FLOWHASH_C))
+    _compile(so, "-shared", "-fPIC", f"-I{REPO / 'include'}", str(FLOWHASH_C))
     return FlowHashLib(so)
 
 
@@ -612,7 +612,7 @@ def test_fuzz_driver_under_asan_and_ubsan(tmp_path):
     exe = tmp_path / "flowhash_fuzz"
     try:
         _compile(exe, "-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-                 "-fno-omit-frame-pointer", str(FUZZ_DRIVER_C), str(FLOWHASH_C))
+                 "-fno-omit-frame-pointer", f"-I{REPO / 'include'}", str(FUZZ_DRIVER_C), str(FLOWHASH_C))
     except subprocess.CalledProcessError as exc:
         if "sanitize" in exc.stderr or "asan" in exc.stderr:
             pytest.skip(f"no sanitizer runtime: {exc.stderr.strip()[:200]}")

@@ -9,6 +9,7 @@ builtin ``ValueError`` / ``TypeError`` and leave the connection usable.
 from __future__ import annotations
 
 import builtins
+import errno as _errno
 
 __all__ = [
     "PacketIpcError",
@@ -19,6 +20,7 @@ __all__ = [
     "TimeoutError",
     "ClosedError",
     "CaptureError",
+    "from_code",
 ]
 
 
@@ -63,3 +65,28 @@ class ClosedError(PacketIpcError, ValueError):
 
 class CaptureError(PacketIpcError, ValueError):
     """A capture file is malformed: bad magic, unsupported version, a record cut short, an absurd length."""
+
+
+def from_code(code: int, message: str, during: str | None = None) -> Exception:
+    """The exception for an errno-style code of the C core (``pipc_strerror``'s codes) and its message.
+
+    The C binding raises what this returns, so the mapping from codes to classes is policy kept here, in
+    Python. ``during`` is ``"connect"``, ``"accept"``, ``"listen"`` or ``None`` (a call on an open object): a
+    vanished peer is a :class:`ConnectError` while connecting and a :class:`ConnectionLostError` afterwards.
+    Bad arguments (a packet larger than the ring or the snaplen, a name too long) are ``ValueError``.
+    """
+    if code == _errno.ETIMEDOUT:
+        return TimeoutError(code, message)
+    if code == _errno.EPROTO:
+        return ProtocolError(code, message)
+    if code in (_errno.EACCES, _errno.EPERM):
+        return PermissionDeniedError(code, message)
+    if code in (_errno.EMSGSIZE, _errno.ENAMETOOLONG, _errno.EINVAL):
+        return ValueError(message)
+    if code == _errno.ENOMEM:
+        return MemoryError(message)  # keeps the reason (e.g. no memory for a ring)
+    if code == _errno.EPIPE:
+        return ClosedError(code, message)
+    if code in (_errno.ECONNRESET, _errno.ENOENT, _errno.ECONNREFUSED):
+        return ConnectError(code, message) if during else ConnectionLostError(code, message)
+    return ConnectError(code, message) if during == "connect" else PacketIpcError(code, message)

@@ -1,0 +1,226 @@
+/* _fastpath.c - flow hashing of batches and the classic pcap scanner, for the Python layers above. */
+#include "_core.h"
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* flow hashing */
+
+static PyObject *core_flow_hash(PyObject *m, PyObject *args)
+{
+    (void)m;
+    unsigned int linktype;
+    Py_buffer v;
+    if (!PyArg_ParseTuple(args, "Iy*:flow_hash", &linktype, &v))
+        return NULL;
+    uint32_t h = pipc_flow_hash(linktype, v.buf, (uint32_t)(v.len > UINT32_MAX ? UINT32_MAX : v.len));
+    PyBuffer_Release(&v);
+    return PyLong_FromUnsignedLong(h);
+}
+
+static PyObject *core_flow_key(PyObject *m, PyObject *args)
+{
+    (void)m;
+    unsigned int linktype;
+    Py_buffer v;
+    if (!PyArg_ParseTuple(args, "Iy*:flow_key", &linktype, &v))
+        return NULL;
+    struct pipc_flow_key k;
+    int r = pipc_flow_key_parse(linktype, v.buf, (uint32_t)(v.len > UINT32_MAX ? UINT32_MAX : v.len), &k);
+    PyBuffer_Release(&v);
+    if (r < 0)
+        Py_RETURN_NONE;
+    int alen = k.family == 4 ? 4 : 16;
+    return Py_BuildValue("(iiy#Hy#Hi)", k.family, k.proto, (const char *)k.addr_a, (Py_ssize_t)alen, k.port_a,
+                         (const char *)k.addr_b, (Py_ssize_t)alen, k.port_b, k.is_fragment);
+}
+
+/* Hashes every packet of a batch; returns a bytes object of uint32 hashes (one per packet). */
+static PyObject *core_flow_hash_batch(PyObject *m, PyObject *args)
+{
+    PyObject *bo;
+    unsigned int linktype = 0;
+    if (!PyArg_ParseTuple(args, "O|I:flow_hash_batch", &bo, &linktype))
+        return NULL;
+    core_state *st = (core_state *)PyModule_GetState(m);
+    if (Py_TYPE(bo) != st->BatchType) {
+        PyErr_SetString(PyExc_TypeError, "flow_hash_batch takes a PacketBatch");
+        return NULL;
+    }
+    BatchObject *b = (BatchObject *)bo;
+    if (!batch_live(b))
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, b->n * 4);
+    if (!out)
+        return NULL;
+    uint32_t *h = (uint32_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < b->n; i++)
+        h[i] = pipc_flow_hash(b->linktype[i] == PIPC_LINKTYPE_DEFAULT ? linktype : b->linktype[i], b->data + b->offsets[i],
+                              b->caplen[i]);
+    return out;
+}
+
+/* Splits a batch over workers by flow: bucket = flow_hash & (len(table) - 1), worker = table[bucket].
+ * Returns a list of n_workers bytes objects, each the uint32 indices of that worker's packets in order. */
+static PyObject *core_partition_by_flow(PyObject *m, PyObject *args)
+{
+    PyObject *bo;
+    Py_buffer tv, fv = {0};
+    Py_ssize_t workers;
+    unsigned int linktype = 0;
+    if (!PyArg_ParseTuple(args, "Oy*n|Iw*:partition_by_flow", &bo, &tv, &workers, &linktype, &fv))
+        return NULL;
+    /* Optional: a writable buffer holding the server's fragment table (see pipc_flow_hash_tracked). */
+    struct pipc_frag_table *frags = NULL;
+    if (fv.obj) {
+        if (fv.len != (Py_ssize_t)sizeof(struct pipc_frag_table) || ((uintptr_t)fv.buf & 7)) {
+            PyBuffer_Release(&fv);
+            PyBuffer_Release(&tv);
+            PyErr_Format(PyExc_ValueError, "fragment table must be an 8-byte aligned buffer of %zu bytes",
+                         sizeof(struct pipc_frag_table));
+            return NULL;
+        }
+        frags = fv.buf;
+    }
+    core_state *st = (core_state *)PyModule_GetState(m);
+    PyObject *result = NULL;
+    uint32_t *counts = NULL;
+    uint16_t *owner = NULL;
+    if (Py_TYPE(bo) != st->BatchType) {
+        PyErr_SetString(PyExc_TypeError, "partition_by_flow takes a PacketBatch");
+        goto out;
+    }
+    BatchObject *b = (BatchObject *)bo;
+    Py_ssize_t buckets = tv.len / 2;
+    if (!batch_live(b))
+        goto out;
+    if (workers < 1 || workers > 65535 || buckets < 1 || (buckets & (buckets - 1))) {
+        PyErr_SetString(PyExc_ValueError, "need 1..65535 workers and a uint16 table of a power-of-two length");
+        goto out;
+    }
+    const uint16_t *table = tv.buf;
+    counts = PyMem_Calloc((size_t)workers, sizeof(uint32_t));
+    owner = PyMem_Malloc((size_t)(b->n ? b->n : 1) * sizeof(uint16_t));
+    if (!counts || !owner) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        uint32_t lt = b->linktype[i] == PIPC_LINKTYPE_DEFAULT ? linktype : b->linktype[i];
+        uint32_t h = frags ? pipc_flow_hash_tracked(lt, b->data + b->offsets[i], b->caplen[i], frags)
+                           : pipc_flow_hash(lt, b->data + b->offsets[i], b->caplen[i]);
+        uint16_t w = table[h & (uint32_t)(buckets - 1)];
+        if (w >= workers) { /* stops a table naming a worker that does not exist */
+            PyErr_SetString(PyExc_ValueError, "table names a worker index >= workers");
+            goto out;
+        }
+        owner[i] = w;
+        counts[w]++;
+    }
+    result = PyList_New(workers);
+    if (!result)
+        goto out;
+    for (Py_ssize_t w = 0; w < workers; w++) {
+        PyObject *part = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)counts[w] * 4);
+        if (!part) {
+            Py_CLEAR(result);
+            goto out;
+        }
+        PyList_SET_ITEM(result, w, part);
+        counts[w] = 0;
+    }
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        uint32_t *dst = (uint32_t *)PyBytes_AS_STRING(PyList_GET_ITEM(result, owner[i]));
+        dst[counts[owner[i]]++] = (uint32_t)i;
+    }
+out:
+    PyBuffer_Release(&tv);
+    if (fv.obj)
+        PyBuffer_Release(&fv);
+    PyMem_Free(counts);
+    PyMem_Free(owner);
+    return result;
+}
+
+/* pcap_batch(buffer, pos, max_packets, big_endian, header_len, ns_per_tick, swapped_lengths, max_caplen,
+ *            linktype) -> (PacketBatch | None, next_pos, status): classic pcap records straight into a batch
+ * (columns, and the payloads copied back to back into one bytes object), no Python object per packet. */
+static PyObject *core_pcap_batch(PyObject *m, PyObject *args)
+{
+    Py_buffer v;
+    Py_ssize_t pos, max;
+    int big, swapped;
+    unsigned int header_len, linktype;
+    unsigned long long ns_per_tick, max_caplen;
+    if (!PyArg_ParseTuple(args, "y*nniIKiKI:pcap_batch", &v, &pos, &max, &big, &header_len, &ns_per_tick, &swapped,
+                          &max_caplen, &linktype))
+        return NULL;
+    core_state *st = (core_state *)PyModule_GetState(m);
+    PyObject *result = NULL, *blob = NULL;
+    BatchObject *b = NULL;
+    if (pos < 0 || pos > v.len || max < 1 || (header_len != 16 && header_len != 24)) {
+        PyErr_SetString(PyExc_ValueError, "bad pcap_batch arguments");
+        goto out;
+    }
+    b = batch_alloc(st, max);
+    if (!b)
+        goto out;
+    struct pipc_pcap_format f = {big, header_len, ns_per_tick, swapped, max_caplen};
+    size_t p = (size_t)pos;
+    int status;
+    size_t n = pipc_pcap_scan(v.buf, (size_t)v.len, &p, (size_t)max, &f, b->ts, b->caplen, b->origlen, b->offsets,
+                              &status);
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += b->caplen[i];
+    blob = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!blob)
+        goto out;
+    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(blob);
+    uint64_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(dst + off, (const uint8_t *)v.buf + b->offsets[i], b->caplen[i]);
+        b->offsets[i] = off;
+        b->linktype[i] = linktype;
+        b->ifindex[i] = 0;
+        off += b->caplen[i];
+    }
+    if (n == 0) {
+        result = Py_BuildValue("(Onn)", Py_None, (Py_ssize_t)p, (Py_ssize_t)status);
+        goto out;
+    }
+    if ((Py_ssize_t)n < max) { /* the columns were laid out for max packets: repack them for n */
+        BatchObject *exact = batch_alloc(st, (Py_ssize_t)n);
+        if (!exact)
+            goto out;
+        memcpy(exact->ts, b->ts, n * 8);
+        memcpy(exact->offsets, b->offsets, n * 8);
+        memcpy(exact->caplen, b->caplen, n * 4);
+        memcpy(exact->origlen, b->origlen, n * 4);
+        memcpy(exact->linktype, b->linktype, n * 4);
+        memcpy(exact->ifindex, b->ifindex, n * 4);
+        Py_SETREF(b, exact);
+    }
+    b->data = dst;
+    b->nbytes = (Py_ssize_t)total;
+    b->owner = blob;
+    blob = NULL;
+    result = Py_BuildValue("(Onn)", (PyObject *)b, (Py_ssize_t)p, (Py_ssize_t)status);
+out:
+    Py_XDECREF(b);
+    Py_XDECREF(blob);
+    PyBuffer_Release(&v);
+    return result;
+}
+
+PyMethodDef core_fastpath_methods[] = {
+    {"pcap_batch", core_pcap_batch, METH_VARARGS,
+     "pcap_batch(buffer, pos, max_packets, big_endian, header_len, ns_per_tick, swapped_lengths, max_caplen, "
+     "linktype) -> (PacketBatch | None, next_pos, status)."},
+    {"partition_by_flow", core_partition_by_flow, METH_VARARGS,
+     "partition_by_flow(batch, table, workers, linktype=0) -> list of bytes (uint32 indices per worker)."},
+    {"flow_hash", core_flow_hash, METH_VARARGS, "flow_hash(linktype, data) -> int: symmetric 5-tuple hash."},
+    {"flow_key", core_flow_key, METH_VARARGS,
+     "flow_key(linktype, data) -> (family, proto, addr_a, port_a, addr_b, port_b, is_fragment) or None."},
+    {"flow_hash_batch", core_flow_hash_batch, METH_VARARGS,
+     "flow_hash_batch(batch, linktype=0) -> bytes of uint32 hashes."},
+    {NULL, NULL, 0, NULL},
+};
