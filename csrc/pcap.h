@@ -1,6 +1,6 @@
 /*
  * pcap.h - the classic pcap fast path: scan records of a file held in memory (an mmap) without Python
- * objects per packet. Used by packet_ipc.pcap for replay; pcapng and streams stay on the Python reader.
+ * objects per packet. Used by packet_ipc.pcap for replay (files and streams); pcapng stays on the Python reader.
  */
 #ifndef PIPC_PCAP_H
 #define PIPC_PCAP_H
