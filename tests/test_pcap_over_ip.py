@@ -160,14 +160,15 @@ def test_tshark_reading_dump_listen_sees_the_original_capture(capture: Path, nan
 
 
 @contextmanager
-def listening_replay(*args: Any, out: Path | None = None) -> Iterator[tuple[subprocess.Popen[str], int, subprocess.Popen[str]]]:
+def listening_replay(*args: Any, out: Path | None = None, dump_timeout: float = 60
+                     ) -> Iterator[tuple[subprocess.Popen[str], int, subprocess.Popen[str]]]:
     """``replay --listen 0`` and a ``dump -w out`` worker: yields (replay, port, dump)."""
     name = unique_name("listen")
     with processes() as procs:
         replay = start("replay", "--listen", "0", "--name", name, "--json", "--header-timeout", "30", *args)
         procs.append(replay)
         port = port_of(replay)
-        dump = start("dump", name, *(["-w", out] if out else []), "--json", "--timeout", "60")
+        dump = start("dump", name, *(["-w", out] if out else []), "--json", "--timeout", dump_timeout)
         procs.append(dump)
         yield replay, port, dump
 
@@ -366,7 +367,7 @@ BAD_STREAMS = {
 @pytest.mark.parametrize("case", list(BAD_STREAMS))
 def test_a_bad_stream_into_replay_listen_is_refused_in_one_line_and_nothing_is_served(case: str) -> None:
     data, words = BAD_STREAMS[case]
-    with listening_replay() as (replay, port, dump):
+    with listening_replay(dump_timeout=3) as (replay, port, dump):
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
@@ -374,7 +375,7 @@ def test_a_bad_stream_into_replay_listen_is_refused_in_one_line_and_nothing_is_s
         dump_code, _, dump_err = finish(dump)
     assert code == 1 and words in error_line(err, "replay"), err
     assert "serving" not in err  # no packet-ipc server was ever created
-    assert dump_code == 1  # its server never appeared
+    assert dump_code == 1 and error_line(dump_err, "dump")  # its server never appeared (3 s)
 
 
 def test_a_peer_that_never_sends_the_header_times_out_in_one_line() -> None:
