@@ -28,4 +28,16 @@ struct pipc_pcap_format {
 size_t pipc_pcap_scan(const uint8_t *buf, size_t len, size_t *pos, size_t max, const struct pipc_pcap_format *f,
                       uint64_t *ts_ns, uint32_t *caplen, uint32_t *origlen, uint64_t *data_off, int *status);
 
+#define PIPC_PCAP_WRITE_OK 0       /* every record written */
+#define PIPC_PCAP_WRITE_SNAPLEN 1  /* stopped at a packet longer than the snaplen */
+#define PIPC_PCAP_WRITE_LINKTYPE 2 /* stopped at a packet of another link type */
+#define PIPC_PCAP_WRITE_TIME 3     /* stopped at a time beyond pcap's 32-bit seconds (2106) */
+
+/* Writes little-endian pcap records (microsecond or nanosecond fraction) for up to n packets given as columns,
+ * into out (at least sum of 16 + caplen bytes). Stops before the first packet that pcap cannot hold as it
+ * is (*status says why). *out_len is the bytes written; returns the number of records written. */
+size_t pipc_pcap_write(uint8_t *out, size_t n, const uint64_t *ts_ns, const uint32_t *caplen, const uint32_t *origlen,
+                       const uint32_t *linktype, const uint64_t *data_off, const uint8_t *data, int nanosecond,
+                       uint32_t snaplen, uint32_t want_linktype, size_t *out_len, int *status);
+
 #endif

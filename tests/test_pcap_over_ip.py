@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+import packet_ipc as pipc
 from packet_ipc.pcap import CaptureWriter, read_capture
 from test_cli import CLI, LOCAL, SHARED_PCAPS, Replay, comparable, compare_tshark, unique_name
 
@@ -507,3 +508,31 @@ def test_several_link_types_are_refused_unless_one_is_chosen(tmp_path: Path) -> 
         else:
             assert code == 0 and not reset, err
             assert json.loads(out)["skipped_other_linktype"] == len(sll)
+
+
+# ---- the writer's batch fast path ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nanosecond", [False, True])
+def test_capture_writer_write_batch_writes_what_write_many_writes(nanosecond: bool, tmp_path: Path) -> None:
+    records = read_capture(LOCAL / "QinQpacket.pcap")
+    batch = pipc.PacketBatch.from_packets(records)
+    for name, how in (("batch", CaptureWriter.write_batch), ("many", CaptureWriter.write_many)):
+        with CaptureWriter(tmp_path / name, linktype=1, nanosecond=nanosecond) as writer:
+            assert how(writer, batch) == len(records)
+    assert (tmp_path / "batch").read_bytes() == (tmp_path / "many").read_bytes()
+
+
+@pytest.mark.parametrize(("packet", "words"), [
+    (pipc.Packet(1, b"x" * 200), "exceeds the snaplen 100"),
+    (pipc.Packet(1, b"x" * 10, linktype=113), "linktype 113 differs"),
+    (pipc.Packet(1 << 63, b"x" * 10), "beyond what pcap can hold"),
+])
+def test_capture_writer_write_batch_stops_at_what_pcap_cannot_hold_after_the_packets_before(
+        packet: pipc.Packet, words: str, tmp_path: Path) -> None:
+    good = [pipc.Packet(i * 1000, bytes([i]) * 60) for i in range(5)]
+    batch = pipc.PacketBatch.from_packets([*good, packet, *good], linktype=1)
+    with CaptureWriter(tmp_path / "out.pcap", linktype=1, snaplen=100, nanosecond=True) as writer:
+        with pytest.raises(ValueError, match=words):
+            writer.write_batch(batch)
+    assert [(r.timestamp, r.data) for r in read_capture(tmp_path / "out.pcap")] == [(p.timestamp, bytes(p.data)) for p in good]

@@ -316,7 +316,8 @@ class PcapStreamWriter:
             raise ConnectionLostError(e.errno or 0, f"the reader at {self.peer} went away ({e.strerror})") from None
 
     def write_batch(self, batch: Any) -> int:
-        """Writes the packets of a :class:`~packet_ipc.PacketBatch` (or a list of packets); returns how many."""
+        """Writes the packets of a :class:`~packet_ipc.PacketBatch` (records built in C) or a list of packets;
+        returns how many. Blocks while the reader lags; raises as the class says."""
         n = len(batch)
         if n == 0:
             return 0
@@ -328,6 +329,10 @@ class PcapStreamWriter:
             mixed = linktypes.tobytes() != same
         else:
             mixed = any(getattr(p, "linktype", None) not in (None, self.linktype) for p in batch)
+        if not mixed and hasattr(batch, "linktypes"):  # a PacketBatch: records built in C
+            count = int(self._guard(lambda: self._writer.write_batch(batch)))
+            self.written += count
+            return count
         packets = list(batch)
         if mixed:
             if not self.only_linktype:
@@ -493,9 +498,11 @@ def _stream_out(args: argparse.Namespace, client: Any, sock: socket.socket, peer
                 out.end()
                 break
             with batch:
-                packets = list(batch) if args.count is None else list(batch)[: args.count - received]
+                packets: Any = batch
+                if args.count is not None and len(batch) > args.count - received:
+                    packets = list(batch)[: args.count - received]
                 received += len(packets)
-                nbytes += sum(p.caplen for p in packets)
+                nbytes += batch.nbytes if packets is batch else sum(p.caplen for p in packets)
                 if checksum_of is not None:
                     checksum = (checksum + checksum_of(packets)) & 0xFFFF_FFFF_FFFF_FFFF
                 try:

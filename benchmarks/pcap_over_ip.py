@@ -1,0 +1,181 @@
+"""``python -m benchmarks.pcap_over_ip``: packets/s of PCAP-over-IP through packet-ipc next to tcpdump | nc.
+
+Method: each workload of :mod:`benchmarks.workloads` (64 B, IMIX, 1518 B; fixed seeds) is written once as a
+microsecond pcap file of PACKETS packets (its pool repeated; at most --max-mb, 300 MB, so 1518 B runs hold fewer) in a temporary directory. Then, in one run, on
+loopback, each pipeline moves that file from end to end:
+
+- ``packet-ipc``: ``packet-ipc replay FILE`` -> IPC -> ``packet-ipc dump --listen 127.0.0.1:P`` -> TCP ->
+  ``packet-ipc replay tcp://127.0.0.1:P`` -> IPC -> ``packet-ipc dump`` (counting only);
+- ``tcpdump | nc``: ``tcpdump -r FILE -w - | nc -N 127.0.0.1 P`` -> TCP -> ``nc -l 127.0.0.1 P > /dev/null``;
+- the two halves apart: ``replay FILE -> dump --listen`` into ``nc > /dev/null`` (out), and ``tcpdump -r FILE
+  -w - | nc`` into ``replay --listen -> dump`` (in).
+
+packets/s = PACKETS / wall time from starting the pipeline's first process to the exit of its last
+receiver, process start-up included (about 0.2 s for each Python process, 1-2 % of a run). Each cell is the
+median of REPEAT runs, pipelines alternating within a repetition. Prints a Markdown table and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.workloads import build
+
+CLI = str(Path(sys.executable).parent / "packet-ipc")
+PIPELINES = ("packet-ipc", "tcpdump | nc", "out: dump --listen -> nc", "in: tcpdump | nc -> replay --listen")
+
+
+def write_capture(workload, packets: int, path: Path) -> int:
+    """The workload's pool, repeated, as a microsecond pcap file of ``packets`` packets; returns its bytes."""
+    from packet_ipc.pcap import CaptureWriter
+
+    pool = [p for batch in workload.batches for p in batch.packets]
+    step = pool[-1].timestamp - pool[0].timestamp + 1000
+    with CaptureWriter(path, linktype=1, snaplen=262144, nanosecond=False) as writer:
+        for i in range(packets):
+            p = pool[i % len(pool)]
+            writer.write(type("P", (), {"timestamp": p.timestamp + (i // len(pool)) * step, "data": p.data,
+                                        "orig_len": p.orig_len})())
+    return path.stat().st_size
+
+
+def _port(proc: subprocess.Popen) -> int:
+    while line := proc.stderr.readline():
+        match = re.search(rb" on 127\.0\.0\.1:(\d+)", line)
+        if match:
+            return int(match.group(1))
+    raise RuntimeError(f"no port printed: {proc.communicate()}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _popen(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=kw.pop("stdout", subprocess.DEVNULL), stderr=subprocess.PIPE, **kw)
+
+
+def _wait_all(procs: list[subprocess.Popen], timeout: float = 600) -> None:
+    for p in procs:
+        p.wait(timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"{p.args} exited {p.returncode}: {p.stderr.read().decode(errors='replace')[-500:]}")
+
+
+def run_packet_ipc(path: Path, tag: str) -> float:
+    start = time.monotonic()
+    a, b = f"@bench-poi-a-{os.getpid()}-{tag}", f"@bench-poi-b-{os.getpid()}-{tag}"
+    source = _popen([CLI, "replay", str(path), "--name", a, "--no-progress", "--json"])
+    out = _popen([CLI, "dump", a, "--listen", "127.0.0.1:0", "--json"])
+    port = _port(out)
+    into = _popen([CLI, "replay", f"tcp://127.0.0.1:{port}", "--name", b, "--json"])
+    sink = _popen([CLI, "dump", b, "--json"], stdout=subprocess.PIPE)
+    _wait_all([sink])
+    seconds = time.monotonic() - start
+    _wait_all([into, out, source])
+    return seconds
+
+
+def run_tcpdump_nc(path: Path, tag: str) -> float:
+    port = _free_port()
+    start = time.monotonic()
+    sink = _popen(["nc", "-d", "-l", "127.0.0.1", str(port)], stdin=subprocess.DEVNULL)
+    time.sleep(0.05)  # nc -l has no 'listening' line to wait for
+    send = subprocess.Popen(f"tcpdump -r {path} -w - 2>/dev/null | nc -N 127.0.0.1 {port}", shell=True,
+                            stderr=subprocess.PIPE)
+    _wait_all([sink])
+    seconds = time.monotonic() - start
+    _wait_all([send])
+    return seconds
+
+
+def run_out_half(path: Path, tag: str) -> float:
+    start = time.monotonic()
+    a = f"@bench-poi-o-{os.getpid()}-{tag}"
+    source = _popen([CLI, "replay", str(path), "--name", a, "--no-progress", "--json"])
+    out = _popen([CLI, "dump", a, "--listen", "127.0.0.1:0", "--json"])
+    port = _port(out)
+    sink = subprocess.Popen(f"nc -d 127.0.0.1 {port} > /dev/null", shell=True, stderr=subprocess.PIPE)
+    _wait_all([sink])
+    seconds = time.monotonic() - start
+    _wait_all([out, source])
+    return seconds
+
+
+def run_in_half(path: Path, tag: str) -> float:
+    start = time.monotonic()
+    b = f"@bench-poi-i-{os.getpid()}-{tag}"
+    into = _popen([CLI, "replay", "--listen", "127.0.0.1:0", "--name", b, "--json"])
+    port = _port(into)
+    sink = _popen([CLI, "dump", b, "--json"], stdout=subprocess.PIPE)
+    send = subprocess.Popen(f"tcpdump -r {path} -w - 2>/dev/null | nc -N 127.0.0.1 {port}", shell=True,
+                            stderr=subprocess.PIPE)
+    _wait_all([sink])
+    seconds = time.monotonic() - start
+    _wait_all([into, send])
+    return seconds
+
+
+RUNNERS = dict(zip(PIPELINES, (run_packet_ipc, run_tcpdump_nc, run_out_half, run_in_half)))
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", default="64,imix,1518")
+    parser.add_argument("--packets", type=int, default=1_000_000, help="packets per file (1,000,000)")
+    parser.add_argument("--max-mb", type=float, default=300, help="largest file, in MB (300)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    for tool in ("tcpdump", "nc"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is needed (apt-get install tcpdump netcat-openbsd)", file=sys.stderr)
+            return 1
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-poi-") as tmp:
+        for work in build(args.workloads.split(",")):
+            path = Path(tmp) / f"{work.name}.pcap"
+            packets = min(args.packets, int(args.max_mb * 1e6 / (work.mean_size + 16)))
+            size = write_capture(work, packets, path)
+            times: dict[str, list[float]] = {name: [] for name in PIPELINES}
+            for r in range(args.repeat):
+                for name, run in RUNNERS.items():
+                    times[name].append(run(path, f"{work.name}-{r}"))
+            results[work.name] = {name: packets / statistics.median(t) for name, t in times.items()}
+            results[work.name]["packets"] = packets
+            results[work.name]["file_mb"] = size / 1e6
+            print(f"{work.name}: " + ", ".join(f"{n} {v:,.0f}" for n, v in results[work.name].items()), file=sys.stderr)
+            path.unlink()
+    print(f"\npackets/s, median of {args.repeat} runs; {machine()}\n")
+    print("| workload | packets | " + " | ".join(p.replace("|", "\\|") for p in PIPELINES) + " |")
+    print("|---|---:|" + "---:|" * len(PIPELINES))
+    for name, row in results.items():
+        print(f"| {name} | {row['packets']:,} | " + " | ".join(f"{row[p]:,.0f}" for p in PIPELINES) + " |")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "packets": args.packets, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
