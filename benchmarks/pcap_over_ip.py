@@ -7,12 +7,17 @@ loopback, each pipeline moves that file from end to end:
 - ``packet-ipc``: ``packet-ipc replay FILE`` -> IPC -> ``packet-ipc dump --listen 127.0.0.1:P`` -> TCP ->
   ``packet-ipc replay tcp://127.0.0.1:P`` -> IPC -> ``packet-ipc dump`` (counting only);
 - ``tcpdump | nc``: ``tcpdump -r FILE -w - | nc -N 127.0.0.1 P`` -> TCP -> ``nc -l 127.0.0.1 P > /dev/null``;
-- the two halves apart: ``replay FILE -> dump --listen`` into ``nc > /dev/null`` (out), and ``tcpdump -r FILE
+- the two halves apart: ``replay FILE -> dump --listen`` into the TCP sink (out), and ``tcpdump -r FILE
   -w - | nc`` into ``replay --listen -> dump`` (in).
 
-packets/s = PACKETS / wall time from starting the pipeline's first process to the exit of its last
-receiver, process start-up included (about 0.2 s for each Python process, 1-2 % of a run). Each cell is the
-median of REPEAT runs, pipelines alternating within a repetition. Prints a Markdown table and the machine.
+packets/s = packets / streaming time, measured at the TCP receiver: from its first byte to the end of the
+stream for a TCP sink (a Python ``recv_into`` loop into one 1 MiB buffer, in place of ``nc > /dev/null``, so
+that it can time itself: rows ``tcpdump | nc`` and ``out``), and the summary ``seconds`` of the receiving
+``packet-ipc replay`` (from its worker's connection to the end of the stream: rows ``packet-ipc`` and
+``in``; what the writer sent before the worker connected waits in TCP buffers, a few MB, so this favours
+packet-ipc by at most a few percent). Process start-up and ``replay FILE``'s check pass over the file (about
+1 s in all) are not counted. Each cell is the median of REPEAT runs, pipelines alternating within a
+repetition. Prints a Markdown table and the machine.
 """
 
 from __future__ import annotations
@@ -27,13 +32,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.workloads import build
 
 CLI = str(Path(sys.executable).parent / "packet-ipc")
-PIPELINES = ("packet-ipc", "tcpdump | nc", "out: dump --listen -> nc", "in: tcpdump | nc -> replay --listen")
+PIPELINES = ("packet-ipc", "tcpdump | nc", "out: dump --listen -> sink", "in: tcpdump | nc -> replay --listen")
 
 
 def write_capture(workload, packets: int, path: Path) -> int:
@@ -50,20 +54,31 @@ def write_capture(workload, packets: int, path: Path) -> int:
     return path.stat().st_size
 
 
+SINK = """
+import socket, sys, time
+if sys.argv[1] == "listen":
+    server = socket.create_server(("127.0.0.1", 0))
+    print(server.getsockname()[1], flush=True)
+    sock, _ = server.accept()
+else:
+    sock = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+buf = bytearray(1 << 20)
+n = sock.recv_into(buf)
+first = time.monotonic()
+total = n
+while n:
+    n = sock.recv_into(buf)
+    total += n
+print(time.monotonic() - first, total, flush=True)
+"""
+
+
 def _port(proc: subprocess.Popen) -> int:
     while line := proc.stderr.readline():
         match = re.search(rb" on 127\.0\.0\.1:(\d+)", line)
         if match:
             return int(match.group(1))
     raise RuntimeError(f"no port printed: {proc.communicate()}")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _popen(args: list[str], **kw) -> subprocess.Popen:
@@ -77,57 +92,65 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float = 600) -> None:
             raise RuntimeError(f"{p.args} exited {p.returncode}: {p.stderr.read().decode(errors='replace')[-500:]}")
 
 
+def _sink(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SINK, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _sink_seconds(sink: subprocess.Popen) -> float:
+    out, err = sink.communicate(timeout=600)
+    if sink.returncode != 0:
+        raise RuntimeError(f"sink failed: {err.decode()[-500:]}")
+    return float(out.split()[-2])
+
+
+def _replay_seconds(replay: subprocess.Popen) -> float:
+    out, err = replay.communicate(timeout=600)
+    if replay.returncode != 0:
+        raise RuntimeError(f"replay failed: {err.decode()[-500:]}")
+    return float(json.loads(out)["seconds"])
+
+
 def run_packet_ipc(path: Path, tag: str) -> float:
-    start = time.monotonic()
     a, b = f"@bench-poi-a-{os.getpid()}-{tag}", f"@bench-poi-b-{os.getpid()}-{tag}"
     source = _popen([CLI, "replay", str(path), "--name", a, "--no-progress", "--json"])
     out = _popen([CLI, "dump", a, "--listen", "127.0.0.1:0", "--json"])
     port = _port(out)
-    into = _popen([CLI, "replay", f"tcp://127.0.0.1:{port}", "--name", b, "--json"])
-    sink = _popen([CLI, "dump", b, "--json"], stdout=subprocess.PIPE)
-    _wait_all([sink])
-    seconds = time.monotonic() - start
-    _wait_all([into, out, source])
+    into = _popen([CLI, "replay", f"tcp://127.0.0.1:{port}", "--name", b, "--json"], stdout=subprocess.PIPE)
+    sink = _popen([CLI, "dump", b, "--json"])
+    seconds = _replay_seconds(into)
+    _wait_all([sink, out, source])
     return seconds
 
 
 def run_tcpdump_nc(path: Path, tag: str) -> float:
-    port = _free_port()
-    start = time.monotonic()
-    sink = _popen(["nc", "-d", "-l", "127.0.0.1", str(port)], stdin=subprocess.DEVNULL)
-    time.sleep(0.05)  # nc -l has no 'listening' line to wait for
+    sink = _sink("listen")
+    port = int(sink.stdout.readline())
     send = subprocess.Popen(f"tcpdump -r {path} -w - 2>/dev/null | nc -N 127.0.0.1 {port}", shell=True,
                             stderr=subprocess.PIPE)
-    _wait_all([sink])
-    seconds = time.monotonic() - start
+    seconds = _sink_seconds(sink)
     _wait_all([send])
     return seconds
 
 
 def run_out_half(path: Path, tag: str) -> float:
-    start = time.monotonic()
     a = f"@bench-poi-o-{os.getpid()}-{tag}"
     source = _popen([CLI, "replay", str(path), "--name", a, "--no-progress", "--json"])
     out = _popen([CLI, "dump", a, "--listen", "127.0.0.1:0", "--json"])
-    port = _port(out)
-    sink = subprocess.Popen(f"nc -d 127.0.0.1 {port} > /dev/null", shell=True, stderr=subprocess.PIPE)
-    _wait_all([sink])
-    seconds = time.monotonic() - start
+    sink = _sink("connect", str(_port(out)))
+    seconds = _sink_seconds(sink)
     _wait_all([out, source])
     return seconds
 
 
 def run_in_half(path: Path, tag: str) -> float:
-    start = time.monotonic()
     b = f"@bench-poi-i-{os.getpid()}-{tag}"
-    into = _popen([CLI, "replay", "--listen", "127.0.0.1:0", "--name", b, "--json"])
+    into = _popen([CLI, "replay", "--listen", "127.0.0.1:0", "--name", b, "--json"], stdout=subprocess.PIPE)
     port = _port(into)
-    sink = _popen([CLI, "dump", b, "--json"], stdout=subprocess.PIPE)
+    sink = _popen([CLI, "dump", b, "--json"])
     send = subprocess.Popen(f"tcpdump -r {path} -w - 2>/dev/null | nc -N 127.0.0.1 {port}", shell=True,
                             stderr=subprocess.PIPE)
-    _wait_all([sink])
-    seconds = time.monotonic() - start
-    _wait_all([into, send])
+    seconds = _replay_seconds(into)
+    _wait_all([sink, send])
     return seconds
 
 
