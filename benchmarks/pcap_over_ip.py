@@ -1,12 +1,12 @@
 """``python -m benchmarks.pcap_over_ip``: packets/s of PCAP-over-IP through packet-ipc next to tcpdump | nc.
 
 Method: each workload of :mod:`benchmarks.workloads` (64 B, IMIX, 1518 B; fixed seeds) is written once as a
-microsecond pcap file of PACKETS packets (its pool repeated; at most --max-mb, 300 MB, so 1518 B runs hold fewer) in a temporary directory. Then, in one run, on
-loopback, each pipeline moves that file from end to end:
+microsecond pcap file of PACKETS packets (its pool repeated; at most --max-mb, 300 MB, so the 1518 B file
+holds fewer) in a temporary directory. Then, in one run, on loopback, each pipeline moves that file:
 
 - ``packet-ipc``: ``packet-ipc replay FILE`` -> IPC -> ``packet-ipc dump --listen 127.0.0.1:P`` -> TCP ->
   ``packet-ipc replay tcp://127.0.0.1:P`` -> IPC -> ``packet-ipc dump`` (counting only);
-- ``tcpdump | nc``: ``tcpdump -r FILE -w - | nc -N 127.0.0.1 P`` -> TCP -> ``nc -l 127.0.0.1 P > /dev/null``;
+- ``tcpdump | nc``: ``tcpdump -r FILE -w - | nc -N 127.0.0.1 P`` -> TCP -> a sink (``nc -l P > /dev/null``);
 - the two halves apart: ``replay FILE -> dump --listen`` into the TCP sink (out), and ``tcpdump -r FILE
   -w - | nc`` into ``replay --listen -> dump`` (in).
 
@@ -15,7 +15,8 @@ stream for a TCP sink (a Python ``recv_into`` loop into one 1 MiB buffer, in pla
 that it can time itself: rows ``tcpdump | nc`` and ``out``), and the summary ``seconds`` of the receiving
 ``packet-ipc replay`` (from its worker's connection to the end of the stream: rows ``packet-ipc`` and
 ``in``; what the writer sent before the worker connected waits in TCP buffers, a few MB, so this favours
-packet-ipc by at most a few percent). Process start-up and ``replay FILE``'s check pass over the file (about
+packet-ipc by at most a few percent; in the ``out`` row, what sits in the worker's 4 MiB ring when the sink
+connects favours it the same way). Process start-up and ``replay FILE``'s check pass over the file (about
 1 s in all) are not counted. Each cell is the median of REPEAT runs, pipelines alternating within a
 repetition. Prints a Markdown table and the machine.
 """
