@@ -379,6 +379,19 @@ def test_a_bad_stream_into_replay_listen_is_refused_in_one_line_and_nothing_is_s
     assert dump_code == 1 and error_line(dump_err, "dump")  # its server never appeared (3 s)
 
 
+def test_a_first_record_cut_short_aborts_the_workers_stream_before_any_packet(tmp_path: Path) -> None:
+    out = tmp_path / "out.pcap"
+    with listening_replay(out=out) as (replay, port, dump):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(pcap_header() + record(b"\1" * 100)[:60])
+            wait_for_line(replay, "serving")
+        code, _, err = finish(replay)
+        dump_code, _, dump_err = finish(dump)
+    assert code == 1 and "record cut short (44 of 100 bytes)" in error_line(err, "replay")
+    assert dump_code == 1 and "aborted" in error_line(dump_err, "dump")
+    assert read_capture(out) == []
+
+
 def test_a_peer_that_never_sends_the_header_times_out_in_one_line() -> None:
     name = unique_name("silent")
     with processes() as procs:
