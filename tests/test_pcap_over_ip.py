@@ -157,6 +157,47 @@ def test_tshark_reading_dump_listen_sees_the_original_capture(capture: Path, nan
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.skipif(TCPDUMP is None or NC is None, reason="tcpdump or nc (netcat-openbsd) not installed")
+def test_nc_piped_into_tcpdump_reads_dump_listen_live() -> None:
+    capture = LOCAL / "QinQpacket.pcap"
+    with processes() as procs, Replay(capture, "--loop", "8", name=unique_name("nc")) as replay:
+        replay.serving()
+        dump = start("dump", replay.name, "--listen", "0")
+        procs.append(dump)
+        reading = subprocess.run(f"{NC} -d 127.0.0.1 {port_of(dump)} | {TCPDUMP} -nn -tt -r -", shell=True,
+                                 capture_output=True, text=True, timeout=120)
+        assert finish(dump)[0] == 0 and replay.finish()[0] == 0
+    assert reading.returncode == 0, reading.stderr
+    lines = reading.stdout.splitlines()
+    assert len(lines) == 8 * len(read_capture(capture)), reading.stderr
+    assert lines[0].startswith("1286466917.641254 ")  # the first packet's time, to the microsecond
+
+
+def test_replay_listens_on_ipv6_loopback(tmp_path: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback: {e}")
+    stream = nanosecond_stream(LOCAL / "babel.pcap", tmp_path)
+    name = unique_name("v6")
+    with processes() as procs:
+        replay = start("replay", "--listen", "[::1]:0", "--name", name, "--json")
+        procs.append(replay)
+        assert replay.stderr is not None
+        port = int(re.search(r"on \[::1\]:(\d+)$", replay.stderr.readline().strip()).group(1))  # type: ignore[union-attr]
+        dump = start("dump", name, "-w", tmp_path / "out.pcap", "--timeout", "60")
+        procs.append(dump)
+        with socket.create_connection(("::1", port)) as sock:
+            sock.sendall(stream)
+        code, out, err = finish(replay)
+        assert code == 0, err
+        assert finish(dump)[0] == 0
+    assert json.loads(out)["source"].startswith("tcp://[::1]:")
+    assert (tmp_path / "out.pcap").read_bytes() == stream
+
+
 # ---- in: writers into replay --listen ---------------------------------------------------------------------
 
 
