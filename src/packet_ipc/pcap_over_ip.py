@@ -386,6 +386,9 @@ class PcapStreamWriter:
 # ---- the command line ------------------------------------------------------------------------------------
 
 
+_DEFAULT_LISTEN = Endpoint("127.0.0.1", DEFAULT_PORT)
+
+
 def _endpoint_argument(text: str) -> Endpoint:
     try:
         return parse_endpoint(text)
@@ -405,9 +408,9 @@ def add_dump_options(parser: argparse.ArgumentParser) -> None:
     """Adds ``--listen``, ``--connect``, ``--nanoseconds``, ``--linktype`` and ``--allow`` to ``dump``."""
     group = parser.add_argument_group("PCAP-over-IP (instead of -w)")
     where = group.add_mutually_exclusive_group()
-    where.add_argument("--listen", type=_endpoint_argument, metavar="HOST:PORT",
+    where.add_argument("--listen", type=_endpoint_argument, metavar="HOST:PORT", nargs="?", const=_DEFAULT_LISTEN,
                        help="serve the stream to one TCP reader (tshark -i TCP@HOST:PORT, Arkime); "
-                            "PORT alone listens on 127.0.0.1")
+                            f"PORT alone listens on 127.0.0.1; no value: 127.0.0.1:{DEFAULT_PORT}")
     where.add_argument("--connect", type=_endpoint_argument, metavar="HOST:PORT",
                        help="push the stream to a listening reader (NetworkMiner, Arkime)")
     group.add_argument("--nanoseconds", action="store_true",
@@ -422,9 +425,9 @@ def add_dump_options(parser: argparse.ArgumentParser) -> None:
 def add_replay_options(parser: argparse.ArgumentParser) -> None:
     """Adds ``--listen``, ``--allow`` and ``--header-timeout`` to ``replay`` (files may be ``tcp://HOST:PORT``)."""
     group = parser.add_argument_group("PCAP-over-IP (FILE may be tcp://HOST:PORT: connect to a server)")
-    group.add_argument("--listen", type=_endpoint_argument, metavar="HOST:PORT",
+    group.add_argument("--listen", type=_endpoint_argument, metavar="HOST:PORT", nargs="?", const=_DEFAULT_LISTEN,
                        help="accept one PCAP-over-IP writer (tcpdump -w - | nc HOST PORT); PORT alone listens on "
-                            "127.0.0.1")
+                            f"127.0.0.1; no value: 127.0.0.1:{DEFAULT_PORT}")
     group.add_argument("--allow", action="append", type=_allow_argument, default=[], metavar="FROM",
                        help="with --listen: only this address or CIDR network may connect (repeatable)")
     group.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT, metavar="S",
