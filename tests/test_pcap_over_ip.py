@@ -250,6 +250,24 @@ def test_a_writer_into_replay_listen_comes_out_of_dump_byte_exact(writer: str, t
     assert out.read_bytes() == stream
 
 
+@pytest.mark.parametrize("nanosecond", [False, True])
+def test_a_big_endian_stream_is_replayed_with_exact_times(nanosecond: bool, tmp_path: Path) -> None:
+    """Readers must accept either byte order (Arkime once did not); the times come out exact."""
+    records = read_capture(LOCAL / "pptp.pcap")
+    magic, tick = (0xA1B23C4D, 1) if nanosecond else (0xA1B2C3D4, 1000)
+    stream = struct.pack(">IHHiIII", magic, 2, 4, 0, 0, 65535, records[0].linktype) + b"".join(
+        struct.pack(">IIII", r.timestamp // 10**9, r.timestamp % 10**9 // tick, len(r.data), r.orig_len) + r.data
+        for r in records)
+    out = tmp_path / "out.pcap"
+    with listening_replay(out=out) as (replay, port, dump):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(stream)
+        code, _, err = finish(replay)
+        assert code == 0, err
+        assert finish(dump)[0] == 0
+    assert comparable(read_capture(out)) == comparable(records)
+
+
 @pytest.mark.timeout(300)
 def test_packet_ipc_to_packet_ipc_with_four_workers_on_each_side(tmp_path: Path) -> None:
     """Host A: replay FILE to 4 workers by flow, each ``dump --connect`` to its own port. Host B: 4 ``replay
