@@ -49,3 +49,42 @@ size_t pipc_pcap_scan(const uint8_t *buf, size_t len, size_t *pos, size_t max, c
     *pos = p;
     return n;
 }
+
+static void wr32le(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+}
+
+size_t pipc_pcap_write(uint8_t *out, size_t n, const uint64_t *ts_ns, const uint32_t *caplen, const uint32_t *origlen,
+                       const uint32_t *linktype, const uint64_t *data_off, const uint8_t *data, int nanosecond,
+                       uint32_t snaplen, uint32_t want_linktype, size_t *out_len, int *status)
+{
+    size_t i, o = 0;
+    *status = PIPC_PCAP_WRITE_OK;
+    for (i = 0; i < n; i++) {
+        uint64_t sec = ts_ns[i] / 1000000000ULL, frac = ts_ns[i] % 1000000000ULL;
+        if (caplen[i] > snaplen) { /* readers would cut it silently */
+            *status = PIPC_PCAP_WRITE_SNAPLEN;
+            break;
+        }
+        if (linktype[i] != want_linktype) { /* a pcap stream has one link type */
+            *status = PIPC_PCAP_WRITE_LINKTYPE;
+            break;
+        }
+        if (sec > 0xFFFFFFFFULL) { /* pcap's 32-bit seconds end in 2106 */
+            *status = PIPC_PCAP_WRITE_TIME;
+            break;
+        }
+        wr32le(out + o, (uint32_t)sec);
+        wr32le(out + o + 4, (uint32_t)(nanosecond ? frac : frac / 1000));
+        wr32le(out + o + 8, caplen[i]);
+        wr32le(out + o + 12, origlen[i]);
+        memcpy(out + o + 16, data + data_off[i], caplen[i]);
+        o += 16 + (size_t)caplen[i];
+    }
+    *out_len = o;
+    return i;
+}

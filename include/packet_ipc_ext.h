@@ -75,7 +75,8 @@ PIPC_API uint32_t pipc_flow_hash_tracked(uint32_t linktype, const uint8_t *data,
 PIPC_API void pipc_flow_hash_batch(uint32_t linktype, const uint8_t *const *data, const uint32_t *caplen, size_t n,
                           uint32_t *out);
 
-/* ---- classic pcap scanner (records of a file held in memory, e.g. an mmap) ---- */
+/* ---- classic pcap records: the scanner (of a file held in memory, e.g. an mmap, or a stream's buffer) and
+ * the writer behind packet-ipc dump and PCAP-over-IP ---- */
 struct pipc_pcap_format {
     int big_endian;          /* the file's byte order differs from little endian */
     uint32_t header_len;     /* record header: 16, or 24 for Kuznetzov's modified format */
@@ -95,6 +96,19 @@ struct pipc_pcap_format {
  * what is wrong. Returns the number of records scanned. Every read is bounded by len. */
 PIPC_API size_t pipc_pcap_scan(const uint8_t *buf, size_t len, size_t *pos, size_t max, const struct pipc_pcap_format *f,
                       uint64_t *ts_ns, uint32_t *caplen, uint32_t *origlen, uint64_t *data_off, int *status);
+
+#define PIPC_PCAP_WRITE_OK 0       /* every record written */
+#define PIPC_PCAP_WRITE_SNAPLEN 1  /* stopped at a packet longer than the snaplen */
+#define PIPC_PCAP_WRITE_LINKTYPE 2 /* stopped at a packet of another link type */
+#define PIPC_PCAP_WRITE_TIME 3     /* stopped at a time beyond pcap's 32-bit seconds (2106) */
+
+/* Writes little-endian pcap records (microsecond or nanosecond fraction) for up to n packets given as columns,
+ * into out (at least sum of 16 + caplen bytes). Stops before the first packet that pcap cannot hold as it
+ * is (*status says why). *out_len is the bytes written; returns the number of records written. */
+PIPC_API size_t pipc_pcap_write(uint8_t *out, size_t n, const uint64_t *ts_ns, const uint32_t *caplen,
+                                const uint32_t *origlen, const uint32_t *linktype, const uint64_t *data_off,
+                                const uint8_t *data, int nanosecond, uint32_t snaplen, uint32_t want_linktype,
+                                size_t *out_len, int *status);
 
 #ifdef __cplusplus
 }

@@ -211,10 +211,44 @@ out:
     return result;
 }
 
+/* pcap_write(batch, nanosecond, snaplen, linktype) -> (bytes, count, status): little-endian pcap records of the
+ * batch's packets, stopping before the first one pcap cannot hold as it is (status: see pipc_pcap_write). */
+static PyObject *core_pcap_write(PyObject *m, PyObject *args)
+{
+    PyObject *bo;
+    int nano;
+    unsigned int snaplen, linktype;
+    if (!PyArg_ParseTuple(args, "OpII:pcap_write", &bo, &nano, &snaplen, &linktype))
+        return NULL;
+    core_state *st = (core_state *)PyModule_GetState(m);
+    if (Py_TYPE(bo) != st->BatchType) {
+        PyErr_SetString(PyExc_TypeError, "pcap_write takes a PacketBatch");
+        return NULL;
+    }
+    BatchObject *b = (BatchObject *)bo;
+    if (!batch_live(b))
+        return NULL;
+    size_t need = 0;
+    for (Py_ssize_t i = 0; i < b->n; i++)
+        need += 16 + (size_t)b->caplen[i];
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)need);
+    if (!out)
+        return NULL;
+    size_t len;
+    int status;
+    size_t count = pipc_pcap_write((uint8_t *)PyBytes_AS_STRING(out), (size_t)b->n, b->ts, b->caplen, b->origlen,
+                                   b->linktype, b->offsets, b->data, nano, snaplen, linktype, &len, &status);
+    if (len != need && _PyBytes_Resize(&out, (Py_ssize_t)len) < 0)
+        return NULL;
+    return Py_BuildValue("(Nni)", out, (Py_ssize_t)count, status);
+}
+
 PyMethodDef core_fastpath_methods[] = {
     {"pcap_batch", core_pcap_batch, METH_VARARGS,
      "pcap_batch(buffer, pos, max_packets, big_endian, header_len, ns_per_tick, swapped_lengths, max_caplen, "
      "linktype) -> (PacketBatch | None, next_pos, status)."},
+    {"pcap_write", core_pcap_write, METH_VARARGS,
+     "pcap_write(batch, nanosecond, snaplen, linktype) -> (bytes, count, status): pcap records of a batch."},
     {"partition_by_flow", core_partition_by_flow, METH_VARARGS,
      "partition_by_flow(batch, table, workers, linktype=0) -> list of bytes (uint32 indices per worker)."},
     {"flow_hash", core_flow_hash, METH_VARARGS, "flow_hash(linktype, data) -> int: symmetric 5-tuple hash."},

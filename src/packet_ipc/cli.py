@@ -166,6 +166,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     aborted, so each worker gets the whole packets sent before and then ConnectionLostError, never a clean
     end it could mistake for the whole capture.)
     """
+    if args.listen is not None or any(f.startswith("tcp://") for f in args.files):
+        from .pcap_over_ip import replay_from_tcp
+
+        return replay_from_tcp(args)  # PCAP-over-IP: a live stream, not files
+    if not args.files:
+        _err("packet-ipc replay: error: give capture files, tcp://HOST:PORT or --listen HOST:PORT")
+        return 2
     from .pcap import open_capture
     from .replay import check_captures, replay
 
@@ -230,11 +237,14 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
 def _add_replay(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("replay", help="serve capture files to workers",
                        description="Replay pcap/pcapng files to K workers through packet-ipc.")
-    p.add_argument("files", nargs="+", help="capture files or directories (searched for .pcap/.pcapng)")
+    p.add_argument("files", nargs="*", help="capture files or directories (searched for .pcap/.pcapng)")
     _add_server_options(p)
     p.add_argument("--speed", type=_parse_speed, default=None, help="'max' (default) or a factor of real time")
     p.add_argument("--loop", type=int, default=1, help="replay the files this many times (1)")
     p.add_argument("--batch", type=int, default=256, help="packets per batch (256)")
+    from .pcap_over_ip import add_replay_options
+
+    add_replay_options(p)
     p.set_defaults(func=cmd_replay)
 
 
@@ -276,6 +286,10 @@ def _connect_waiting(name: str, timeout: float, overflow: str | None) -> Any:
 
 def cmd_dump(args: argparse.Namespace) -> int:
     """A worker that writes what it receives as pcap/pcapng (or just counts it)."""
+    if args.listen is not None or args.connect is not None:
+        from .pcap_over_ip import dump_to_tcp
+
+        return dump_to_tcp(args, lambda: _connect_waiting(args.name, args.timeout, args.overflow))
     from .pcap import CaptureWriter
 
     client = _connect_waiting(args.name, args.timeout, args.overflow)
@@ -336,6 +350,9 @@ def _add_dump(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--checksum", action="store_true",
                    help="also sum a 64-bit BLAKE2b of every packet (order-independent; what demo compares)")
+    from .pcap_over_ip import add_dump_options
+
+    add_dump_options(p)
     p.set_defaults(func=cmd_dump)
 
 

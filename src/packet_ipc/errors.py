@@ -21,6 +21,7 @@ __all__ = [
     "ClosedError",
     "CaptureError",
     "from_code",
+    "AddressError",
 ]
 
 
@@ -65,6 +66,12 @@ class ClosedError(PacketIpcError, ValueError):
 
 class CaptureError(PacketIpcError, ValueError):
     """A capture file is malformed: bad magic, unsupported version, a record cut short, an absurd length."""
+
+
+class AddressError(PacketIpcError):
+    """A network address cannot be used: the host does not resolve, the port is in use, binding is refused.
+
+    Raised by PCAP-over-IP (:mod:`packet_ipc.pcap_over_ip`) before anything is sent or received."""
 
 
 def from_code(code: int, message: str, during: str | None = None) -> Exception:

@@ -516,8 +516,9 @@ class CaptureReader:
     def read_packet_batches(self, max_packets: int = 256) -> Iterator[PacketBatch]:
         """Yield :class:`~packet_ipc.PacketBatch` objects of up to ``max_packets`` packets until the file ends.
 
-        A classic pcap file read from a path takes the C fast path (``csrc/pcap.c``: no Python object per
-        packet); pcapng, streams, and a reader already iterated go through the records. Damage is reported
+        Classic pcap takes the C fast path (``csrc/pcap.c``: no Python object per packet), from a path or a
+        stream (a pipe, a socket: there a batch holds what has arrived, it does not wait for
+        ``max_packets``); pcapng and a reader already iterated go through the records. Damage is reported
         as iteration reports it: every good packet first (in earlier and a final partial batch), then
         :class:`CaptureError` with the same message.
         """
@@ -525,6 +526,9 @@ class CaptureReader:
 
         if max_packets < 1:
             raise ValueError("max_packets must be at least 1")
+        if self._fast is not None and self._map is None and not self._started and not self._eof:
+            yield from self._stream_packet_batches(max_packets)
+            return
         if self._fast is None or self._map is None or self._started:
             for records in self.read_batches(max_packets):
                 yield PacketBatch.from_packets(records)  # each record brings its own linktype and ifindex
@@ -545,6 +549,33 @@ class CaptureReader:
             if status == 1:
                 return
             raise self._fast_error(status, pos, header_len, big)
+
+    def _stream_packet_batches(self, max_packets: int) -> Iterator[PacketBatch]:
+        """Classic pcap from a pipe or socket through the C fast path. A batch holds the whole records read
+        so far (up to ``max_packets``): it never waits for a full batch, so a live stream is served as it
+        arrives. More is read only when the buffer holds no whole record."""
+        from ._core import pcap_batch
+
+        assert self._fast is not None
+        self._started = True
+        big, header_len, ns_per_tick, swapped = self._fast
+        while True:
+            batch, pos, status = pcap_batch(
+                self._buf, self._pos, max_packets, big, header_len, ns_per_tick, swapped, MAX_CAPLEN, self.linktype
+            )
+            self._pos = pos
+            if batch is not None:
+                self._count += len(batch)
+                yield batch
+            if status == 0:
+                continue
+            if status == 4:
+                raise self._fast_error(status, pos, header_len, big)
+            # The buffer ends at a record boundary (1) or inside a record (2, 3): read what has arrived.
+            if not self._fill(len(self._buf) - self._pos + 1):
+                if status == 1:
+                    return
+                raise self._fast_error(status, self._pos, header_len, big)
 
     def _fast_error(self, status: int, pos: int, header_len: int, big: int) -> CaptureError:
         end = len(self._buf)
@@ -770,6 +801,29 @@ class CaptureWriter:
         finally:
             self.flush()
         return count
+
+    def write_batch(self, batch: PacketBatch) -> int:
+        """Write every packet of a :class:`~packet_ipc.PacketBatch`, then :meth:`flush`; return the count.
+
+        Classic pcap takes the C fast path (``csrc/pcap.c``: the records are built from the batch's columns,
+        no Python object per packet); pcapng goes packet by packet. Raises what :meth:`write` raises, with
+        the same message; the packets before the failing one stay written.
+        """
+        if self.format != "pcap":
+            return self.write_many(batch)
+        if self._closed:
+            raise ValueError("write to a closed CaptureWriter")
+        from ._core import pcap_write
+
+        records, count, status = pcap_write(batch, self.nanosecond, self.snaplen, self.linktype)
+        self._append(records)
+        try:
+            if status:
+                self.write(batch[count])  # the packet pcap cannot hold: write() raises its error
+                raise AssertionError(f"pcap_write refused packet {count} (status {status}) that write() took")
+        finally:
+            self.flush()
+        return int(count)
 
     def _drain(self) -> None:
         if self._parts:
