@@ -242,6 +242,14 @@ static long no_worker(void)
     return -ECONNRESET;
 }
 
+/* Every worker died during the call: an error, never a short count, with what was not written listed in
+ * unsent (the caller's exception says how many were). */
+static long all_gone(size_t sent, size_t n)
+{
+    pipc_set_error("every worker has gone: %zu of %zu packets written", sent, n);
+    return -ECONNRESET;
+}
+
 /* Stops early: lists what was not written (todo[from..m) and everything in rest[0..r)), ascending. */
 static void report_unsent(const uint32_t *todo, size_t from, size_t m, uint32_t *unsent, size_t *n_unsent)
 {
@@ -268,8 +276,12 @@ static long send_flow(struct pipc_distributor *d, uint32_t default_linktype, con
     size_t m = n, sent = 0;
     while (m > 0) {
         size_t nw = d->n_workers;
-        if (nw == 0)
-            return sent ? (long)sent : no_worker();
+        if (nw == 0) {
+            report_unsent(d->todo, 0, m, unsent, n_unsent);
+            if (unsent)
+                qsort(unsent, *n_unsent, sizeof(uint32_t), cmp_u32);
+            return sent ? all_gone(sent, n) : no_worker();
+        }
         /* Counting sort of todo by owner: each worker's packets stay in their order. */
         uint32_t counts[65536 / 64 + 1];
         uint32_t *start = nw < sizeof(counts) / sizeof(counts[0]) ? counts : calloc(nw + 1, sizeof(uint32_t));
@@ -333,8 +345,11 @@ static long send_round_robin(struct pipc_distributor *d, const struct pipc_packe
 {
     size_t from = 0, sent = 0;
     while (from < n) { /* the whole call to the next live worker; if it dies mid-way, the rest to the next */
-        if (!d->n_workers)
-            return sent ? (long)sent : no_worker();
+        if (!d->n_workers) {
+            for (size_t i = from; unsent && i < n; i++)
+                unsent[(*n_unsent)++] = (uint32_t)i;
+            return sent ? all_gone(sent, n) : no_worker();
+        }
         size_t w = d->rr++ % d->n_workers, done = 0, written = 0;
         int left;
         int err = send_part(d, w, pk + from, NULL, n - from, deadline, &done, &written, &left);

@@ -167,7 +167,8 @@ PIPC_API int pipc_server_accept(pipc_server *server, int timeout_ms, pipc_conn *
 
 /* Distributes n packets by the server's distribution policy. Blocks like pipc_conn_send (up to timeout_ms in
  * total) on a worker whose policy is block. Returns the number of packets written (under broadcast, counted
- * once per packet); -ECONNRESET when no worker is (or is left) connected; -EMSGSIZE/-EINVAL (nothing sent)
+ * once per packet); -ECONNRESET when no worker is connected, or when every worker died during the call
+ * (then pipc_server_send_some lists the packets not written: never a short count without an error); -EMSGSIZE/-EINVAL (nothing sent)
  * for a packet no ring takes. If a wait times out or is interrupted, returns the count written so far, or
  * -ETIMEDOUT / -EINTR if none: which packets were written is then reported by pipc_server_send_some. */
 PIPC_API long pipc_server_send(pipc_server *server, const struct pipc_packet *packets, size_t n, int timeout_ms);

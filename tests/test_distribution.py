@@ -256,3 +256,42 @@ def test_fragments_follow_their_flow_to_its_worker(ctx):
     assert sum(len(got) for _, got, _, _ in results) == len(packets)
     assert all(len(pids) == 1 for pids in worker_of_flow.values())  # query, answer and its fragments together
     assert len({next(iter(p)) for p in worker_of_flow.values()}) == 4
+
+
+@pytest.mark.parametrize("distribution", ["flow", "round_robin"])
+def test_last_worker_dying_mid_call_raises_with_what_was_written_never_a_short_count(ctx, distribution):
+    """The only worker stalls (its ring fills) and is killed while a send waits on it: the send raises
+    ConnectionLostError saying how many packets it wrote, and those are exactly what its ring held (lost)."""
+    import threading
+
+    from peers import connect_and_idle, make_packets
+
+    ready_q = ctx.Queue()
+    with pipc.Server(capacity=1 << 14, distribution=distribution, stats_socket=False) as server:
+        child = ctx.Process(target=connect_and_idle, args=(server.name, ready_q))
+        child.start()
+        server.wait_for_clients(1, timeout=30)
+        assert ready_q.get(timeout=30) == child.pid
+        conn = server.connections[0]
+        outcome: list = []
+        sender = threading.Thread(target=lambda: outcome.append(_send_catching(server, make_packets(1000, max_len=200))))
+        sender.start()
+        deadline = 30
+        while conn.stats().ring_used_bytes < (1 << 13) and deadline > 0:  # the send is blocked on the full ring
+            sender.join(0.05)
+            deadline -= 0.05
+        os.kill(child.pid, signal.SIGKILL)
+        sender.join(30)
+        child.join(30)
+        assert not sender.is_alive()
+        (error,) = outcome
+        assert isinstance(error, pipc.ConnectionLostError), error
+        assert 0 < error.sent < 1000
+        assert server.stats().lost_packets == error.sent  # written to the dead worker's ring, unread: counted
+
+
+def _send_catching(server, packets):
+    try:
+        return server.send(packets, timeout=30)
+    except pipc.PacketIpcError as e:
+        return e

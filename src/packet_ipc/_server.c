@@ -205,6 +205,8 @@ static PyObject *server_send_packets(ServerObject *self, struct pipc_packet *pk,
         Py_END_ALLOW_THREADS
         if (r > 0)
             sent += r;
+        else if (r < 0 && n_unsent > 0) /* failed after writing some: the ones not listed as unsent */
+            sent += m - (Py_ssize_t)n_unsent;
         int early = r == -EINTR || r == -ETIMEDOUT || (r >= 0 && n_unsent > 0);
         if (!early && r < 0) {
             raise_with_sent(st, (int)r, sent);
