@@ -208,7 +208,11 @@ static PyObject *packet_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     }
     Py_buffer v;
     if (PyObject_GetBuffer(data, &v, PyBUF_SIMPLE) < 0) {
-        PyErr_Format(PyExc_TypeError, "data must support the buffer protocol, not %.100s", Py_TYPE(data)->tp_name);
+        if (PyObject_CheckBuffer(data)) /* a buffer, but not one contiguous run of bytes (a strided view) */
+            PyErr_Format(PyExc_ValueError, "data must be contiguous bytes; this %.100s is not (copy it: bytes(data))",
+                         Py_TYPE(data)->tp_name);
+        else
+            PyErr_Format(PyExc_TypeError, "data must support the buffer protocol, not %.100s", Py_TYPE(data)->tp_name);
         return NULL;
     }
     Py_ssize_t len = v.len;
@@ -219,11 +223,15 @@ static PyObject *packet_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     }
     unsigned long ol = (unsigned long)len;
     if (orig != Py_None) {
-        ol = PyLong_AsUnsignedLong(orig);
-        if (ol == (unsigned long)-1 && PyErr_Occurred())
-            return NULL;
-        if (ol > UINT32_MAX) {
-            PyErr_SetString(PyExc_ValueError, "orig_len must fit in 32 bits");
+        ol = PyLong_Check(orig) ? PyLong_AsUnsignedLong(orig) : (unsigned long)-1;
+        if ((ol == (unsigned long)-1 && (PyErr_Occurred() || !PyLong_Check(orig))) || ol > UINT32_MAX || ol < (unsigned long)len) {
+            if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                PyErr_Clear(); /* a negative or huge int: OverflowError would not say what is wanted */
+                PyErr_Format(PyExc_ValueError, "orig_len must be an int from caplen (%zd) to 2**32 - 1", len);
+            } else if (!PyLong_Check(orig)) {
+                PyErr_Clear();
+                PyErr_Format(PyExc_TypeError, "orig_len must be an int or None, not %.100s", Py_TYPE(orig)->tp_name);
+            }
             return NULL;
         }
     }
@@ -1348,11 +1356,14 @@ static long client_take(ClientObject *self, Py_ssize_t max, int ms)
     if (r == -ETIMEDOUT && ms != 0) {
         uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
         for (;;) {
+            /* Waits in slices of at most 200 ms: a signal that lands before poll() starts (while spinning)
+             * interrupts nothing, and would otherwise be handled only when a packet comes (a SIGTERM lost). */
             int left = remaining(deadline);
+            int slice = left < 0 || left > 200 ? 200 : left;
             Py_BEGIN_ALLOW_THREADS
-            r = pipc_client_take(self->c, self->scratch, (size_t)max, left, self->busy_poll);
+            r = pipc_client_take(self->c, self->scratch, (size_t)max, slice, self->busy_poll);
             Py_END_ALLOW_THREADS
-            if (r != -EINTR)
+            if (r != -EINTR && !(r == -ETIMEDOUT && remaining(deadline) != 0))
                 break;
             if (PyErr_CheckSignals() < 0)
                 return -1;

@@ -9,18 +9,23 @@ naming the file, the byte offset and the packet index, and no worker is served a
 writes only whole packets as they arrived; if the server goes away without ending the stream it keeps what
 it wrote and exits 1.
 
-Exit codes: 0 success; 1 a runtime error (the line on stderr says which); 2 a usage error; 130 interrupted.
+Signals: SIGTERM is handled as SIGINT by every command. ``dump``, ``capture`` and ``stats --watch`` take it
+as a request to stop: clean end, valid files, summary, exit 0. ``replay`` prints its summary and exits 130
+(its workers see the stream aborted, never a clean end), or 0 when looping forever (``-l 0``).
+
+Exit codes: 0 success; 1 a runtime error (the line on stderr says which); 2 a usage error (every
+out-of-range option is one, found before anything starts); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from .commands import capture, demo, dump, replay, stats, tools
-from .commands.common import packet_checksum
+from .commands.common import STOP, UsageError, packet_checksum
 from .commands.stats import fetch_stats
 
 __all__ = ["main", "build_parser", "packet_checksum", "fetch_stats"]
@@ -39,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in _SUBCOMMANDS:
         add(sub)
+    for command in sub.choices.values():  # --debug also after the subcommand (SUPPRESS: keeps the first one's)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
     return parser
 
 
@@ -50,16 +57,21 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ig
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # usage errors exit 2 here, before anything starts
+    if threading.current_thread() is threading.main_thread():
+        STOP.install()  # SIGTERM is handled as SIGINT by every command
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         print("packet-ipc: interrupted", file=sys.stderr)
         return 130
+    except UsageError as e:
+        print(f"packet-ipc {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as e:  # every packet-ipc error is an OSError or ValueError subclass
         if args.debug:
             raise
-        where = f" ({Path(e.filename).name})" if isinstance(e, OSError) and e.filename else ""
+        where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
         msg = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         print(f"packet-ipc {args.command}: error: {msg}{where}", file=sys.stderr)
         return 1

@@ -11,9 +11,11 @@ and counts it. ``send(None)`` ends the stream.
 from __future__ import annotations
 
 import array
+import hashlib
 import json
 import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -36,6 +38,8 @@ __all__ = [
     "Distribution",
     "stats_address",
     "sweep_stale_endpoints",
+    "remove_stale_socket",
+    "unix_address_call",
 ]
 
 Overflow = Literal["block", "drop"]
@@ -99,9 +103,71 @@ def sweep_stale_endpoints(directory: str | None = None, min_age_s: float = 10.0)
     return removed
 
 
+def remove_stale_socket(path: str) -> bool:
+    """Removes the socket file at ``path`` (and its ``.stats`` beside it) if no process listens behind it any
+    more: a server that was ``kill -9``'d leaves it, and binding the name again would fail with "address in
+    use". A socket some process has bound (``/proc/net/unix``) or that accepts a connection is left alone,
+    as is anything that is not a socket. Returns True if it removed the file. Abstract names (``@x``)
+    vanish with their process and need nothing."""
+    if path.startswith("@"):
+        return False
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+        if os.path.abspath(path) in _bound_unix_paths():
+            return False
+    except OSError:
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:  # a socket file with no listener: its server died
+        pass
+    except OSError:
+        return False
+    else:
+        return False  # someone listens (bound under another spelling of the path): not stale
+    finally:
+        probe.close()
+    for stale in (path, stats_address(path)):
+        try:
+            if stat.S_ISSOCK(os.lstat(stale).st_mode):
+                os.unlink(stale)
+        except OSError:
+            pass
+    return True
+
+
 def stats_address(name: str) -> str:
-    """Where a server answers ``packet-ipc stats`` queries: beside its socket (``NAME.stats``)."""
-    return name + ".stats"
+    """Where a server answers ``packet-ipc stats`` queries: beside its socket (``NAME.stats``). An abstract
+    name too long for that (over 101 bytes) gets a shortened one that still ends in its hash."""
+    addr = name + ".stats"
+    if name.startswith("@") and len(os.fsencode(addr)) > _SUN_PATH_BYTES:
+        digest = hashlib.blake2b(os.fsencode(name), digest_size=8).hexdigest()
+        keep = os.fsencode(name)[: _SUN_PATH_BYTES - 24].decode(errors="ignore")
+        addr = f"{keep}.{digest}.stats"
+    return addr
+
+
+_SUN_PATH_BYTES = 108  # sizeof(sockaddr_un.sun_path) on Linux
+
+
+def unix_address_call(sock: socket.socket, addr: str, call: str) -> None:
+    """``sock.bind(addr)`` or ``sock.connect(addr)`` (``call``) for a packet-ipc address: ``@x`` is abstract;
+    a path too long for ``sun_path`` (a 102-107-byte server name's ``.stats`` beside it) is reached through
+    its directory (``/proc/self/fd/N/NAME``), so it works instead of failing or being skipped."""
+    op = getattr(sock, call)
+    if addr.startswith("@"):
+        op("\0" + addr[1:])
+        return
+    if len(os.fsencode(addr)) < _SUN_PATH_BYTES:
+        op(addr)
+        return
+    directory = os.open(os.path.dirname(addr) or ".", os.O_PATH | os.O_DIRECTORY)
+    try:
+        op(f"/proc/self/fd/{directory}/{os.path.basename(addr)}")
+    finally:
+        os.close(directory)
 
 
 @dataclass(frozen=True)
@@ -117,6 +183,7 @@ class ServerStats:
     dropped_bytes: int
     lost_packets: int
     connections: list[dict[str, Any]] = field(default_factory=list)
+    ended: bool = False  # the stream was ended (send(None)) for every worker
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as a plain dict (JSON-friendly)."""
@@ -130,6 +197,7 @@ class ServerStats:
             "dropped_bytes": self.dropped_bytes,
             "lost_packets": self.lost_packets,
             "connections": self.connections,
+            "ended": self.ended,
         }
 
 
@@ -254,6 +322,8 @@ class Server:
         self.linktype = linktype
         if name is None:
             sweep_stale_endpoints()
+        else:
+            remove_stale_socket(os.fspath(name))
         self.snaplen = snaplen
         self._s = _core.Server(
             None if name is None else os.fspath(name),
@@ -278,6 +348,8 @@ class Server:
         self._rr = 0
         self._lost = 0
         self._last_liveness = 0.0
+        self._ended = False
+        self._connections_closed = False
         self._stats_sock: socket.socket | None = None
         if stats_socket:
             self._start_stats()
@@ -286,7 +358,7 @@ class Server:
         addr = stats_address(self.name)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind("\0" + addr[1:] if addr.startswith("@") else addr)
+            unix_address_call(sock, addr, "bind")
             if not addr.startswith("@"):
                 os.chmod(addr, 0o600)
             sock.listen(16)
@@ -319,7 +391,14 @@ class Server:
         return list(self._live)
 
     def wait_for_clients(self, n: int, timeout: float | None = None) -> list[Connection]:
-        """Accepts clients until ``n`` are connected (within ``timeout`` seconds in total); returns them."""
+        """Accepts clients until ``n`` are connected (within ``timeout`` seconds in total); returns them.
+
+        Raises ``ValueError`` for ``n`` < 0 or a negative ``timeout``, ``TimeoutError`` when they do not come.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"wait_for_clients needs a number of clients >= 0, not {n!r}")
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be None or >= 0 seconds, not {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
         while len(self._live) < n:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -336,7 +415,8 @@ class Server:
         has died is dropped: its share of flows moves to the live ones, and packets of this call not yet
         written to it go to them instead (what was in its ring is counted as lost). Returns the number of
         packets written (under broadcast, counted once per packet). Raises :class:`ConnectionLostError` when
-        no worker is left, ``TimeoutError`` as :meth:`Connection.send`.
+        no worker is left, :class:`ClosedError` when none is left because this server was closed (:meth:`close`
+        with no connection, or :meth:`close_connections`), ``TimeoutError`` as :meth:`Connection.send`.
         """
         if packets is None:
             return self._end_all()
@@ -408,6 +488,8 @@ class Server:
     def _require_live(self) -> list[Connection]:
         live = list(self._live)  # a snapshot: a worker found dead mid-send leaves self._live, not this list
         if not live:
+            if self._s.closed or self._connections_closed:  # the caller closed it: not a worker that left
+                raise ClosedError(9, "server is closed: no connection is left to send to")
             raise ConnectionLostError(104, "no live worker is connected to this server")
         return live
 
@@ -471,6 +553,7 @@ class Server:
                 conn.end()
             except ConnectionLostError:
                 self._drop(conn)
+        self._ended = True
         return 0
 
     def stats(self) -> ServerStats:
@@ -489,7 +572,8 @@ class Server:
             d.update(index=conn.index, peer_pid=conn.peer_pid, overflow=conn.overflow, live=conn in self._live)
             per.append(d)
         return ServerStats(
-            self.name, self.distribution, len(self._live), totals[0], totals[1], totals[2], totals[3], self._lost, per
+            self.name, self.distribution, len(self._live), totals[0], totals[1], totals[2], totals[3], self._lost, per,
+            self._ended,
         )
 
     def _serve_stats(self) -> None:
@@ -545,6 +629,7 @@ class Server:
         for conn in self._all:
             conn.close()
         self._live.clear()
+        self._connections_closed = True
 
     def __enter__(self) -> Server:
         return self

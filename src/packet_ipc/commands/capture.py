@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import add_server_options, drain_wait, err, make_server, print_summary
+from .common import add_server_options, drain_wait, err, make_server, positive_float, positive_int, print_summary
 
 def cmd_capture(args: argparse.Namespace) -> int:
     """Captures live from an interface into the IPC."""
@@ -41,10 +41,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        description="Live capture (libpcap) into packet-ipc workers. Needs CAP_NET_RAW.")
     p.add_argument("-i", "--interface", required=True, help="interface to capture on")
     p.add_argument("--filter", default=None, help="BPF filter (tcpdump syntax)")
-    p.add_argument("--snaplen", type=int, default=262144, help="bytes to capture per packet")
+    p.add_argument("--snaplen", type=positive_int, default=262144, help="bytes to capture per packet")
     p.add_argument("--no-promisc", action="store_true", help="do not put the interface in promiscuous mode")
-    p.add_argument("-c", "--count", type=int, default=None, help="stop after this many packets")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--batch", type=int, default=256, help="packets per batch at most (256)")
+    p.add_argument("-c", "--count", type=positive_int, default=None, help="stop after this many packets")
+    p.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds")
+    p.add_argument("--batch", type=positive_int, default=256, help="packets per batch at most (256)")
     add_server_options(p)
     p.set_defaults(func=cmd_capture)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .common import capture_files, drain_wait, packet_checksum
+from .common import capture_files, drain_wait, packet_checksum, positive_int, print_table
 
 def _demo_captures(explicit: Sequence[str]) -> list[Path]:
     if explicit:
@@ -30,7 +30,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..replay import replay
     from ..server import Server
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # a log file gets whole lines, not 80 columns
     files = []
     expected_packets = expected_bytes = expected_sum = 0
     for f in _demo_captures(args.captures):
@@ -66,16 +66,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 if w.poll() is None:
                     w.kill()
     by_pid = {r["pid"]: r for r in results}
-    from rich.table import Table
-
-    table = Table(title="what each worker received")
-    for col in ("worker pid", "sent to it", "received", "bytes", "checksum"):
-        table.add_column(col, justify="right")
+    rows = []
     for conn in sent:
         r = by_pid.get(conn["peer_pid"], {})
-        table.add_row(str(conn["peer_pid"]), f"{conn['packets']:,}", f"{r.get('packets', 0):,}",
-                      f"{r.get('bytes', 0):,}", r.get("checksum", "-"))
-    console.print(table)
+        rows.append([str(conn["peer_pid"]), f"{conn['packets']:,}", f"{r.get('packets', 0):,}",
+                     f"{r.get('bytes', 0):,}", r.get("checksum", "-")])
+    print_table("what each worker received", ("worker pid", "sent to it", "received", "bytes", "checksum"), rows,
+                sys.stderr)
     got_packets = sum(r["packets"] for r in results)
     got_bytes = sum(r["bytes"] for r in results)
     got_sum = sum(int(r["checksum"], 16) for r in results) & 0xFFFF_FFFF_FFFF_FFFF
@@ -94,7 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                        description="Replay ../shared/data/pcaps (or a capture shipped in the package) from this "
                                    "process to worker processes and verify packets, bytes and checksum.")
     p.add_argument("captures", nargs="*", help="capture files or directories (default: ../shared/data/pcaps)")
-    p.add_argument("--workers", type=int, default=2, help="worker processes (2)")
+    p.add_argument("--workers", type=positive_int, default=2, help="worker processes (2)")
     p.add_argument("--distribution", choices=["flow", "round_robin", "broadcast"], default="flow")
-    p.add_argument("--loop", type=int, default=1, help="replay this many times (1)")
+    p.add_argument("--loop", type=positive_int, default=1, help="replay this many times (1)")
     p.set_defaults(func=cmd_demo)
