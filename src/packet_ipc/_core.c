@@ -223,15 +223,14 @@ static PyObject *packet_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     }
     unsigned long ol = (unsigned long)len;
     if (orig != Py_None) {
-        ol = PyLong_Check(orig) ? PyLong_AsUnsignedLong(orig) : (unsigned long)-1;
-        if ((ol == (unsigned long)-1 && (PyErr_Occurred() || !PyLong_Check(orig))) || ol > UINT32_MAX || ol < (unsigned long)len) {
-            if (!PyErr_Occurred() || PyErr_ExceptionMatches(PyExc_OverflowError)) {
-                PyErr_Clear(); /* a negative or huge int: OverflowError would not say what is wanted */
-                PyErr_Format(PyExc_ValueError, "orig_len must be an int from caplen (%zd) to 2**32 - 1", len);
-            } else if (!PyLong_Check(orig)) {
-                PyErr_Clear();
-                PyErr_Format(PyExc_TypeError, "orig_len must be an int or None, not %.100s", Py_TYPE(orig)->tp_name);
-            }
+        if (!PyLong_Check(orig)) {
+            PyErr_Format(PyExc_TypeError, "orig_len must be an int or None, not %.100s", Py_TYPE(orig)->tp_name);
+            return NULL;
+        }
+        ol = PyLong_AsUnsignedLong(orig);
+        if ((ol == (unsigned long)-1 && PyErr_Occurred()) || ol > UINT32_MAX || ol < (unsigned long)len) {
+            PyErr_Clear(); /* a negative or huge int: a bare OverflowError would not say what is wanted */
+            PyErr_Format(PyExc_ValueError, "orig_len must be an int from caplen (%zd) to 2**32 - 1", len);
             return NULL;
         }
     }
