@@ -350,7 +350,10 @@ class Server:
         self._last_liveness = 0.0
         self._ended = False
         self._connections_closed = False
+        self._closed_stats: dict[int, tuple[Stats, dict[str, Any]]] = {}
         self._stats_sock: socket.socket | None = None
+        self._stats_closing = threading.Event()
+        self._stats_watchers: list[threading.Thread] = []
         if stats_socket:
             self._start_stats()
 
@@ -562,14 +565,17 @@ class Server:
         totals = [0, 0, 0, 0]
         for conn in self._all:
             if conn.closed:
-                continue
-            st = conn.stats()
+                if conn.index not in self._closed_stats:
+                    continue
+                st, d = self._closed_stats[conn.index]  # closed by close_connections(): its last counters
+            else:
+                st = conn.stats()
+                d = st.as_dict()
+                d.update(index=conn.index, peer_pid=conn.peer_pid, overflow=conn.overflow, live=conn in self._live)
             totals[0] += st.packets
             totals[1] += st.bytes
             totals[2] += st.dropped_packets
             totals[3] += st.dropped_bytes
-            d = st.as_dict()
-            d.update(index=conn.index, peer_pid=conn.peer_pid, overflow=conn.overflow, live=conn in self._live)
             per.append(d)
         return ServerStats(
             self.name, self.distribution, len(self._live), totals[0], totals[1], totals[2], totals[3], self._lost, per,
@@ -577,18 +583,58 @@ class Server:
         )
 
     def _serve_stats(self) -> None:
-        """Answers `packet-ipc stats` queries: one JSON document per connection to NAME.stats."""
+        """Answers `packet-ipc stats` queries on NAME.stats. A peer that sends nothing (or shuts its side)
+        gets one JSON document and EOF. A peer that sends ``watch S`` gets one document per line every S
+        seconds, and a last one with ``"closed": true`` (and ``"ended"``) when the server closes: a watcher
+        learns how the stream ended even when the server closes between two of its looks."""
         listener = self._stats_sock
         while listener is not None:
             try:
                 peer, _ = listener.accept()
             except OSError:
                 return  # closed
-            with peer:
-                try:
-                    peer.sendall(json.dumps(self.stats().as_dict()).encode())
-                except OSError:
-                    pass
+            interval = self._stats_request(peer)
+            if interval is None:
+                with peer:
+                    try:
+                        peer.sendall(json.dumps(self.stats().as_dict()).encode())
+                    except OSError:
+                        pass
+                continue
+            watcher = threading.Thread(target=self._stats_watch, args=(peer, interval), daemon=True,
+                                       name=f"packet-ipc stats watch {self.name}")
+            self._stats_watchers.append(watcher)
+            watcher.start()
+
+    @staticmethod
+    def _stats_request(peer: socket.socket) -> float | None:
+        """The peer's request: ``watch S`` gives S seconds; nothing (EOF, or silence for 0.2 s) gives None."""
+        peer.settimeout(0.2)
+        try:
+            request = peer.recv(64)
+        except OSError:
+            request = b""
+        finally:
+            peer.settimeout(None)
+        words = request.split()
+        if len(words) == 2 and words[0] == b"watch":
+            try:
+                interval = float(words[1])
+            except ValueError:
+                return None
+            return min(max(interval, 0.01), 3600.0) if interval == interval else None
+        return None
+
+    def _stats_watch(self, peer: socket.socket, interval: float) -> None:
+        with peer:
+            try:
+                while not self._stats_closing.is_set():
+                    peer.sendall(json.dumps(self.stats().as_dict()).encode() + b"\n")
+                    self._stats_closing.wait(interval)
+                last = {**self.stats().as_dict(), "closed": True}
+                peer.sendall(json.dumps(last).encode() + b"\n")
+            except OSError:
+                pass  # the watcher went away
 
     def fileno(self) -> int:
         """The listening socket: readable when a client is waiting to be accepted."""
@@ -602,6 +648,9 @@ class Server:
     def close(self) -> None:
         """Stops listening and removes the socket and private directory. Accepted connections stay usable."""
         if self._stats_sock is not None:
+            self._stats_closing.set()  # watchers get a last document saying how the stream ended
+            for watcher in self._stats_watchers:
+                watcher.join(timeout=1.0)
             addr = stats_address(self.name)
             try:
                 self._stats_sock.shutdown(socket.SHUT_RDWR)
@@ -627,6 +676,11 @@ class Server:
     def close_connections(self) -> None:
         """Closes every accepted connection (each client sees end of stream after draining)."""
         for conn in self._all:
+            if not conn.closed:  # keep its counters: stats() after the end still shows what each worker got
+                st = conn.stats()
+                d = st.as_dict()
+                d.update(index=conn.index, peer_pid=conn.peer_pid, overflow=conn.overflow, live=conn in self._live)
+                self._closed_stats[conn.index] = (st, d)
             conn.close()
         self._live.clear()
         self._connections_closed = True
