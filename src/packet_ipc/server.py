@@ -11,11 +11,7 @@ and counts it. ``send(None)`` ends the stream.
 from __future__ import annotations
 
 import array
-import hashlib
-import json
 import os
-import socket
-import stat
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -25,6 +21,7 @@ from typing import Any, Literal
 
 from . import _core
 from .batch import PacketBatch
+from .endpoint import StatsService, remove_stale_socket, stats_address, sweep_stale_endpoints, unix_address_call
 from .errors import ClosedError, ConnectionLostError
 from .packet import AsIpcPacket
 from .stats import Stats
@@ -49,125 +46,6 @@ _OVERFLOW_NAME: dict[int, Overflow] = {_core.OVERFLOW_BLOCK: "block", _core.OVER
 DEFAULT_CAPACITY = 4 << 20
 FLOW_BUCKETS = 4096  # flow hash -> bucket -> worker: only a leaving/joining worker's share of flows moves
 LIVENESS_CHECK_S = 0.05  # how often server.send looks for workers that died while it was not blocked on them
-
-
-def _bound_unix_paths() -> set[str]:
-    """Paths of every unix socket bound on this machine right now (the kernel's /proc/net/unix)."""
-    paths = set()
-    with open("/proc/net/unix") as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            if len(fields) >= 8 and fields[7].startswith("/"):
-                paths.add(fields[7])
-    return paths
-
-
-def sweep_stale_endpoints(directory: str | None = None, min_age_s: float = 10.0) -> list[str]:
-    """Removes the private directories of servers that died without closing (``kill -9``): ours (same uid),
-    named ``packet-ipc-*``, older than ``min_age_s``, whose socket no process has bound any more (checked in
-    ``/proc/net/unix``, so no live server is ever connected to or disturbed). Returns what was removed.
-
-    :class:`Server` calls it when it creates a private endpoint, so a crash leaves files only until the
-    next server starts.
-    """
-    base = directory or os.environ.get("TMPDIR") or "/tmp"
-    try:
-        entries = [e for e in os.scandir(base) if e.name.startswith("packet-ipc-")]
-    except OSError:
-        return []
-    if not entries:
-        return []
-    bound = _bound_unix_paths()
-    removed = []
-    now = time.time()
-    for entry in entries:
-        try:
-            st = entry.stat(follow_symlinks=False)
-            sock = os.path.join(entry.path, "socket")
-            if (
-                not entry.is_dir(follow_symlinks=False)
-                or st.st_uid != os.geteuid()
-                or now - st.st_mtime < min_age_s  # a server between mkdtemp and bind
-                or not os.path.exists(sock)
-                or sock in bound
-            ):
-                continue
-            for name in os.listdir(entry.path):
-                if name == "socket" or name.startswith("socket."):
-                    os.unlink(os.path.join(entry.path, name))
-            os.rmdir(entry.path)
-            removed.append(entry.path)
-        except OSError:
-            continue  # another process got there first, or something else lives in it: leave it
-    return removed
-
-
-def remove_stale_socket(path: str) -> bool:
-    """Removes the socket file at ``path`` (and its ``.stats`` beside it) if no process listens behind it any
-    more: a server that was ``kill -9``'d leaves it, and binding the name again would fail with "address in
-    use". A socket some process has bound (``/proc/net/unix``) or that accepts a connection is left alone,
-    as is anything that is not a socket. Returns True if it removed the file. Abstract names (``@x``)
-    vanish with their process and need nothing."""
-    if path.startswith("@"):
-        return False
-    try:
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            return False
-        if os.path.abspath(path) in _bound_unix_paths():
-            return False
-    except OSError:
-        return False
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:  # a socket file with no listener: its server died
-        pass
-    except OSError:
-        return False
-    else:
-        return False  # someone listens (bound under another spelling of the path): not stale
-    finally:
-        probe.close()
-    for stale in (path, stats_address(path)):
-        try:
-            if stat.S_ISSOCK(os.lstat(stale).st_mode):
-                os.unlink(stale)
-        except OSError:
-            pass
-    return True
-
-
-def stats_address(name: str) -> str:
-    """Where a server answers ``packet-ipc stats`` queries: beside its socket (``NAME.stats``). An abstract
-    name too long for that (over 101 bytes) gets a shortened one that still ends in its hash."""
-    addr = name + ".stats"
-    if name.startswith("@") and len(os.fsencode(addr)) > _SUN_PATH_BYTES:
-        digest = hashlib.blake2b(os.fsencode(name), digest_size=8).hexdigest()
-        keep = os.fsencode(name)[: _SUN_PATH_BYTES - 24].decode(errors="ignore")
-        addr = f"{keep}.{digest}.stats"
-    return addr
-
-
-_SUN_PATH_BYTES = 108  # sizeof(sockaddr_un.sun_path) on Linux
-
-
-def unix_address_call(sock: socket.socket, addr: str, call: str) -> None:
-    """``sock.bind(addr)`` or ``sock.connect(addr)`` (``call``) for a packet-ipc address: ``@x`` is abstract;
-    a path too long for ``sun_path`` (a 102-107-byte server name's ``.stats`` beside it) is reached through
-    its directory (``/proc/self/fd/N/NAME``), so it works instead of failing or being skipped."""
-    op = getattr(sock, call)
-    if addr.startswith("@"):
-        op("\0" + addr[1:])
-        return
-    if len(os.fsencode(addr)) < _SUN_PATH_BYTES:
-        op(addr)
-        return
-    directory = os.open(os.path.dirname(addr) or ".", os.O_PATH | os.O_DIRECTORY)
-    try:
-        op(f"/proc/self/fd/{directory}/{os.path.basename(addr)}")
-    finally:
-        os.close(directory)
 
 
 @dataclass(frozen=True)
@@ -351,25 +229,7 @@ class Server:
         self._ended = False
         self._connections_closed = False
         self._closed_stats: dict[int, tuple[Stats, dict[str, Any]]] = {}
-        self._stats_sock: socket.socket | None = None
-        self._stats_closing = threading.Event()
-        self._stats_watchers: list[threading.Thread] = []
-        if stats_socket:
-            self._start_stats()
-
-    def _start_stats(self) -> None:
-        addr = stats_address(self.name)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            unix_address_call(sock, addr, "bind")
-            if not addr.startswith("@"):
-                os.chmod(addr, 0o600)
-            sock.listen(16)
-        except OSError:
-            sock.close()  # statistics are optional: the endpoint works without them
-            return
-        self._stats_sock = sock
-        threading.Thread(target=self._serve_stats, name=f"packet-ipc stats {self.name}", daemon=True).start()
+        self._stats_service = StatsService(self.name, lambda: self.stats().as_dict()) if stats_socket else None
 
     def accept(self, timeout: float | None = None) -> Connection:
         """Waits up to ``timeout`` seconds for one client, performs the handshake and returns its connection.
@@ -582,60 +442,6 @@ class Server:
             self._ended,
         )
 
-    def _serve_stats(self) -> None:
-        """Answers `packet-ipc stats` queries on NAME.stats. A peer that sends nothing (or shuts its side)
-        gets one JSON document and EOF. A peer that sends ``watch S`` gets one document per line every S
-        seconds, and a last one with ``"closed": true`` (and ``"ended"``) when the server closes: a watcher
-        learns how the stream ended even when the server closes between two of its looks."""
-        listener = self._stats_sock
-        while listener is not None:
-            try:
-                peer, _ = listener.accept()
-            except OSError:
-                return  # closed
-            interval = self._stats_request(peer)
-            if interval is None:
-                with peer:
-                    try:
-                        peer.sendall(json.dumps(self.stats().as_dict()).encode())
-                    except OSError:
-                        pass
-                continue
-            watcher = threading.Thread(target=self._stats_watch, args=(peer, interval), daemon=True,
-                                       name=f"packet-ipc stats watch {self.name}")
-            self._stats_watchers.append(watcher)
-            watcher.start()
-
-    @staticmethod
-    def _stats_request(peer: socket.socket) -> float | None:
-        """The peer's request: ``watch S`` gives S seconds; nothing (EOF, or silence for 0.2 s) gives None."""
-        peer.settimeout(0.2)
-        try:
-            request = peer.recv(64)
-        except OSError:
-            request = b""
-        finally:
-            peer.settimeout(None)
-        words = request.split()
-        if len(words) == 2 and words[0] == b"watch":
-            try:
-                interval = float(words[1])
-            except ValueError:
-                return None
-            return min(max(interval, 0.01), 3600.0) if interval == interval else None
-        return None
-
-    def _stats_watch(self, peer: socket.socket, interval: float) -> None:
-        with peer:
-            try:
-                while not self._stats_closing.is_set():
-                    peer.sendall(json.dumps(self.stats().as_dict()).encode() + b"\n")
-                    self._stats_closing.wait(interval)
-                last = {**self.stats().as_dict(), "closed": True}
-                peer.sendall(json.dumps(last).encode() + b"\n")
-            except OSError:
-                pass  # the watcher went away
-
     def fileno(self) -> int:
         """The listening socket: readable when a client is waiting to be accepted."""
         return int(self._s.fileno())
@@ -647,22 +453,9 @@ class Server:
 
     def close(self) -> None:
         """Stops listening and removes the socket and private directory. Accepted connections stay usable."""
-        if self._stats_sock is not None:
-            self._stats_closing.set()  # watchers get a last document saying how the stream ended
-            for watcher in self._stats_watchers:
-                watcher.join(timeout=1.0)
-            addr = stats_address(self.name)
-            try:
-                self._stats_sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._stats_sock.close()
-            self._stats_sock = None
-            if not addr.startswith("@"):
-                try:
-                    os.unlink(addr)
-                except FileNotFoundError:
-                    pass
+        if self._stats_service is not None:
+            self._stats_service.close()
+            self._stats_service = None
         self._s.close()
 
     def abort_connections(self) -> None:
