@@ -78,13 +78,14 @@ def _accept_one(server: pipc.Server) -> pipc.Client:
 def test_server_send_after_close_raises_closed_error() -> None:
     server = pipc.Server()
     client = _accept_one(server)
-    server.close()
-    assert server.send([pipc.Packet(1, b"x")]) == 1  # accepted connections stay usable after close()
-    server.close_connections()
+    server.close_connections()  # the caller closed every connection: not a worker that left
     with pytest.raises(ClosedError):
         server.send([pipc.Packet(1, b"x")])
     with pytest.raises(ClosedError):
         server.send_batch(pipc.PacketBatch.from_packets([pipc.Packet(1, b"x")]))
+    server.close()
+    with pytest.raises(ClosedError):
+        server.send([pipc.Packet(1, b"x")])
     client.close()
     never_used = pipc.Server()
     never_used.close()

@@ -24,6 +24,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
+from . import __version__
 from .commands import capture, demo, dump, replay, stats, tools
 from .commands.common import STOP, UsageError, packet_checksum
 from .commands.stats import fetch_stats
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 success, 1 runtime error, 2 usage error, 130 interrupted.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--version", action="version", version=f"packet-ipc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in _SUBCOMMANDS:
         add(sub)

@@ -305,30 +305,33 @@ class _Feeder:
             # gets exactly the rest. With several that all left at once, which ones arrived is not known:
             # the rest of the batch is counted as lost instead.
             single = len(self.server.connections) <= 1
-            before = self.server.stats().sent_packets
             try:
-                self.server.send_batch(batch)
-            except ConnectionLostError:
+                written = self.server.send_batch(batch)
+            except ConnectionLostError as e:
                 if self.server.connections:
                     raise
-                written = max(0, self.server.stats().sent_packets - before)
-                self._count(slice_batch(batch, 0, written) if written else None)
-                rest = slice_batch(batch, written, len(batch)) if written < len(batch) else None
-                if rest is not None and not single:
-                    self.unsent += len(rest)
-                    rest = None
-                try:
-                    self._await_replacement()
-                except _Stop:
-                    if rest is not None:
-                        self.unsent += len(rest)
-                    raise
-                if rest is None:
+                written = getattr(e, "sent", 0)
+            else:
+                # A short count with no worker left: the last one left during this batch (under "block"
+                # nothing is dropped, so the rest was not written anywhere).
+                if written >= len(batch) or self.server.overflow != "block" or self.server.connections:
+                    self._count(batch)
                     return
-                batch = rest
-                continue
-            self._count(batch)
-            return
+            written = max(0, min(written, len(batch)))
+            self._count(slice_batch(batch, 0, written) if written else None)
+            rest = slice_batch(batch, written, len(batch)) if written < len(batch) else None
+            if rest is not None and not single:
+                self.unsent += len(rest)
+                rest = None
+            try:
+                self._await_replacement()
+            except _Stop:
+                if rest is not None:
+                    self.unsent += len(rest)
+                raise
+            if rest is None:
+                return
+            batch = rest
 
     def _count(self, batch: PacketBatch | None) -> None:
         if batch is not None:

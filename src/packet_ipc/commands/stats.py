@@ -107,6 +107,11 @@ def _show(args: argparse.Namespace, data: dict[str, Any], previous: tuple[float,
         line += (f"; {rates['packets_per_second']:,.0f} packets/s, "
                  f"{rates['bits_per_second'] / 1e6:,.3f} Mbit/s, {rates['drops_per_second']:,.0f} drops/s")
     print(line, flush=True)
+    if "capture" in data:  # a live capture's kernel counters per interface
+        from ..live import interface_lines
+
+        for capture_line in interface_lines(data["capture"]["interfaces"]):
+            print(f"capture: {capture_line}", flush=True)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
