@@ -151,7 +151,10 @@ def feed_c_consumer(examples: dict[str, Path], packets: list[pipc.Packet], *args
 
 def capture_packets(path: Path) -> list[pipc.Packet]:
     with open_capture(path) as capture:
-        return [pipc.Packet(r.timestamp, r.data, orig_len=r.orig_len, linktype=max(r.linktype, 0)) for r in capture]
+        # Packet() refuses orig_len < caplen; three fuzz records of merged-ether.pcap have it (the file's own
+        # records still travel as they are through replay, which does not build Packet objects).
+        return [pipc.Packet(r.timestamp, r.data, orig_len=max(r.orig_len, len(r.data)), linktype=max(r.linktype, 0))
+                for r in capture]
 
 
 def expected(packets: list[pipc.Packet]) -> tuple[int, int, str]:

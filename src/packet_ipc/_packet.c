@@ -41,7 +41,11 @@ static PyObject *packet_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     }
     Py_buffer v;
     if (PyObject_GetBuffer(data, &v, PyBUF_SIMPLE) < 0) {
-        PyErr_Format(PyExc_TypeError, "data must support the buffer protocol, not %.100s", Py_TYPE(data)->tp_name);
+        if (PyObject_CheckBuffer(data)) /* a buffer, but not one contiguous run of bytes (a strided view) */
+            PyErr_Format(PyExc_ValueError, "data must be contiguous bytes; this %.100s is not (copy it: bytes(data))",
+                         Py_TYPE(data)->tp_name);
+        else
+            PyErr_Format(PyExc_TypeError, "data must support the buffer protocol, not %.100s", Py_TYPE(data)->tp_name);
         return NULL;
     }
     Py_ssize_t len = v.len;
@@ -52,11 +56,14 @@ static PyObject *packet_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     }
     unsigned long ol = (unsigned long)len;
     if (orig != Py_None) {
-        ol = PyLong_AsUnsignedLong(orig);
-        if (ol == (unsigned long)-1 && PyErr_Occurred())
+        if (!PyLong_Check(orig)) {
+            PyErr_Format(PyExc_TypeError, "orig_len must be an int or None, not %.100s", Py_TYPE(orig)->tp_name);
             return NULL;
-        if (ol > UINT32_MAX) {
-            PyErr_SetString(PyExc_ValueError, "orig_len must fit in 32 bits");
+        }
+        ol = PyLong_AsUnsignedLong(orig);
+        if ((ol == (unsigned long)-1 && PyErr_Occurred()) || ol > UINT32_MAX || ol < (unsigned long)len) {
+            PyErr_Clear(); /* a negative or huge int: a bare OverflowError would not say what is wanted */
+            PyErr_Format(PyExc_ValueError, "orig_len must be an int from caplen (%zd) to 2**32 - 1", len);
             return NULL;
         }
     }

@@ -39,20 +39,23 @@ def snaplen_arg(text: str) -> int:
 
 
 def add_capture_arguments(p: argparse.ArgumentParser) -> None:
-    """The capture-specific options of ``packet-ipc capture`` (the server options are added by the CLI)."""
+    """The capture-specific options of ``packet-ipc capture`` (the server options are added by the CLI).
+    Every out-of-range value is a usage error (exit 2) before anything starts."""
+    from .commands.common import count_or_zero, positive_float, positive_int
+
     p.add_argument("-i", "--interface", action="append", required=True,
                    help="interface to capture on (repeat for several: one stream, packets keep their ifindex)")
     p.add_argument("--filter", default=None, help="BPF filter (tcpdump syntax), applied on every interface")
     p.add_argument("--snaplen", type=snaplen_arg, default=MAX_SNAPLEN, help="bytes to capture per packet (262144)")
     p.add_argument("--no-promisc", action="store_true", help="do not put the interface in promiscuous mode")
-    p.add_argument("-B", "--buffer-size", type=int, default=8192,
+    p.add_argument("-B", "--buffer-size", type=count_or_zero, default=8192,
                    help="libpcap's kernel buffer per interface in KiB, as tcpdump -B (8192)")
     p.add_argument("--immediate", action="store_true", help="deliver each packet at once (more CPU per packet)")
-    p.add_argument("--linger-ms", type=int, default=30,
+    p.add_argument("--linger-ms", type=count_or_zero, default=30,
                    help="once a read has packets, wait up to this long (ms) for more to fill the batch (30)")
-    p.add_argument("-c", "--count", type=int, default=None, help="stop after this many packets")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--batch", type=int, default=4096, help="packets per batch at most (4096)")
+    p.add_argument("-c", "--count", type=positive_int, default=None, help="stop after this many packets")
+    p.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds")
+    p.add_argument("--batch", type=positive_int, default=4096, help="packets per batch at most (4096)")
 
 
 def interface_lines(interfaces: list[dict[str, Any]]) -> list[str]:
@@ -83,7 +86,8 @@ def _stop_signals(cap: LiveCapture) -> Iterator[dict[str, Any]]:
 
 def run_capture(args: argparse.Namespace) -> int:
     """Runs ``packet-ipc capture`` (see the module's docstring); returns the exit code."""
-    from .cli import _drain_wait, _err, _make_server, _print_summary
+    from .commands.common import drain_wait as _drain_wait, err as _err, make_server as _make_server
+    from .commands.common import print_summary as _print_summary
 
     if args.batch < 1 or args.linger_ms < 0:
         raise ValueError("--batch must be at least 1 and --linger-ms at least 0")

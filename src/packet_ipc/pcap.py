@@ -677,7 +677,8 @@ class CaptureWriter:
         format: str = "pcap",
         nanosecond: bool = True,
     ) -> None:
-        """Open ``file`` and write the file header (pcap) or section header and first interface (pcapng).
+        """Open ``file`` and write the file header (pcap) or section header and first interface (pcapng)
+        to it at once (flushed).
 
         Raises ``ValueError`` for an unknown format or a link type or snaplen that does not fit the
         format's fields, and ``OSError`` from creating the file.
@@ -711,6 +712,9 @@ class CaptureWriter:
             # SHB: byte-order magic, version 1.0, section length unknown (-1), no options.
             self._append(struct.pack("<IIIHHqI", _PCAPNG_SHB, 28, _PCAPNG_BOM, 1, 0, -1, 28))
             self._add_interface(linktype)
+        # The header reaches the file at once: a writer stopped before its first packet (SIGTERM, a server
+        # that never sends) leaves a valid empty capture, not a 0-byte file no reader accepts.
+        self.flush()
 
     def _append(self, part: bytes) -> None:
         self._parts.append(part)

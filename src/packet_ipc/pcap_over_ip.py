@@ -483,7 +483,7 @@ def dump_to_tcp(args: argparse.Namespace, connect_worker: Callable[[], Any]) -> 
 def _stream_out(args: argparse.Namespace, client: Any, sock: socket.socket, peer: str, allow: AllowList) -> int:
     checksum_of: Callable[[list[Any]], int] | None = None
     if args.checksum:
-        from .cli import packet_checksum as checksum_of
+        from .commands.common import packet_checksum as checksum_of
     linktype = client.linktype if args.linktype is None else args.linktype
     out = PcapStreamWriter(sock, peer, linktype=linktype, snaplen=min(max(client.snaplen, 1), MAX_SNAPLEN),
                            nanosecond=args.nanoseconds, only_linktype=args.linktype is not None)
@@ -554,8 +554,9 @@ def replay_from_tcp(args: argparse.Namespace) -> int:
         return _usage("replay", "--listen takes no capture files")
     if args.listen is None and (len(sources) != 1 or len(args.files) != 1):
         return _usage("replay", "give one tcp://HOST:PORT source, without capture files")
-    if args.loop != 1 or args.speed is not None:
-        return _usage("replay", "a PCAP-over-IP stream is live: no --loop, no --speed")
+    paced = any(getattr(args, k, None) for k in ("multiplier", "pps", "mbps", "limit", "read"))
+    if args.loop != 1 or paced:
+        return _usage("replay", "a PCAP-over-IP stream is live: no --loop, no pacing (-x/-p/-M), no -L or -r")
     if args.allow and args.listen is None:
         return _usage("replay", "--allow applies to --listen")
     try:

@@ -10,10 +10,7 @@ and counts it. ``send(None)`` ends the stream.
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +19,7 @@ from typing import Any, Literal
 
 from . import _core
 from .batch import PacketBatch
+from .endpoint import StatsService, remove_stale_socket, stats_address, sweep_stale_endpoints, unix_address_call
 from .errors import ClosedError, ConnectionLostError
 from .packet import AsIpcPacket
 from .stats import Stats
@@ -35,6 +33,8 @@ __all__ = [
     "Distribution",
     "stats_address",
     "sweep_stale_endpoints",
+    "remove_stale_socket",
+    "unix_address_call",
 ]
 
 Overflow = Literal["block", "drop"]
@@ -44,63 +44,6 @@ _OVERFLOW_NAME: dict[int, Overflow] = {_core.OVERFLOW_BLOCK: "block", _core.OVER
 _DISTRIBUTION = {"flow": _core.DISTRIBUTION_FLOW, "round_robin": _core.DISTRIBUTION_ROUND_ROBIN,
                  "broadcast": _core.DISTRIBUTION_BROADCAST}
 DEFAULT_CAPACITY = 4 << 20
-
-
-def _bound_unix_paths() -> set[str]:
-    """Paths of every unix socket bound on this machine right now (the kernel's /proc/net/unix)."""
-    paths = set()
-    with open("/proc/net/unix") as table:
-        next(table)
-        for line in table:
-            fields = line.split()
-            if len(fields) >= 8 and fields[7].startswith("/"):
-                paths.add(fields[7])
-    return paths
-
-
-def sweep_stale_endpoints(directory: str | None = None, min_age_s: float = 10.0) -> list[str]:
-    """Removes the private directories of servers that died without closing (``kill -9``): ours (same uid),
-    named ``packet-ipc-*``, older than ``min_age_s``, whose socket no process has bound any more (checked in
-    ``/proc/net/unix``, so no live server is ever connected to or disturbed). Returns what was removed.
-
-    :class:`Server` calls it when it creates a private endpoint, so a crash leaves files only until the
-    next server starts.
-    """
-    base = directory or os.environ.get("TMPDIR") or "/tmp"
-    try:
-        entries = [e for e in os.scandir(base) if e.name.startswith("packet-ipc-")]
-    except OSError:
-        return []
-    if not entries:
-        return []
-    bound = _bound_unix_paths()
-    removed = []
-    now = time.time()
-    for entry in entries:
-        try:
-            st = entry.stat(follow_symlinks=False)
-            sock = os.path.join(entry.path, "socket")
-            if (
-                not entry.is_dir(follow_symlinks=False)
-                or st.st_uid != os.geteuid()
-                or now - st.st_mtime < min_age_s  # a server between mkdtemp and bind
-                or not os.path.exists(sock)
-                or sock in bound
-            ):
-                continue
-            for name in os.listdir(entry.path):
-                if name == "socket" or name.startswith("socket."):
-                    os.unlink(os.path.join(entry.path, name))
-            os.rmdir(entry.path)
-            removed.append(entry.path)
-        except OSError:
-            continue  # another process got there first, or something else lives in it: leave it
-    return removed
-
-
-def stats_address(name: str) -> str:
-    """Where a server answers ``packet-ipc stats`` queries: beside its socket (``NAME.stats``)."""
-    return name + ".stats"
 
 
 @dataclass(frozen=True)
@@ -117,6 +60,7 @@ class ServerStats:
     lost_packets: int
     connections: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # sections added by Server.add_stats_source
+    ended: bool = False  # the stream was ended (send(None)) for every worker
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as a plain dict (JSON-friendly)."""
@@ -130,6 +74,7 @@ class ServerStats:
             "dropped_bytes": self.dropped_bytes,
             "lost_packets": self.lost_packets,
             "connections": self.connections,
+            "ended": self.ended,
             **self.extra,
         }
 
@@ -255,6 +200,8 @@ class Server:
         self.linktype = linktype
         if name is None:
             sweep_stale_endpoints()
+        else:
+            remove_stale_socket(os.fspath(name))
         self.snaplen = snaplen
         self._s = _core.Server(
             None if name is None else os.fspath(name),
@@ -273,24 +220,11 @@ class Server:
         self.name: str = self._s.name
         self._lost_at_close = 0
         self._all: list[Connection] = []  # every accepted connection, by acceptance index (as C counts them)
-        self._stats_sock: socket.socket | None = None
         self._stats_sources: dict[str, Callable[[], Any]] = {}
-        if stats_socket:
-            self._start_stats()
-
-    def _start_stats(self) -> None:
-        addr = stats_address(self.name)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind("\0" + addr[1:] if addr.startswith("@") else addr)
-            if not addr.startswith("@"):
-                os.chmod(addr, 0o600)
-            sock.listen(16)
-        except OSError:
-            sock.close()  # statistics are optional: the endpoint works without them
-            return
-        self._stats_sock = sock
-        threading.Thread(target=self._serve_stats, name=f"packet-ipc stats {self.name}", daemon=True).start()
+        self._ended = False
+        self._connections_closed = False
+        self._closed_stats: dict[int, tuple[Stats, dict[str, Any]]] = {}
+        self._stats_service = StatsService(self.name, lambda: self.stats().as_dict()) if stats_socket else None
 
     def accept(self, timeout: float | None = None) -> Connection:
         """Waits up to ``timeout`` seconds for one client, performs the handshake and returns its connection.
@@ -346,6 +280,7 @@ class Server:
         self._check_open()
         if packets is None:
             self._s.end()
+            self._ended = True
             return 0
         return int(self._s.send(packets, timeout))
 
@@ -357,6 +292,8 @@ class Server:
     def _check_open(self) -> None:
         if self._s.closed:
             raise ClosedError(9, f"server {self.name} is closed")
+        if self._connections_closed and all(c.closed for c in self._all):  # closed by the caller, not workers that left
+            raise ClosedError(9, f"server {self.name}: its connections were closed (close_connections)")
 
     def check_workers(self) -> list[Connection]:
         """Looks at every live worker now (one non-blocking check of its socket each) and drops those that
@@ -374,19 +311,23 @@ class Server:
         totals = [0, 0, 0, 0]
         for conn in self._all:
             if conn.closed:
-                continue
-            st = conn.stats()
+                if conn.index not in self._closed_stats:
+                    continue
+                st, d = self._closed_stats[conn.index]  # closed by close_connections(): its last counters
+            else:
+                st = conn.stats()
+                d = st.as_dict()
+                d.update(index=conn.index, peer_pid=conn.peer_pid, overflow=conn.overflow, live=conn.index in live)
             totals[0] += st.packets
             totals[1] += st.bytes
             totals[2] += st.dropped_packets
             totals[3] += st.dropped_bytes
-            d = st.as_dict()
-            d.update(index=conn.index, peer_pid=conn.peer_pid, overflow=conn.overflow, live=conn.index in live)
             per.append(d)
         extra = {key: source() for key, source in list(self._stats_sources.items())}
         lost = self._s.stats()["lost_packets"] if not self._s.closed else self._lost_at_close
         return ServerStats(
-            self.name, self.distribution, len(live), totals[0], totals[1], totals[2], totals[3], lost, per, extra
+            self.name, self.distribution, len(live), totals[0], totals[1], totals[2], totals[3], lost, per, extra,
+            self._ended,
         )
 
     def add_stats_source(self, key: str, source: Callable[[], Any]) -> None:
@@ -395,20 +336,6 @@ class Server:
         if key in ServerStats.__dataclass_fields__:
             raise ValueError(f"{key!r} is a field of ServerStats already")
         self._stats_sources[key] = source
-
-    def _serve_stats(self) -> None:
-        """Answers `packet-ipc stats` queries: one JSON document per connection to NAME.stats."""
-        listener = self._stats_sock
-        while listener is not None:
-            try:
-                peer, _ = listener.accept()
-            except OSError:
-                return  # closed
-            with peer:
-                try:
-                    peer.sendall(json.dumps(self.stats().as_dict()).encode())
-                except OSError:
-                    pass
 
     def fileno(self) -> int:
         """The listening socket: readable when a client is waiting to be accepted."""
@@ -421,19 +348,9 @@ class Server:
 
     def close(self) -> None:
         """Stops listening and removes the socket and private directory. Accepted connections stay usable."""
-        if self._stats_sock is not None:
-            addr = stats_address(self.name)
-            try:
-                self._stats_sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._stats_sock.close()
-            self._stats_sock = None
-            if not addr.startswith("@"):
-                try:
-                    os.unlink(addr)
-                except FileNotFoundError:
-                    pass
+        if self._stats_service is not None:
+            self._stats_service.close()  # watchers get a last document saying whether the stream ended
+            self._stats_service = None
         if not self._s.closed:
             self._lost_at_close = self._s.stats()["lost_packets"]
         self._s.close()
@@ -451,8 +368,15 @@ class Server:
 
     def close_connections(self) -> None:
         """Closes every accepted connection (each client sees end of stream after draining)."""
+        live = set(self._s.workers()) if not self._s.closed else set()
         for conn in self._all:
+            if not conn.closed:  # keep its counters: stats() after the end still shows what each worker got
+                st = conn.stats()
+                d = st.as_dict()
+                d.update(index=conn.index, peer_pid=conn.peer_pid, overflow=conn.overflow, live=conn.index in live)
+                self._closed_stats[conn.index] = (st, d)
             conn.close()
+        self._connections_closed = True
 
     def __enter__(self) -> Server:
         return self
