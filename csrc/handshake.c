@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "handshake.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -13,6 +14,20 @@
 #include "packet_ipc.h" /* declares pipc_last_error() PIPC_API: without it -fvisibility=hidden keeps it out of
                            * libpacketipc.so and C programs fail to link */
 #include "wait.h"
+
+/* The two messages pinned to the byte layout of handshake.h's comments and docs/wire-format.md
+ * (tests/test_wire_layout.py checks that the document and these lines agree). */
+static_assert(sizeof(struct pipc_hello) == 32, "HELLO is 32 bytes");
+static_assert(offsetof(struct pipc_hello, magic) == 0, "layout");
+static_assert(offsetof(struct pipc_hello, wire_version) == 8, "layout");
+static_assert(offsetof(struct pipc_hello, abi_version) == 12, "layout");
+static_assert(offsetof(struct pipc_hello, flags) == 16, "layout");
+static_assert(offsetof(struct pipc_hello, reserved) == 20, "layout");
+static_assert(sizeof(struct pipc_welcome) == 256, "WELCOME is 256 bytes");
+static_assert(offsetof(struct pipc_welcome, magic) == 0, "layout");
+static_assert(offsetof(struct pipc_welcome, wire_version) == 8, "layout");
+static_assert(offsetof(struct pipc_welcome, status) == 12, "layout");
+static_assert(offsetof(struct pipc_welcome, message) == 16, "layout");
 
 static _Thread_local char last_error[256];
 
@@ -103,10 +118,8 @@ int pipc_send_msg(int sock, const void *msg, size_t len, const int *fds, int nfd
 int pipc_recv_msg(int sock, void *msg, size_t len, int *fds, int max_fds, uint64_t deadline_ns)
 {
     for (;;) {
-        uint64_t now = pipc_now_ns();
-        int ms = deadline_ns == UINT64_MAX ? -1 : now >= deadline_ns ? 0 : (int)((deadline_ns - now + 999999) / 1000000);
         struct pollfd p = {.fd = sock, .events = POLLIN};
-        int r = poll(&p, 1, ms);
+        int r = poll(&p, 1, pipc_remaining_ms(deadline_ns));
         if (r < 0)
             return errno == EINTR ? -EINTR : -errno;
         if (r == 0)

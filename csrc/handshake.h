@@ -13,9 +13,10 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include "packet_ipc.h" /* PIPC_HANDSHAKE_MS, the bound on one client's handshake */
+
 #define PIPC_HELLO_MAGIC 0x4f4c454843504950ULL   /* "PIPCHELO" */
 #define PIPC_WELCOME_MAGIC 0x434c455743504950ULL /* "PIPCWELC" */
-#define PIPC_HANDSHAKE_MS 2000                   /* bound on one client's handshake */
 
 /* HELLO flags: the client's choice of overflow policy for its own ring (else the server's default). */
 #define PIPC_HELLO_WANT_DROP 1u

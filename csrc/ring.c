@@ -15,13 +15,22 @@
 #include <unistd.h>
 
 #include "atomics.h"
+#include "handshake.h" /* pipc_set_error */
 
+/* Every shared field pinned to the offset ring.h's byte-layout comment and docs/wire-format.md give it
+ * (tests/test_wire_layout.py checks that the document and these lines agree). */
 static_assert(sizeof(struct pipc_ring_header) == 3 * PIPC_CACHE_LINE, "header is three cache lines");
+static_assert(offsetof(struct pipc_ring_header, magic) == 0, "layout");
 static_assert(offsetof(struct pipc_ring_header, wire_version) == 8, "layout");
+static_assert(offsetof(struct pipc_ring_header, header_bytes) == 12, "layout");
 static_assert(offsetof(struct pipc_ring_header, slots) == 16, "layout");
+static_assert(offsetof(struct pipc_ring_header, slots_offset) == 24, "layout");
 static_assert(offsetof(struct pipc_ring_header, payload_bytes) == 32, "layout");
+static_assert(offsetof(struct pipc_ring_header, payload_offset) == 40, "layout");
 static_assert(offsetof(struct pipc_ring_header, linktype) == 48, "layout");
+static_assert(offsetof(struct pipc_ring_header, snaplen) == 52, "layout");
 static_assert(offsetof(struct pipc_ring_header, desc_bytes) == 56, "layout");
+static_assert(offsetof(struct pipc_ring_header, reserved0) == 60, "layout");
 static_assert(offsetof(struct pipc_ring_header, write_slot) == 64, "producer line");
 static_assert(offsetof(struct pipc_ring_header, dropped_packets) == 72, "layout");
 static_assert(offsetof(struct pipc_ring_header, dropped_bytes) == 80, "layout");
@@ -31,8 +40,10 @@ static_assert(offsetof(struct pipc_ring_header, read_slot) == 128, "consumer lin
 static_assert(offsetof(struct pipc_ring_header, read_payload) == 136, "layout");
 static_assert(offsetof(struct pipc_ring_header, consumer_waiting) == 144, "layout");
 static_assert(sizeof(struct pipc_desc) == 32, "descriptor is 32 bytes");
+static_assert(offsetof(struct pipc_desc, ts_ns) == 0, "layout");
 static_assert(offsetof(struct pipc_desc, payload_pos) == 8, "layout");
 static_assert(offsetof(struct pipc_desc, caplen) == 16, "layout");
+static_assert(offsetof(struct pipc_desc, origlen) == 20, "layout");
 static_assert(offsetof(struct pipc_desc, ifindex) == 24, "layout");
 static_assert(offsetof(struct pipc_desc, linktype) == 28, "layout");
 static_assert(offsetof(struct pipc_desc, flags) == 30, "layout");
@@ -49,7 +60,7 @@ static size_t page_round(size_t v) { return (v + PIPC_PAGE_BYTES - 1) & ~(size_t
 
 int pipc_ring_geometry(uint64_t *payload_bytes, uint64_t *slots, size_t *file_bytes)
 {
-    uint64_t pb = *payload_bytes ? *payload_bytes : (4ULL << 20);
+    uint64_t pb = *payload_bytes ? *payload_bytes : PIPC_DEFAULT_CAPACITY_BYTES;
     if (pb > PIPC_MAX_PAYLOAD_BYTES)
         return -EINVAL;
     pb = round_pow2(pb < PIPC_MIN_PAYLOAD_BYTES ? PIPC_MIN_PAYLOAD_BYTES : pb);
@@ -178,7 +189,8 @@ int pipc_ring_attach(struct pipc_ring *ring, int fd)
         pipc_ring_destroy(ring);
         return -ENOMEM;
     }
-    /* A fresh ring starts at zero; a client never joins a ring that was already used. */
+    /* A fresh ring starts at zero; a client never joins a ring that was already used. SYNC:release - acquire,
+     * as in pipc_ring_space: pairs with the release stores of pipc_ring_publish_release (a previous client's). */
     if (pipc_load_acquire64(&ring->hdr->read_slot) != 0 || pipc_load_acquire64(&ring->hdr->read_payload) != 0) {
         pipc_ring_destroy(ring);
         return -EPROTO;
@@ -254,6 +266,7 @@ int pipc_ring_publish(struct pipc_ring *ring)
     /* SYNC:consumer_wait - full fence between our store of write_slot and our load of consumer_waiting;
      * pairs with the fence in pipc_ring_consumer_arm, so one side always sees the other. */
     pipc_fence_seq_cst();
+    /* SYNC:consumer_wait - relaxed load after the fence; pairs with the store in pipc_ring_consumer_arm. */
     return pipc_load_relaxed32(&ring->hdr->consumer_waiting) != 0;
 }
 
@@ -261,19 +274,23 @@ int pipc_ring_set_state(struct pipc_ring *ring, uint32_t state)
 {
     /* SYNC:state - release: every publish before it is visible first; pairs with pipc_ring_state. */
     pipc_store_release32(&ring->hdr->state, state);
-    pipc_fence_seq_cst(); /* SYNC:consumer_wait */
+    pipc_fence_seq_cst(); /* SYNC:consumer_wait - as in pipc_ring_publish */
+    /* SYNC:consumer_wait - relaxed load after the fence; pairs with the store in pipc_ring_consumer_arm. */
     return pipc_load_relaxed32(&ring->hdr->consumer_waiting) != 0;
 }
 
 void pipc_ring_count_drop(struct pipc_ring *ring, uint64_t packets, uint64_t bytes)
 {
-    /* Only the producer writes these; relaxed is enough for counters the consumer reads for display. */
+    /* SYNC:drops - relaxed: only the producer writes these, and the consumer reads them for display only
+     * (pipc_ring_counters); no other memory is published through them. */
     pipc_store_relaxed64(&ring->hdr->dropped_packets, pipc_load_relaxed64(&ring->hdr->dropped_packets) + packets);
     pipc_store_relaxed64(&ring->hdr->dropped_bytes, pipc_load_relaxed64(&ring->hdr->dropped_bytes) + bytes);
 }
 
 int pipc_ring_producer_arm(struct pipc_ring *ring, uint64_t need_slots, uint64_t need_bytes)
 {
+    /* SYNC:producer_wait - relaxed store of the flag, ordered by the fence below; the consumer's relaxed load
+     * in pipc_ring_publish_release comes after its own fence. */
     pipc_store_relaxed32(&ring->hdr->producer_waiting, 1);
     /* SYNC:producer_wait - full fence between our store of the flag and our re-check of the read positions;
      * pairs with the fence in pipc_ring_publish_release. */
@@ -284,7 +301,45 @@ int pipc_ring_producer_arm(struct pipc_ring *ring, uint64_t need_slots, uint64_t
     return fs < need_slots || fb < need_bytes;
 }
 
-void pipc_ring_producer_disarm(struct pipc_ring *ring) { pipc_store_relaxed32(&ring->hdr->producer_waiting, 0); }
+void pipc_ring_producer_disarm(struct pipc_ring *ring)
+{
+    /* SYNC:producer_wait - relaxed: clearing the flag only saves the consumer a wake-up; a stale 1 it reads
+     * costs one spurious eventfd write, never a lost one (the next arm sets it again, then fences). */
+    pipc_store_relaxed32(&ring->hdr->producer_waiting, 0);
+}
+
+/* ---------------- either side ---------------- */
+
+void pipc_ring_counters(const struct pipc_ring *ring, struct pipc_ring_counters *out)
+{
+    const struct pipc_ring_header *h = ring->hdr;
+    /* SYNC:write_slot - acquire, as in pipc_ring_available (pairs with pipc_ring_publish). */
+    out->write_slot = pipc_load_acquire64(&h->write_slot);
+    /* SYNC:release - acquire, as in pipc_ring_space (pairs with pipc_ring_publish_release). */
+    out->read_slot = pipc_load_acquire64(&h->read_slot);
+    out->read_payload = pipc_load_acquire64(&h->read_payload);
+    /* SYNC:drops - relaxed: display counters (pairs with pipc_ring_count_drop). */
+    out->dropped_packets = pipc_load_relaxed64(&h->dropped_packets);
+    out->dropped_bytes = pipc_load_relaxed64(&h->dropped_bytes);
+}
+
+int pipc_ring_check_packets(const struct pipc_packet *pk, size_t n, uint64_t payload_bytes, uint32_t snaplen)
+{
+    uint64_t limit = pipc_ring_max_packet_bytes(payload_bytes, snaplen);
+    for (size_t i = 0; i < n; i++) {
+        if (pk[i].linktype > 0xffff && pk[i].linktype != PIPC_LINKTYPE_DEFAULT) { /* the descriptor holds 16
+                                                                                 * bits, as pcapng's does */
+            pipc_set_error("packet %zu has linktype %u; linktypes are 16-bit values", i, pk[i].linktype);
+            return -EINVAL;
+        }
+        if (pk[i].caplen > limit) {
+            pipc_set_error("packet %zu has %u bytes, more than the %s (%llu bytes)", i, pk[i].caplen,
+                           limit < snaplen ? "ring holds (half its capacity)" : "snaplen", (unsigned long long)limit);
+            return -EMSGSIZE;
+        }
+    }
+    return 0;
+}
 
 /* ---------------- consumer ---------------- */
 
@@ -306,11 +361,10 @@ long pipc_ring_take(struct pipc_ring *ring, struct pipc_packet *out, size_t max)
     if (avail <= 0)
         return avail;
     size_t n = (size_t)avail < max ? (size_t)avail : max;
-    /* One take is at most half the ring (slots and bytes): a consumer that still holds its previous batch
-     * while it asks for the next (Python's `while (p := receive()) is not None` does) leaves the producer
-     * at least half the ring, and no packet is larger than that, so the two can never wait on each other. */
-    if (n > ring->slot_count / 2)
-        n = ring->slot_count / 2;
+    /* One take is at most half the ring, in slots and in bytes (see pipc_ring_half). */
+    uint64_t max_slots = pipc_ring_half(ring->slot_count), max_bytes = pipc_ring_half(ring->payload_bytes);
+    if (n > max_slots)
+        n = (size_t)max_slots;
     uint64_t smask = ring->slot_count - 1, mask = ring->payload_bytes - 1;
     uint64_t seq = ring->c_next_slot, pos = ring->c_next_payload, start = pos;
     for (size_t i = 0; i < n; i++, seq++) {
@@ -323,7 +377,7 @@ long pipc_ring_take(struct pipc_ring *ring, struct pipc_packet *out, size_t max)
         if (d.flags != 0 || d.payload_pos != pos || d.caplen > ring->payload_bytes ||
             pos + d.caplen - ring->c_released_payload > ring->payload_bytes)
             return -EPROTO;
-        if (i > 0 && pos + d.caplen - start > ring->payload_bytes / 2) {
+        if (i > 0 && pos + d.caplen - start > max_bytes) {
             n = i;
             break;
         }
@@ -385,6 +439,7 @@ int pipc_ring_publish_release(struct pipc_ring *ring)
     pipc_store_release64(&ring->hdr->read_slot, s);
     /* SYNC:producer_wait - full fence, pairs with pipc_ring_producer_arm. */
     pipc_fence_seq_cst();
+    /* SYNC:producer_wait - relaxed load after the fence; pairs with the store in pipc_ring_producer_arm. */
     return pipc_load_relaxed32(&ring->hdr->producer_waiting) != 0;
 }
 
@@ -399,6 +454,8 @@ int pipc_ring_state(struct pipc_ring *ring)
 
 int pipc_ring_consumer_arm(struct pipc_ring *ring)
 {
+    /* SYNC:consumer_wait - relaxed store of the flag, ordered by the fence below; the producer's relaxed load
+     * in pipc_ring_publish and pipc_ring_set_state comes after its own fence. */
     pipc_store_relaxed32(&ring->hdr->consumer_waiting, 1);
     /* SYNC:consumer_wait - full fence between the flag store and the re-check; pairs with pipc_ring_publish
      * and pipc_ring_set_state. */
@@ -409,4 +466,8 @@ int pipc_ring_consumer_arm(struct pipc_ring *ring)
     return pipc_ring_state(ring) == PIPC_STATE_OPEN;
 }
 
-void pipc_ring_consumer_disarm(struct pipc_ring *ring) { pipc_store_relaxed32(&ring->hdr->consumer_waiting, 0); }
+void pipc_ring_consumer_disarm(struct pipc_ring *ring)
+{
+    /* SYNC:consumer_wait - relaxed: as in pipc_ring_producer_disarm, a stale 1 costs one spurious wake-up. */
+    pipc_store_relaxed32(&ring->hdr->consumer_waiting, 0);
+}

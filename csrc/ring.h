@@ -109,6 +109,25 @@ struct pipc_ring {
     uint64_t *c_payload_end;                      /* [slot_count]: payload end of each taken slot */
 };
 
+/*
+ * "At most half the ring", the one rule that keeps a producer and a consumer from waiting on each other: one
+ * take holds at most half the slots and half the payload bytes, and no packet is larger than half the payload
+ * bytes. A consumer that still holds its previous batch while it asks for the next (Python's
+ * `while (p := receive()) is not None` does) therefore always leaves the producer room for the next packet.
+ * Every place that applies the rule calls these two.
+ */
+static inline uint64_t pipc_ring_half(uint64_t size) { return size / 2; }
+/* Largest caplen a sender may put in a ring of payload_bytes when its snaplen is snaplen. */
+static inline uint64_t pipc_ring_max_packet_bytes(uint64_t payload_bytes, uint32_t snaplen)
+{
+    uint64_t half = pipc_ring_half(payload_bytes);
+    return half < snaplen ? half : snaplen;
+}
+/* Checks packets before any is sent to a ring of payload_bytes with this snaplen: 16-bit linktypes (or
+ * PIPC_LINKTYPE_DEFAULT) and caplen <= pipc_ring_max_packet_bytes. 0, or -EINVAL / -EMSGSIZE with
+ * pipc_last_error() naming the packet. */
+int pipc_ring_check_packets(const struct pipc_packet *packets, size_t n, uint64_t payload_bytes, uint32_t snaplen);
+
 /* Sizes: rounds payload_bytes/slots up to powers of two within limits; computes the file size. */
 int pipc_ring_geometry(uint64_t *payload_bytes, uint64_t *slots, size_t *file_bytes);
 /* Server: creates a sealed memfd with a fresh, pre-faulted ring; *fd_out receives the memfd. */
@@ -130,6 +149,13 @@ void pipc_ring_count_drop(struct pipc_ring *ring, uint64_t packets, uint64_t byt
 /* Producer's Dekker half: arm the waiting flag, then re-check space. 1: sleep; 0: space appeared. */
 int pipc_ring_producer_arm(struct pipc_ring *ring, uint64_t need_slots, uint64_t need_bytes);
 void pipc_ring_producer_disarm(struct pipc_ring *ring);
+
+/* The shared words either side may read for its statistics, from any thread (a send or receive may be
+ * running): positions and drop counters, each read once. */
+struct pipc_ring_counters {
+    uint64_t write_slot, read_slot, read_payload, dropped_packets, dropped_bytes;
+};
+void pipc_ring_counters(const struct pipc_ring *ring, struct pipc_ring_counters *out);
 
 /* Consumer. Number of descriptors published and not yet taken (validated), or -EPROTO. */
 long pipc_ring_available(struct pipc_ring *ring);

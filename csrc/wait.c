@@ -23,7 +23,7 @@ uint64_t pipc_deadline(int timeout_ms)
     return pipc_now_ns() + (uint64_t)timeout_ms * 1000000ULL;
 }
 
-static int remaining_ms(uint64_t deadline_ns)
+int pipc_remaining_ms(uint64_t deadline_ns)
 {
     if (deadline_ns == UINT64_MAX)
         return -1;
@@ -37,7 +37,7 @@ static int remaining_ms(uint64_t deadline_ns)
 int pipc_wait(int evfd, int sock, uint64_t deadline_ns)
 {
     struct pollfd fds[2] = {{.fd = evfd, .events = POLLIN}, {.fd = sock, .events = POLLIN}};
-    int ms = remaining_ms(deadline_ns);
+    int ms = pipc_remaining_ms(deadline_ns);
     int r = poll(fds, 2, ms);
     if (r < 0)
         return errno == EINTR ? -EINTR : -errno;

@@ -15,6 +15,9 @@
 uint64_t pipc_now_ns(void);
 /* Deadline for a timeout in ms (negative: none, returned as UINT64_MAX). */
 uint64_t pipc_deadline(int timeout_ms);
+/* Milliseconds left until deadline_ns, rounded up, for poll(2): -1 for no deadline (UINT64_MAX), 0 once it has
+ * passed, at most 10^9. The one place a deadline becomes a poll timeout. */
+int pipc_remaining_ms(uint64_t deadline_ns);
 /* Sleeps until evfd is readable, sock signals, or the deadline passes. Returns PIPC_WAIT_EVENT,
  * PIPC_WAIT_PEER, -ETIMEDOUT or -EINTR. Drains the eventfd's counter. */
 int pipc_wait(int evfd, int sock, uint64_t deadline_ns);

@@ -49,6 +49,13 @@ extern "C" {
 /* On send, a packet whose linktype is this takes the server's default linktype. (0 is LINKTYPE_NULL.) */
 #define PIPC_LINKTYPE_DEFAULT 0xffffffffu
 
+/* Defaults and bounds, written once: the library uses these, and the Python package reads them from its
+ * binding (packet_ipc._core). */
+#define PIPC_DEFAULT_CAPACITY_BYTES (4u << 20) /* payload bytes of a ring when capacity_bytes is 0 (4 MiB) */
+#define PIPC_DEFAULT_SNAPLEN 262144u           /* a server's snaplen when 0; the largest snaplen of a capture */
+#define PIPC_HANDSHAKE_MS 2000                 /* how long a server waits for a connecting client's HELLO */
+#define PIPC_SPIN_NS 20000                     /* how long a blocking receive or send spins before it sleeps */
+
 /* How a server-level send (pipc_server_send) spreads packets over the server's live workers. */
 #define PIPC_DISTRIBUTION_FLOW 0        /* symmetric 5-tuple hash: both directions of a flow to one worker */
 #define PIPC_DISTRIBUTION_ROUND_ROBIN 1 /* each call's packets to the next worker */
