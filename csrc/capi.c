@@ -32,12 +32,13 @@
  * without a getpid() system call on the release path. */
 static unsigned fork_generation;
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
-static void on_fork_child(void) { __atomic_add_fetch(&fork_generation, 1, __ATOMIC_RELAXED); }
+/* SYNC:fork - relaxed: only the forked child (one thread) bumps it; every other read is in the same process */
+static void on_fork_child(void) { pipc_add_fetch_relaxed_uint(&fork_generation, 1); }
 static void register_fork_handler(void) { pthread_atfork(NULL, NULL, on_fork_child); }
 unsigned pipc_fork_generation(void)
 {
     pthread_once(&fork_once, register_fork_handler);
-    return __atomic_load_n(&fork_generation, __ATOMIC_RELAXED);
+    return pipc_load_relaxed_uint(&fork_generation); /* SYNC:fork */
 }
 
 /* ---------------- thread safety ----------------

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <sys/types.h>
 
+#include "atomics.h"
 #include "packet_ipc_ext.h"
 #include "packet_ipc.h"
 #include "ring.h"
@@ -93,7 +94,6 @@ struct pipc_client {
     struct pipc_stats stats;
 };
 
-#define SPIN_NS 20000ULL            /* spin at most this long before sleeping on the eventfd */
 #define SPIN_PAUSE_NS 2000ULL       /* of which the first part with pause only, then yielding between looks */
 #define ALIVE_CHECK_NS 10000000ULL  /* how often a never-blocking (drop) sender checks for a dead client */
 
@@ -102,13 +102,15 @@ unsigned pipc_fork_generation(void);
 void pipc_close_fd(int *fd);
 
 /* Atomics on process-local fields that another thread may read (counters, flags, sticky errors). */
-static inline int is_closing(const int *closing) { return __atomic_load_n(closing, __ATOMIC_ACQUIRE); }
-static inline void set_closing(int *closing) { __atomic_store_n(closing, 1, __ATOMIC_RELEASE); }
-/* Counters: written by the thread holding the object's lock, read by *_stats from any thread. */
-static inline void count(uint64_t *counter, uint64_t v) { __atomic_fetch_add(counter, v, __ATOMIC_RELAXED); }
-static inline uint64_t counted(const uint64_t *counter) { return __atomic_load_n(counter, __ATOMIC_RELAXED); }
-static inline int sticky_error(const int *error) { return __atomic_load_n(error, __ATOMIC_RELAXED); }
-static inline void set_sticky_error(int *error, int err) { __atomic_store_n(error, err, __ATOMIC_RELAXED); }
+/* SYNC:closing - release/acquire: *_shutdown's flag, seen by the thread it wakes */
+static inline int is_closing(const int *closing) { return pipc_load_acquire_int(closing); }
+static inline void set_closing(int *closing) { pipc_store_release_int(closing, 1); }
+/* SYNC:counters - relaxed: written by the thread holding the object, read by *_stats from any thread */
+static inline void count(uint64_t *counter, uint64_t v) { pipc_fetch_add_relaxed64(counter, v); }
+static inline uint64_t counted(const uint64_t *counter) { return pipc_load_relaxed64(counter); }
+/* SYNC:sticky - relaxed: a connection's sticky error, set by a send or by pipc_conn_alive on any thread */
+static inline int sticky_error(const int *error) { return pipc_load_relaxed_int(error); }
+static inline void set_sticky_error(int *error, int err) { pipc_store_relaxed_int(error, err); }
 
 static inline void load_stats(const struct pipc_stats *from, struct pipc_stats *to)
 {

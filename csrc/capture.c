@@ -303,8 +303,8 @@ int pipc_capture_open(const struct pipc_capture_options *o, pipc_capture **out)
         pipc_set_error("capture options: struct_bytes and at least one interface are required");
         return -EINVAL;
     }
-    uint32_t snaplen = o->snaplen ? o->snaplen : 262144;
-    if (snaplen > 262144) {
+    uint32_t snaplen = o->snaplen ? o->snaplen : PIPC_DEFAULT_SNAPLEN;
+    if (snaplen > PIPC_DEFAULT_SNAPLEN) {
         pipc_set_error("snaplen %u is out of range (1 to 262144)", snaplen);
         return -EINVAL;
     }

@@ -158,7 +158,7 @@ static int client_connect(const char *name, int timeout_ms, uint32_t flags, pipc
     c->ev_data = fds[1];
     c->ev_space = fds[2];
     c->poll_fd = poll_fd;
-    c->spin_ns = SPIN_NS;
+    c->spin_ns = PIPC_SPIN_NS;
     c->generation = pipc_fork_generation();
     *out = c;
     return 0;
@@ -389,10 +389,11 @@ void pipc_client_stats(const pipc_client *c, struct pipc_stats *st)
     const struct pipc_ring *r = &c->ring;
     pthread_mutex_lock((pthread_mutex_t *)&c->state_lock); /* a receive or release may run on another thread */
     if (r->hdr) {
-        st->dropped_packets = pipc_load_relaxed64(&r->hdr->dropped_packets);
-        st->dropped_bytes = pipc_load_relaxed64(&r->hdr->dropped_bytes);
-        uint64_t ws = pipc_load_acquire64(&r->hdr->write_slot);
-        st->ring_used_slots = ws >= r->c_released_slot ? ws - r->c_released_slot : 0;
+        struct pipc_ring_counters rc;
+        pipc_ring_counters(r, &rc);
+        st->dropped_packets = rc.dropped_packets;
+        st->dropped_bytes = rc.dropped_bytes;
+        st->ring_used_slots = rc.write_slot >= r->c_released_slot ? rc.write_slot - r->c_released_slot : 0;
         st->ring_used_bytes = r->c_next_payload - r->c_released_payload; /* taken and unreleased */
     }
     pthread_mutex_unlock((pthread_mutex_t *)&c->state_lock);

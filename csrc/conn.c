@@ -49,7 +49,7 @@ static int conn_wait_space(pipc_conn *c, uint64_t need_slots, uint64_t need_byte
         pipc_cpu_relax();
         if ((k & 63) == 63) {
             uint64_t now = pipc_now_ns();
-            if (now - start > SPIN_NS || now >= deadline || is_closing(&c->closing))
+            if (now - start > PIPC_SPIN_NS || now >= deadline || is_closing(&c->closing))
                 break;
         }
     }
@@ -136,22 +136,10 @@ static long conn_send_locked(pipc_conn *c, const struct pipc_packet *pk, size_t 
     int err = conn_check(c);
     if (err)
         return err;
-    /* Half the ring at most: see pipc_ring_take (a consumer holding one batch must never stall us). */
-    uint64_t half = c->ring.payload_bytes / 2;
-    uint64_t limit = half < c->snaplen ? half : c->snaplen;
-    for (size_t i = 0; i < n; i++) {
-        if (pk[i].linktype > 0xffff && pk[i].linktype != PIPC_LINKTYPE_DEFAULT) { /* the descriptor holds 16 bits,
-                                                                                 * as pcapng's link type does */
-            pipc_set_error("packet %zu has linktype %u; linktypes are 16-bit values", i, pk[i].linktype);
-            return -EINVAL;
-        }
-        if (pk[i].caplen > limit) {
-            pipc_set_error("packet %zu has %u bytes, more than the %s (%llu bytes)", i, pk[i].caplen,
-                           half < c->snaplen ? "ring holds (half its capacity)" : "snaplen",
-                           (unsigned long long)limit);
-            return -EMSGSIZE;
-        }
-    }
+    /* Half the ring at most (see pipc_ring_take: a consumer holding one batch must never stall us), 16-bit
+     * linktypes: checked before anything is written. */
+    if ((err = pipc_ring_check_packets(pk, n, c->ring.payload_bytes, c->snaplen)) < 0)
+        return err;
     size_t i = 0, written = 0;
     while (i < n) {
         uint64_t fs, fb;
@@ -206,7 +194,7 @@ static int conn_finish(pipc_conn *c, uint32_t state)
     pipc_lock_until(&c->lock, UINT64_MAX, "connection");
     int err = sticky_error(&c->error);
     if (!err && !c->ended) { /* after end of stream, an abort is too late to say otherwise */
-        c->ended = 1;
+        pipc_store_relaxed_int(&c->ended, 1); /* SYNC:ended - read by pipc_conn_info from any thread */
         if (pipc_ring_set_state(&c->ring, state))
             pipc_wake(c->ev_data);
     }
@@ -227,7 +215,7 @@ void pipc_conn_shutdown(pipc_conn *c)
 void pipc_conn_info(const pipc_conn *c, struct pipc_conn_info *info)
 {
     struct pipc_conn_info i = {.struct_bytes = sizeof(i), .peer_pid = c->peer_pid, .overflow = c->overflow,
-                               .ended = __atomic_load_n(&c->ended, __ATOMIC_RELAXED), .index = c->index};
+                               .ended = pipc_load_relaxed_int(&c->ended) /* SYNC:ended */, .index = c->index};
     size_t n = info->struct_bytes < sizeof(i) ? info->struct_bytes : sizeof(i);
     memcpy(info, &i, n);
     info->struct_bytes = n;
@@ -235,7 +223,8 @@ void pipc_conn_info(const pipc_conn *c, struct pipc_conn_info *info)
 
 int pipc_conn_alive(pipc_conn *c)
 {
-    if (sticky_error(&c->error) == -ECONNRESET || __atomic_load_n(&c->closed, __ATOMIC_ACQUIRE) || c->sock < 0)
+    /* SYNC:closed - acquire: pairs with the release in pipc_conn_close */
+    if (sticky_error(&c->error) == -ECONNRESET || pipc_load_acquire_int(&c->closed) || c->sock < 0)
         return 0;
     if (pipc_peer_gone(c->sock)) {
         set_sticky_error(&c->error, -ECONNRESET);
@@ -252,10 +241,10 @@ void pipc_conn_stats(const pipc_conn *c, struct pipc_stats *st)
     if (r->hdr) {
         /* From shared positions and counters only: a send may be running on another thread. Payload
          * positions start at 0, so the bytes sent are the producer's payload position. */
-        uint64_t ws = pipc_load_acquire64(&r->hdr->write_slot);
-        uint64_t rs = pipc_load_acquire64(&r->hdr->read_slot), rp = pipc_load_acquire64(&r->hdr->read_payload);
-        st->ring_used_slots = rs <= ws ? ws - rs : 0;
-        st->ring_used_bytes = rp <= st->bytes ? st->bytes - rp : 0;
+        struct pipc_ring_counters rc;
+        pipc_ring_counters(r, &rc);
+        st->ring_used_slots = rc.read_slot <= rc.write_slot ? rc.write_slot - rc.read_slot : 0;
+        st->ring_used_bytes = rc.read_payload <= st->bytes ? st->bytes - rc.read_payload : 0;
     }
     st->ring_bytes = r->payload_bytes;
     st->ring_slots = r->slot_count;
@@ -299,8 +288,8 @@ void pipc_conn_close(pipc_conn *c)
     if (c->ring.hdr && !sticky_error(&c->error) && !c->ended && c->generation == pipc_fork_generation() &&
         pipc_ring_set_state(&c->ring, PIPC_STATE_END) && c->ev_data >= 0)
         pipc_wake(c->ev_data);
-    c->ended = 1;
-    __atomic_store_n(&c->closed, 1, __ATOMIC_RELEASE); /* the server drops it from its workers */
+    pipc_store_relaxed_int(&c->ended, 1); /* SYNC:ended - read by pipc_conn_info from any thread */
+    pipc_store_release_int(&c->closed, 1); /* SYNC:closed - the server drops it from its workers */
     conn_release_resources(c); /* now, even while the server still holds the object */
     pthread_mutex_unlock(&c->lock);
     pipc_conn_unref(c);
@@ -309,7 +298,7 @@ void pipc_conn_close(pipc_conn *c)
 /* Drops one reference (the caller's, or the server's when the worker leaves); the last frees everything. */
 void pipc_conn_unref(pipc_conn *c)
 {
-    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) > 0)
+    if (pipc_sub_fetch_acq_rel_int(&c->refs, 1) > 0) /* SYNC:refs - the last one out sees the others' writes */
         return;
     conn_release_resources(c);
     pthread_mutex_destroy(&c->lock);

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "atomics.h"
 #include "capi_internal.h"
 #include "handshake.h"
 #include "wait.h"
@@ -104,7 +105,7 @@ int pipc_dist_join(struct pipc_distributor *d, pipc_conn *conn)
         }
     }
     if (!err) {
-        __atomic_add_fetch(&conn->refs, 1, __ATOMIC_RELAXED); /* the server's reference */
+        pipc_add_fetch_relaxed_int(&conn->refs, 1); /* SYNC:refs - the server's reference */
         pthread_mutex_lock(&d->set_lock);
         d->ring_bytes = conn->ring.payload_bytes; /* the same for every ring of a server */
         d->snaplen = conn->snaplen;
@@ -126,7 +127,7 @@ static void leave(struct pipc_distributor *d, size_t position, int dead)
         pthread_mutex_lock(&c->lock); /* its caller may be closing it (unmapping the ring) meanwhile */
         pipc_conn_stats(c, &st);
         pthread_mutex_unlock(&c->lock);
-        __atomic_add_fetch(&d->lost_packets, st.ring_used_slots, __ATOMIC_RELAXED);
+        count(&d->lost_packets, st.ring_used_slots); /* SYNC:counters */
     }
     pthread_mutex_lock(&d->set_lock);
     memmove(d->workers + position, d->workers + position + 1, (d->n_workers - position - 1) * sizeof(*d->workers));
@@ -139,11 +140,11 @@ static void leave(struct pipc_distributor *d, size_t position, int dead)
 /* 0: live; 1: dead (its client vanished); 2: closed or ended by the caller (leaves without loss). */
 static int worker_state(pipc_conn *c)
 {
-    if (__atomic_load_n(&c->closed, __ATOMIC_ACQUIRE))
+    if (pipc_load_acquire_int(&c->closed)) /* SYNC:closed - pairs with the release in pipc_conn_close */
         return 2;
     if (pthread_mutex_trylock(&c->lock) != 0)
         return 0; /* its caller is sending on it right now: looked at again next time */
-    int state = __atomic_load_n(&c->closed, __ATOMIC_ACQUIRE) ? 2 : pipc_conn_alive(c) ? 0 : 1;
+    int state = pipc_load_acquire_int(&c->closed) ? 2 : pipc_conn_alive(c) ? 0 : 1; /* SYNC:closed */
     pthread_mutex_unlock(&c->lock);
     return state;
 }
@@ -210,7 +211,7 @@ static int send_part(struct pipc_distributor *d, size_t w, const struct pipc_pac
         return 0;
     }
     if (err == -EPIPE) { /* ended by the caller through the connection itself: it takes no more */
-        __atomic_store_n(&c->closed, 1, __ATOMIC_RELEASE);
+        pipc_store_release_int(&c->closed, 1); /* SYNC:closed */
         leave(d, w, 0);
         *left = 1;
         return 0;
@@ -221,19 +222,7 @@ static int send_part(struct pipc_distributor *d, size_t w, const struct pipc_pac
 /* Every packet must fit a ring: checked once for all workers (they share the server's ring size). */
 static int check_sizes(struct pipc_distributor *d, const struct pipc_packet *pk, size_t n)
 {
-    uint64_t half = d->ring_bytes / 2, limit = half < d->snaplen ? half : d->snaplen;
-    for (size_t i = 0; i < n; i++) {
-        if (pk[i].linktype > 0xffff && pk[i].linktype != PIPC_LINKTYPE_DEFAULT) {
-            pipc_set_error("packet %zu has linktype %u; linktypes are 16-bit values", i, pk[i].linktype);
-            return -EINVAL;
-        }
-        if (pk[i].caplen > limit) {
-            pipc_set_error("packet %zu has %u bytes, more than the %s (%llu bytes)", i, pk[i].caplen,
-                           half < d->snaplen ? "ring holds (half its capacity)" : "snaplen", (unsigned long long)limit);
-            return -EMSGSIZE;
-        }
-    }
-    return 0;
+    return pipc_ring_check_packets(pk, n, d->ring_bytes, d->snaplen);
 }
 
 static long no_worker(void)

@@ -39,7 +39,7 @@ static int open_to_other_uids(pipc_server *s)
 
 int pipc_server_create(const char *name, const struct pipc_server_options *options, pipc_server **out)
 {
-    struct pipc_server_options o = {sizeof(o), 0, 0, 1, 262144, PIPC_OVERFLOW_BLOCK, 0, PIPC_DISTRIBUTION_FLOW};
+    struct pipc_server_options o = {sizeof(o), 0, 0, 1, PIPC_DEFAULT_SNAPLEN, PIPC_OVERFLOW_BLOCK, 0, PIPC_DISTRIBUTION_FLOW};
     if (options) {
         size_t n = options->struct_bytes < sizeof(o) ? options->struct_bytes : sizeof(o);
         if (n < sizeof(size_t))
@@ -48,7 +48,7 @@ int pipc_server_create(const char *name, const struct pipc_server_options *optio
         o.struct_bytes = sizeof(o);
     }
     if (!o.snaplen)
-        o.snaplen = 262144;
+        o.snaplen = PIPC_DEFAULT_SNAPLEN;
     if (o.overflow != PIPC_OVERFLOW_BLOCK && o.overflow != PIPC_OVERFLOW_DROP)
         return -EINVAL;
     uint64_t pb = o.capacity_bytes, slots = o.max_packets;

@@ -145,7 +145,11 @@ static int core_exec(PyObject *m)
         PyModule_AddIntConstant(m, "DISTRIBUTION_ROUND_ROBIN", PIPC_DISTRIBUTION_ROUND_ROBIN) < 0 ||
         PyModule_AddIntConstant(m, "DISTRIBUTION_BROADCAST", PIPC_DISTRIBUTION_BROADCAST) < 0 ||
         PyModule_AddIntConstant(m, "OVERFLOW_DROP", PIPC_OVERFLOW_DROP) < 0 ||
-        PyModule_AddIntConstant(m, "FRAG_TABLE_BYTES", (long)sizeof(struct pipc_frag_table)) < 0)
+        PyModule_AddIntConstant(m, "FRAG_TABLE_BYTES", (long)sizeof(struct pipc_frag_table)) < 0 ||
+        PyModule_AddIntConstant(m, "DEFAULT_CAPACITY_BYTES", PIPC_DEFAULT_CAPACITY_BYTES) < 0 ||
+        PyModule_AddIntConstant(m, "DEFAULT_SNAPLEN", PIPC_DEFAULT_SNAPLEN) < 0 ||
+        PyModule_AddIntConstant(m, "HANDSHAKE_MS", PIPC_HANDSHAKE_MS) < 0 ||
+        PyModule_AddIntConstant(m, "SPIN_NS", PIPC_SPIN_NS) < 0)
         return -1;
     return 0;
 }

@@ -13,6 +13,10 @@ DISTRIBUTION_FLOW: int
 DISTRIBUTION_ROUND_ROBIN: int
 DISTRIBUTION_BROADCAST: int
 FRAG_TABLE_BYTES: int
+DEFAULT_CAPACITY_BYTES: int
+DEFAULT_SNAPLEN: int
+HANDSHAKE_MS: int
+SPIN_NS: int
 
 StatsTuple = tuple[int, int, int, int, int, int, int, int, int]
 

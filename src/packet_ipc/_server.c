@@ -28,7 +28,7 @@ static PyObject *server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
                              "overflow", "allow_any_uid", "distribution", NULL};
     PyObject *name = Py_None;
     unsigned long long capacity = 0;
-    unsigned int max_packets = 0, linktype = 1, snaplen = 262144;
+    unsigned int max_packets = 0, linktype = 1, snaplen = PIPC_DEFAULT_SNAPLEN;
     int overflow = 0, allow_any = 0, distribution = PIPC_DISTRIBUTION_FLOW;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|OKIIIipi:Server", kwlist, &name, &capacity, &max_packets, &linktype,
                                      &snaplen, &overflow, &allow_any, &distribution))

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, G
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from . import errors
+from . import _core, errors
 from .batch import PacketBatch
 from .client import Client as _SyncClient
 from .packet import AsIpcPacket, Packet
@@ -50,13 +50,13 @@ RESUME_CHUNK = 4096
 """Packets converted per call when a send resumes after waiting for space: a resumed send never re-converts
 the whole remainder of a large list at each wake-up."""
 
-SPIN_S = 20e-6
+SPIN_S = _core.SPIN_NS / 1e9
 """Before it arms the wake-up and sleeps, a receive (or a send facing a full ring) retries for this long: the
 peer usually publishes again within microseconds, and a retry costs far less than an eventfd write, a trip
 through the event loop and a read. Like the C core's own spin (20 us), it is bounded, so the loop stays
 responsive; 0 disables it."""
 
-HANDSHAKE_BOUND_S = 3.0
+HANDSHAKE_BOUND_S = _core.HANDSHAKE_MS / 1000 + 1.0
 """Bound on one server-side handshake run off the loop (the C core itself gives a client 2 s for its HELLO)."""
 
 _T = TypeVar("_T")

@@ -24,12 +24,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from . import _core
 from .batch import PacketBatch
 from .errors import PacketIpcError
 
 __all__ = ["CaptureStats", "InterfaceStats", "LiveCapture", "open_live", "CaptureOpenError", "MAX_SNAPLEN"]
 
-MAX_SNAPLEN = 262144
+MAX_SNAPLEN = _core.DEFAULT_SNAPLEN
 
 
 class CaptureOpenError(PacketIpcError):

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import errors
+from . import _core, errors
 from .errors import AddressError, CaptureError, ConnectError, ConnectionLostError, PacketIpcError
 from .pcap import CaptureReader, CaptureWriter
 
@@ -56,7 +56,7 @@ __all__ = [
 #: The port PCAP-over-IP uses by convention (NetworkMiner, Arkime).
 DEFAULT_PORT = 57012
 #: Largest snaplen accepted in a stream's header (libpcap's MAXIMUM_SNAPLEN); 0 or more is a broken header.
-MAX_SNAPLEN = 262144
+MAX_SNAPLEN = _core.DEFAULT_SNAPLEN
 DEFAULT_HEADER_TIMEOUT = 10.0
 _PCAP_HEADER_BYTES = 24
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"

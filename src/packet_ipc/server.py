@@ -43,7 +43,7 @@ _OVERFLOW = {"block": _core.OVERFLOW_BLOCK, "drop": _core.OVERFLOW_DROP}
 _OVERFLOW_NAME: dict[int, Overflow] = {_core.OVERFLOW_BLOCK: "block", _core.OVERFLOW_DROP: "drop"}
 _DISTRIBUTION = {"flow": _core.DISTRIBUTION_FLOW, "round_robin": _core.DISTRIBUTION_ROUND_ROBIN,
                  "broadcast": _core.DISTRIBUTION_BROADCAST}
-DEFAULT_CAPACITY = 4 << 20
+DEFAULT_CAPACITY = _core.DEFAULT_CAPACITY_BYTES
 
 
 @dataclass(frozen=True)
