@@ -527,8 +527,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=cmd_bench)
 
 
+from .nats.command import add_publish, add_subscribe  # noqa: E402 - the NATS commands (packet_ipc/nats/)
+
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
-    _add_demo, _add_replay, _add_capture, _add_dump, _add_stats, _add_bench, _add_config,
+    _add_demo, _add_replay, _add_capture, _add_dump, _add_stats, _add_bench, _add_config, add_publish, add_subscribe,
 ]
 
 
