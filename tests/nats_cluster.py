@@ -215,13 +215,28 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "packet_ipc.cli", *args]
 
 
+SPAWNED: list[subprocess.Popen[bytes]] = []
+
+
 def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """Starts a process with stdout and stderr in ``log`` (read it with ``log.read_text()``)."""
+    """Starts a process with stdout and stderr in ``log`` (read it with ``log.read_text()``); :func:`reap`
+    kills it (by PID) if it is still running when the test ends."""
     out = open(log, "wb")
     try:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     finally:
         out.close()
+    SPAWNED.append(proc)
+    return proc
+
+
+def reap() -> None:
+    """Kills (SIGKILL, by PID) every process :func:`spawn` started that still runs, and forgets them all."""
+    for proc in SPAWNED:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    SPAWNED.clear()
 
 
 def udp_packet(seq: int, flow: int, size: int = 200, reply: bool = False) -> bytes:

@@ -14,7 +14,7 @@ import pytest
 from conftest import SHARED_PCAPS, repo_captures
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nats_cluster import NatsCluster, cli, nats_server_binary, spawn  # noqa: E402
+from nats_cluster import NatsCluster, cli, reap, nats_server_binary, spawn  # noqa: E402
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install '.[test]')")
 if nats_server_binary() is None:
@@ -29,7 +29,10 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture
 def cluster() -> Iterator[NatsCluster]:
     with NatsCluster(3) as c:
-        yield c
+        try:
+            yield c
+        finally:
+            reap()  # processes a failed test left running
 
 
 def _records(paths: list[Path]) -> collections.Counter[tuple[int, int, int, bytes]]:

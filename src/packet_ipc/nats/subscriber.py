@@ -130,6 +130,7 @@ class Subscriber:
         self._eos: dict[int, set[str]] = {}
         self._js: Any = None
         self.on_ready: Any = None  # optional callable(subscriber) once workers are connected
+        self.on_partition_end: Any = None  # optional coroutine function(k), awaited before the marker's ack
 
     def stop(self) -> None:
         """Asks :meth:`run` to finish: stop fetching, end the local stream, return the summary."""
@@ -257,6 +258,8 @@ class Subscriber:
             assert m.end is not None
             self._eos.setdefault(k, set()).add(m.end.publisher)
             if len(self._eos[k]) >= self.publishers and k not in self._done:
+                if self.on_partition_end is not None:  # recorded before the ack: a crash cannot lose the end
+                    await self.on_partition_end(k)
                 self._done.add(k)
                 s.ended_partitions.append(k)
             await _settle(msg.ack_sync())
