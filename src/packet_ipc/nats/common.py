@@ -188,8 +188,9 @@ async def ensure_streams(js: Any, prefix: str, partitions: int, replicas: int, s
             diffs.append(f"subjects {c.subjects}")
         if (c.num_replicas or 1) != replicas:
             diffs.append(f"replicas {c.num_replicas} (asked {replicas})")
-        if c.storage != want_storage:
-            diffs.append(f"storage {c.storage.value if c.storage else None} (asked {storage})")
+        have_storage = str(getattr(c.storage, "value", c.storage))
+        if have_storage != want_storage.value:
+            diffs.append(f"storage {have_storage} (asked {storage})")
         if meta.get(_META_PARTITIONS) != str(partitions):
             diffs.append(f"partitions {meta.get(_META_PARTITIONS, 'unknown')} (asked {partitions})")
         if c.max_msg_size not in (None, -1) and c.max_msg_size < max_msg_size:
