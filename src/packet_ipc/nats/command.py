@@ -47,6 +47,18 @@ def _need_nats() -> None:
         raise NatsError("this command needs nats-py: pip install 'packet-ipc[nats]'") from None
 
 
+def _run(coro: Any) -> Any:
+    """asyncio.run, with a NATS client error that got this far turned into one line (NatsError)."""
+    import nats.errors
+
+    from .common import NatsError
+
+    try:
+        return asyncio.run(coro)
+    except nats.errors.Error as e:
+        raise NatsError(f"NATS: {type(e).__name__}: {e}") from None
+
+
 def _err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -62,7 +74,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         buffer_bytes=args.buffer, overflow=args.overflow, publisher_id=args.id, connect_timeout=args.connect_timeout,
         local_timeout=args.timeout,
     )
-    s = asyncio.run(pub.run())
+    s = _run(pub.run())
     if args.json:
         print(json.dumps(s.as_dict()), flush=True)
     else:
@@ -119,7 +131,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, sub.stop)
         return await sub.run()
 
-    s = asyncio.run(main())
+    s = _run(main())
     if args.json:
         print(json.dumps(s.as_dict()), flush=True)
     else:

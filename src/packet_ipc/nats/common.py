@@ -127,10 +127,11 @@ async def connect(urls: str | Sequence[str], timeout: float = 5.0, name: str = "
     nc = NatsClient()
     try:
         # Once connected, reconnect forever (a restarting cluster); the first connection is bounded here.
-        await asyncio.wait_for(nc.connect(
+        options: dict[str, Any] = dict(
             servers=servers, name=name, connect_timeout=min(timeout, 2.0), reconnect_time_wait=0.1,
             max_reconnect_attempts=-1, allow_reconnect=True, error_cb=quiet, ping_interval=2, max_outstanding_pings=3,
-        ), timeout)
+        )
+        await asyncio.wait_for(nc.connect(**options), timeout)
         return nc
     except (OSError, nats.errors.Error, TimeoutError) as e:
         try:

@@ -32,7 +32,7 @@ from .common import (
     MessageTooLargeError, NatsError, connect, ensure_streams, partition_table, new_fragment_table, check_prefix,
     stream_name, subject_name,
 )
-from .wire import HEADER, RECORD_OVERHEAD, RecordBuilder, encode_end
+from .wire import HEADER, RECORD_OVERHEAD, Columns, RecordBuilder, encode_end
 
 __all__ = ["Publisher", "PublishSummary", "DEFAULT_MAX_MESSAGE", "DEFAULT_LINGER_S", "DEFAULT_BUFFER_BYTES"]
 
@@ -256,43 +256,53 @@ class Publisher:
                 timeout = None
                 if pending:
                     timeout = max(0.0, min(b.started for b in pending) + self.linger - time.monotonic())
+                idle = lost = False
+                batch = None
                 try:
                     batch = await client.receive_batch(4096, timeout=timeout)
                 except PipcTimeoutError:
-                    batch = False
+                    idle = True
                 except ConnectionLostError:
-                    batch = None
                     lost = True
-                else:
-                    lost = False
                 for t in senders:
                     if t.done():  # a sender failed for good (e.g. the stream was deleted)
                         t.result()
-                if batch is None:
+                if batch is None and not idle:
                     for b in builders:
                         if len(b):
                             await self._seal(b)
                     return not lost
                 full: list[RecordBuilder] = []
-                if batch is not False:
+                if batch is not None:
                     with batch:
                         parts = _core.partition_by_flow(batch, self._table, self.partitions, linktype, fragments)
-                        now = time.monotonic()
-                        caplens = batch.caplens
-                        self.summary.packets += len(batch)
-                        self.summary.bytes += batch.nbytes
-                        for k, part in enumerate(parts):
-                            if not part:
-                                continue
-                            b = builders[k]
-                            self.summary.partition_packets[k] += len(part) // 4
-                            for i in memoryview(part).cast("I"):
-                                if len(b) and b.size + RECORD_OVERHEAD + caplens[i] > self.max_message:
-                                    full.append(_take(b))
-                                if not len(b):
-                                    b.started = now
-                                b.add(batch, i)
-                    for f in full:  # the ring space is back with the local server before we may wait
+                        cols = Columns(batch)  # one copy: the ring space goes back to the local server now
+                    now = time.monotonic()
+                    self.summary.packets += len(cols.ts)
+                    self.summary.bytes += len(cols.data)
+                    caplen = cols.caplen
+                    for k, part in enumerate(parts):
+                        if not part:
+                            continue
+                        b = builders[k]
+                        idx = memoryview(part).cast("I").tolist()
+                        self.summary.partition_packets[k] += len(idx)
+                        start, room = 0, self.max_message - b.size
+                        for j, i in enumerate(idx):  # cut where the message would outgrow max_message
+                            need = RECORD_OVERHEAD + caplen[i]
+                            if need > room and (j > start or len(b)):
+                                if j > start:
+                                    if not len(b):
+                                        b.started = now
+                                    b.extend(cols, idx[start:j])
+                                full.append(_take(b))
+                                start, room = j, self.max_message - HEADER.size
+                            room -= need
+                        if start < len(idx):
+                            if not len(b):
+                                b.started = now
+                            b.extend(cols, idx[start:])
+                    for f in full:
                         await self._seal(f)
                 now = time.monotonic()
                 for b in builders:

@@ -208,11 +208,19 @@ class Subscriber:
 
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
                                 ack_wait=self.ack_wait, max_ack_pending=1, max_deliver=-1)
-        try:
-            return await self._js.pull_subscribe(subject_name(self.stream, k), durable=self.durable,
-                                                 stream=stream_name(self.stream, k), config=config)
-        except Exception as e:  # nats errors: one line naming the partition
-            raise NatsError(f"cannot consume partition {k} ({stream_name(self.stream, k)}): {e}") from None
+        import nats.js.errors
+
+        deadline = time.monotonic() + self.stream_wait
+        while True:
+            try:
+                return await self._js.pull_subscribe(subject_name(self.stream, k), durable=self.durable,
+                                                     stream=stream_name(self.stream, k), config=config)
+            except nats.js.errors.NotFoundError:
+                if time.monotonic() >= deadline:
+                    raise NatsError(f"no stream {stream_name(self.stream, k)} for partition {k}") from None
+                await asyncio.sleep(0.2)  # the publisher creates the streams one after the other
+            except Exception as e:  # nats errors: one line naming the partition
+                raise NatsError(f"cannot consume partition {k} ({stream_name(self.stream, k)}): {e}") from None
 
     def partition_done(self, k: int) -> bool:
         """True once partition ``k`` delivered its end-of-stream marker(s)."""
@@ -222,6 +230,7 @@ class Subscriber:
         """Forwards partition ``k`` until its end of stream (or forever with ``follow``, or while
         ``keep_going()`` is true)."""
         import nats.errors
+        import nats.js.errors
 
         sub = await self.subscribe(k)
         try:
@@ -233,8 +242,13 @@ class Subscriber:
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                        nats.errors.NoRespondersError):
+                        nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
                     await asyncio.sleep(0.1)  # the cluster is electing or we are reconnecting
+                    continue
+                except nats.js.errors.APIError as e:
+                    if e.code not in (408, 409, 503, None):
+                        raise NatsError(f"cannot fetch from partition {k}: {e}") from None
+                    await asyncio.sleep(0.1)  # a leader change or a request that expired on the server
                     continue
                 for msg in msgs:
                     await self._handle(k, msg)

@@ -28,6 +28,7 @@ import struct
 import sys
 import zlib
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from .. import _core
@@ -36,7 +37,7 @@ from ..errors import ProtocolError
 
 __all__ = [
     "MAGIC", "VERSION", "KIND_PACKETS", "KIND_END", "HEADER", "RECORD_OVERHEAD", "MAX_CAPLEN",
-    "WireFormatError", "Message", "EndOfStream", "RecordBuilder", "encode_end", "decode",
+    "WireFormatError", "Message", "EndOfStream", "Columns", "RecordBuilder", "encode_end", "decode",
 ]
 
 MAGIC = b"PIPN"
@@ -83,6 +84,21 @@ class Message:
     end: EndOfStream | None = None
 
 
+class Columns:
+    """A received batch as plain lists and one bytes copy (so the ring space can go back at once)."""
+
+    __slots__ = ("ts", "caplen", "origlen", "linktype", "ifindex", "offsets", "data")
+
+    def __init__(self, batch: PacketBatch) -> None:
+        self.ts: list[int] = batch.timestamps.tolist()
+        self.caplen: list[int] = batch.caplens.tolist()
+        self.origlen: list[int] = batch.origlens.tolist()
+        self.linktype: list[int] = batch.linktypes.tolist()
+        self.ifindex: list[int] = batch.ifindexes.tolist()
+        self.offsets: list[int] = batch.offsets.tolist()
+        self.data = bytes(batch.data)
+
+
 class RecordBuilder:
     """Accumulates packet records for one partition until :meth:`seal` makes a message of them."""
 
@@ -116,6 +132,28 @@ class RecordBuilder:
         self.linktype.append(batch.linktypes[index])
         self.ifindex.append(batch.ifindexes[index])
         self.data += batch.data[off:off + cl]
+
+    def extend(self, cols: Columns, chunk: list[int]) -> None:
+        """Appends the packets at ``chunk`` (indices into ``cols``), copying their data."""
+        if len(chunk) == 1:
+            i = chunk[0]
+            self.ts.append(cols.ts[i])
+            self.caplen.append(cols.caplen[i])
+            self.origlen.append(cols.origlen[i])
+            self.linktype.append(cols.linktype[i])
+            self.ifindex.append(cols.ifindex[i])
+            off = cols.offsets[i]
+            self.data += cols.data[off:off + cols.caplen[i]]
+            return
+        get = itemgetter(*chunk)
+        self.ts.extend(get(cols.ts))
+        caps = get(cols.caplen)
+        self.caplen.extend(caps)
+        self.origlen.extend(get(cols.origlen))
+        self.linktype.extend(get(cols.linktype))
+        self.ifindex.extend(get(cols.ifindex))
+        data = cols.data
+        self.data += b"".join([data[o:o + c] for o, c in zip(get(cols.offsets), caps)])
 
     def seal(self, seq: int) -> tuple[bytes, int, int]:
         """The message of every record added so far, as ``(payload, packets, data bytes)``; empties the builder."""
@@ -186,7 +224,7 @@ def decode(payload: Any, linktype: int = 1) -> Message:
         raise WireFormatError("a record's linktype is not a 16-bit LINKTYPE value")
     if lt_bytes == lt_bytes[:4] * count and bytes(ifx).count(0) == n4:  # the usual case: one copy, no objects
         lt = int.from_bytes(lt_bytes[:4], "little")
-        batch = PacketBatch.from_buffers(ts.cast("Q"), caps, data, origs, linktype if lt == 0xFFFFFFFF else lt)
+        batch = PacketBatch.from_buffers(ts.cast("Q"), memoryview(caps), data, memoryview(origs), linktype if lt == 0xFFFFFFFF else lt)
     else:
         tsa, lta, ifa = array.array("Q"), _u32(lts), _u32(ifx)
         tsa.frombytes(ts)
