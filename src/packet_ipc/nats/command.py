@@ -71,7 +71,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     pub = Publisher(
         args.name, nats=args.nats, stream=args.stream, partitions=args.partitions, replicas=args.replicas,
         storage=args.storage, max_message=args.max_message, linger=args.linger_ms / 1000.0,
-        buffer_bytes=args.buffer, overflow=args.overflow, publisher_id=args.id, connect_timeout=args.connect_timeout,
+        buffer_bytes=args.buffer, overflow=args.overflow, publisher_id=args.id, window=args.window, connect_timeout=args.connect_timeout,
         local_timeout=args.timeout,
     )
     s = _run(pub.run())
@@ -104,6 +104,8 @@ def add_publish(sub: Any) -> None:
                    help="bytes of messages held until acknowledged (64M)")
     p.add_argument("--overflow", choices=["block", "drop"], default="block",
                    help="when that buffer is full: block the local server (lossless) or drop and count")
+    p.add_argument("--window", type=_positive_int, default=4,
+                   help="messages per partition in flight at once, kept in order (4; 1: one at a time)")
     p.add_argument("--id", default=None, help="publisher id in message ids (default: host-pid-random)")
     p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to reach NATS (5)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the local server (30)")

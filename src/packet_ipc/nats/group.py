@@ -128,8 +128,7 @@ class GroupMember:
             task = asyncio.create_task(self.sub.consume(k, keep_going=lambda k=k: k in self.keep),
                                        name=f"consume {k}")
             self.owned[k] = (task, rev)
-        held_by_others.clear()
-        held_by_others.update(held - set(self.owned))
+        held_by_others.update(held - set(self.owned))  # ever held by another member: a claim is a take-over
 
     async def _finished(self, k: int) -> None:
         await self.state.put(f"d.{k}", self.id.encode())

@@ -4,7 +4,8 @@ streams.
 Each packet goes to partition ``table[flow_hash & 4095]`` (``table[b] = b % P``), with the C flow hash and the
 fragment table of local flow distribution: both directions of a flow, and every fragment of its datagrams, land
 in one partition. Records are packed per partition into messages of at most ``max_message`` bytes, sealed early
-after ``linger`` seconds. One task per partition publishes that partition's messages in order, one at a time,
+after ``linger`` seconds. One task per partition publishes that partition's messages in order, a few at a time
+(each names its predecessor in ``Nats-Expected-Last-Msg-Id``, so JetStream never stores them out of order),
 each with ``Nats-Msg-Id: <publisher id>-<seq>``: a message whose ack was lost (a leader election, a reconnect)
 is published again with the same id until acknowledged, and JetStream stores it once. Messages waiting for
 their ack are held in a bounded buffer (``buffer_bytes``): under ``overflow="block"`` the publisher stops
@@ -39,6 +40,7 @@ __all__ = ["Publisher", "PublishSummary", "DEFAULT_MAX_MESSAGE", "DEFAULT_LINGER
 DEFAULT_MAX_MESSAGE = 256 * 1024
 DEFAULT_LINGER_S = 0.005
 DEFAULT_BUFFER_BYTES = 64 << 20
+DEFAULT_WINDOW = 4
 PUBLISH_TIMEOUT_S = 2.0
 RETRY_BACKOFF_MAX_S = 0.5
 
@@ -74,7 +76,8 @@ class Publisher:
     ``PREFIX-<k>``, subjects ``PREFIX.<k>``, created if missing with ``replicas`` and ``storage``);
     ``max_message`` bytes per message (at most the server's ``max_payload``), ``linger`` seconds before a
     partly filled message goes out; ``buffer_bytes`` bounds the messages held until acknowledged;
-    ``overflow`` ``"block"`` or ``"drop"`` when that bound is reached. ``await publisher.run()`` returns a
+    ``overflow`` ``"block"`` or ``"drop"`` when that bound is reached; ``window`` messages per partition in
+    flight at once (kept in order by ``Nats-Expected-Last-Msg-Id``; 1: one at a time). ``await publisher.run()`` returns a
     :class:`PublishSummary`. Raises :class:`NatsUnreachableError`, :class:`StreamMismatchError`,
     :class:`MessageTooLargeError`, :class:`NatsError`, and the local client's errors (``ConnectError``...);
     ``ConnectionLostError`` if the local server vanished without ending its stream (what was read was
@@ -95,6 +98,7 @@ class Publisher:
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         overflow: Literal["block", "drop"] = "block",
         publisher_id: str | None = None,
+        window: int = DEFAULT_WINDOW,
         connect_timeout: float = 5.0,
         local_timeout: float = 30.0,
     ) -> None:
@@ -110,6 +114,9 @@ class Publisher:
             raise ValueError("linger must be >= 0 and buffer_bytes >= 1")
         if overflow not in ("block", "drop"):
             raise ValueError(f"overflow must be 'block' or 'drop', not {overflow!r}")
+        if not 1 <= window <= 64:
+            raise ValueError(f"window must be 1..64, not {window}")
+        self.window = window
         self.name, self.nats, self.stream, self.partitions = name, nats, stream, partitions
         self.replicas, self.storage, self.max_message, self.linger = replicas, storage, max_message, linger
         self.buffer_bytes, self.overflow = buffer_bytes, overflow
@@ -146,45 +153,81 @@ class Publisher:
         self._queues[k].append((payload, packets, nbytes, msg_id))
         self._ready[k].set()
 
+    async def _publish(self, subject: str, stream: str, item: tuple[bytes, int, int, str], expect: str | None) -> Any:
+        headers = {"Nats-Msg-Id": item[3]}
+        if expect is not None:
+            headers["Nats-Expected-Last-Msg-Id"] = expect
+        return await self._js.publish(subject, item[0], timeout=PUBLISH_TIMEOUT_S, stream=stream, headers=headers)
+
     async def _sender(self, k: int) -> None:
-        """Publishes partition k's messages in order, each until acknowledged; ends after the None sentinel."""
+        """Publishes partition k's messages in order, each until acknowledged; ends after the None sentinel.
+
+        Up to ``window`` messages are in flight, each naming its predecessor in ``Nats-Expected-Last-Msg-Id``:
+        JetStream stores a message only right after the one before it, so the partition stays in order even
+        when a message is lost in an election. On any failure the sender waits for what is in flight, then
+        publishes again from the oldest unacknowledged message (its ``Nats-Msg-Id`` makes JetStream answer a
+        duplicate ack if it had been stored). If another publisher writes the same partition (the chain check
+        fails with nothing of ours failing), the partition falls back to one message at a time, unchained.
+        """
         import nats.errors
         import nats.js.errors
 
+        retryable = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
+                     nats.js.errors.ServiceUnavailableError, nats.errors.ConnectionReconnectingError,
+                     nats.errors.ConnectionClosedError, nats.errors.StaleConnectionError, TimeoutError)
         queue, subject, stream = self._queues[k], subject_name(self.stream, k), stream_name(self.stream, k)
+        window, chained = self.window, self.window > 1
+        last_acked: str | None = None  # Nats-Msg-Id of our last message acknowledged on this partition
+        inflight: deque[tuple[tuple[bytes, int, int, str], asyncio.Task[Any]]] = deque()
+        attempt, first_fail = 0, 0.0
         while True:
-            while not queue:
+            # fill the window from the queue (inflight are queue[0:len(inflight)])
+            while len(inflight) < window and len(inflight) < len(queue) and queue[len(inflight)] is not None:
+                item = queue[len(inflight)]
+                assert item is not None
+                expect = (inflight[-1][0][3] if inflight else last_acked) if chained else None
+                inflight.append((item, asyncio.ensure_future(self._publish(subject, stream, item, expect))))
+            if not inflight:
+                if queue and queue[0] is None:
+                    return
                 self._ready[k].clear()
                 await self._ready[k].wait()
-            item = queue[0]
-            if item is None:
-                return
-            payload, packets, nbytes, msg_id = item
-            attempt, first_fail = 0, 0.0
-            while True:
-                try:
-                    ack = await self._js.publish(subject, payload, timeout=PUBLISH_TIMEOUT_S, stream=stream,
-                                                 headers={"Nats-Msg-Id": msg_id})
-                    break
-                except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
-                        nats.js.errors.ServiceUnavailableError, nats.errors.ConnectionReconnectingError,
-                        nats.errors.ConnectionClosedError, nats.errors.StaleConnectionError, TimeoutError) as e:
-                    why: Any = e
-                except nats.js.errors.APIError as e:
-                    if e.code not in (503, 408, None) and e.err_code not in (10008, 10077):
-                        raise NatsError(f"JetStream refused a message on {subject}: {e.description}") from None
-                    why = e
+                continue
+            item, task = inflight[0]
+            try:
+                ack = await asyncio.shield(task)
+            except retryable:
+                failed = True
+            except nats.js.errors.APIError as e:
+                if e.err_code == 10070 and attempt == 0 and chained:  # someone else writes this partition
+                    chained, window = False, 1
+                elif e.err_code != 10070 and e.code not in (503, 408, None) and e.err_code not in (10008, 10077):
+                    raise NatsError(f"JetStream refused a message on {subject}: {e.description}") from None
+                failed = True
+            else:
+                failed = False
+            if failed:
+                for _, t in inflight:  # settle what is in flight, then start again from the oldest
+                    try:
+                        await t
+                    except Exception:  # noqa: BLE001 - published again below
+                        pass
+                inflight.clear()
                 attempt += 1
                 self.summary.retries += 1
                 if attempt == 1:
                     first_fail = time.monotonic()
-                del why
                 await asyncio.sleep(min(RETRY_BACKOFF_MAX_S, 0.02 * (2 ** min(attempt, 5))))
+                continue
+            inflight.popleft()
             if attempt:
                 self.summary.longest_stall_s = max(self.summary.longest_stall_s, time.monotonic() - first_fail)
+                attempt = 0
             if ack.duplicate:
                 self.summary.duplicate_acks += 1
+            last_acked = item[3]
             queue.popleft()
+            payload, packets, nbytes, _ = item
             self._buffered -= len(payload)
             self._space.set()
             if packets >= 0:
