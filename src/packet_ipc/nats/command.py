@@ -106,7 +106,7 @@ def add_publish(sub: Any) -> None:
                    help="when that buffer is full: block the local server (lossless) or drop and count")
     p.add_argument("--window", type=_positive_int, default=4,
                    help="messages per partition in flight at once, kept in order (4; 1: one at a time)")
-    p.add_argument("--id", default=None, help="publisher id in message ids (default: host-pid-random)")
+    p.add_argument("--id", default=None, help="publisher id in message ids, unique per run (default: host-pid-random)")
     p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to reach NATS (5)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the local server (30)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")

@@ -65,16 +65,21 @@ class GroupMember:
 
     async def run(self) -> None:
         """Takes part until every candidate partition is finished (or forever with ``follow``)."""
+        import nats.errors
+
         await self._buckets()
         self.sub.on_partition_end = self._finished
         interval = self.sub.lease / 3
         held_by_others: set[int] = set()
         try:
             while not self.sub._stopping.is_set():
-                await self._step(held_by_others)
-                finished = {int(k[2:]) for k in await self._keys(self.state) if k.startswith("d.")}
-                if not self.sub.follow and all(k in finished for k in self.sub.partitions):
-                    return
+                try:
+                    await self._step(held_by_others)
+                    finished = {int(k[2:]) for k in await self._keys(self.state) if k.startswith("d.")}
+                    if not self.sub.follow and all(k in finished for k in self.sub.partitions):
+                        return
+                except (nats.errors.Error, TimeoutError):
+                    pass  # the buckets' leader is being elected: try again next round (a lost lease is seen then)
                 try:
                     await asyncio.wait_for(self.sub._stopping.wait(), interval)
                 except TimeoutError:
