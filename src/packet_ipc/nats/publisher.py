@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from .. import _core
 from ..aio import Client as AioClient
-from ..errors import ConnectionLostError
+from ..errors import ConnectError, ConnectionLostError
 from ..errors import TimeoutError as PipcTimeoutError
 from .common import (
     MessageTooLargeError, NatsError, connect, ensure_streams, partition_table, new_fragment_table, check_prefix,
@@ -130,6 +130,7 @@ class Publisher:
         self._buffered = 0
         self._sent = [[0, 0, 0] for _ in range(partitions)]  # acked packets, bytes, messages per partition
         self._js: Any = None
+        self._senders: list[asyncio.Task[None]] = []
 
     # ---- the publishing side -------------------------------------------------------------------------
 
@@ -147,6 +148,9 @@ class Publisher:
                 return
             self._space.clear()
             await self._space.wait()
+            for t in self._senders:  # a sender that failed for good frees no space: raise its error
+                if t.done():
+                    t.result()
         _, msg_id = self._next_id()
         self._buffered += size
         self.summary.max_buffered_bytes = max(self.summary.max_buffered_bytes, self._buffered)
@@ -169,6 +173,12 @@ class Publisher:
         duplicate ack if it had been stored). If another publisher writes the same partition (the chain check
         fails with nothing of ours failing), the partition falls back to one message at a time, unchained.
         """
+        try:
+            await self._send_partition(k)
+        finally:
+            self._space.set()  # wakes a reader waiting for space, to see this sender's end
+
+    async def _send_partition(self, k: int) -> None:
         import nats.errors
         import nats.js.errors
 
@@ -258,6 +268,7 @@ class Publisher:
             self._js = nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
             await ensure_streams(self._js, self.stream, self.partitions, self.replicas, self.storage, nc.max_payload)
             senders = [asyncio.create_task(self._sender(k), name=f"publish {k}") for k in range(self.partitions)]
+            self._senders = senders
             ended = await self._pump(nc.max_payload, senders)
             for k in range(self.partitions):  # end-of-stream markers: never dropped, never held back
                 if ended:
@@ -287,11 +298,22 @@ class Publisher:
             except Exception:  # noqa: BLE001 - closing a connection that already failed
                 pass
 
+    async def _connect_local(self) -> AioClient:
+        """Connects to the local server, waiting up to ``local_timeout`` s for it to appear (it may start later)."""
+        deadline = time.monotonic() + self.local_timeout
+        while True:
+            try:
+                return await AioClient.connect(self.name, timeout=max(0.0, deadline - time.monotonic()))
+            except ConnectError as e:
+                if e.errno not in (errno.ENOENT, errno.ECONNREFUSED) or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)  # no socket to wait on before the server creates it
+
     async def _pump(self, max_payload: int, senders: list[asyncio.Task[None]]) -> bool:
         """Reads the local stream into per-partition messages. True at a clean end of stream."""
         builders = [RecordBuilder(k) for k in range(self.partitions)]
         fragments = new_fragment_table()
-        client = await AioClient.connect(self.name, timeout=self.local_timeout)
+        client = await self._connect_local()
         linktype = client.linktype
         try:
             while True:
