@@ -16,6 +16,8 @@ from setuptools.command.build_py import build_py
 ROOT = Path(__file__).parent
 # The soname's number is the C ABI version: a program built for ABI 1 never loads an incompatible library.
 ABI_VERSION = int(re.search(r"#define PACKET_IPC_ABI_VERSION (\d+)", (ROOT / "include" / "packet_ipc.h").read_text())[1])
+# The release is written once, in the header; the package metadata (and so packet_ipc.__version__) takes it from there.
+VERSION = re.search(r'#define PACKET_IPC_VERSION "([^"]+)"', (ROOT / "include" / "packet_ipc.h").read_text())[1]
 CORE = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.c"))
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"]
 LDFLAGS: list[str] = []
@@ -37,6 +39,13 @@ class BuildExt(build_ext):
         # PACKET_IPC_SANITIZE would ship the normal objects (and the next normal build the sanitized ones).
         self.force = True
 
+    def build_extensions(self) -> None:
+        # An interpreter built by pyenv links extensions with -Wl,-rpath,<its own lib dir>: the build machine's
+        # path would travel in every wheel (and be searched for libraries on the user's machine). Neither the
+        # extension nor libpacketipc.so needs libpython, so drop it.
+        self.compiler.linker_so = [a for a in self.compiler.linker_so if not a.startswith("-Wl,-rpath")]
+        super().build_extensions()
+
     def get_ext_fullpath(self, ext_name: str) -> str:
         path = super().get_ext_fullpath(ext_name)
         if ext_name == LIBNAME:
@@ -47,6 +56,8 @@ class BuildExt(build_ext):
         return [] if ext.name == LIBNAME else super().get_export_symbols(ext)
 
     def build_extension(self, ext: Extension) -> None:
+        if ext.name != LIBNAME:  # the binding links the library built just before it (csrc/ compiled once)
+            ext.library_dirs = [os.path.dirname(self.get_ext_fullpath(LIBNAME))]
         super().build_extension(ext)
         if ext.name == LIBNAME:
             # Programs linked with -lpacketipc record the soname (libpacketipc.so.1) and load that name at
@@ -56,24 +67,21 @@ class BuildExt(build_ext):
 
 
 class BuildPy(build_py):
-    """Ships the public header inside the package (packet_ipc/include/packet_ipc.h)."""
+    """Ships the public headers inside the package (packet_ipc/include/packet_ipc.h and packet_ipc_ext.h)."""
 
     def run(self) -> None:
         super().run()
         dst = Path(self.build_lib) / "packet_ipc" / "include"
         dst.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / "include" / "packet_ipc.h", dst / "packet_ipc.h")
+        for header in ("packet_ipc.h", "packet_ipc_ext.h"):
+            shutil.copy2(ROOT / "include" / header, dst / header)
 
 
 setup(
+    version=VERSION,
     ext_modules=[
-        Extension(
-            "packet_ipc._core",
-            sources=CORE + ["src/packet_ipc/_core.c"],
-            include_dirs=["include", "csrc"],
-            extra_compile_args=CFLAGS,
-            extra_link_args=LDFLAGS,
-        ),
+        # First the C library (what C programs link), then the binding over it: csrc/ is compiled once, and
+        # Python, C programs and the ctypes users of the library in one process share one copy of its state.
         Extension(
             LIBNAME,
             sources=CORE,
@@ -81,6 +89,15 @@ setup(
             define_macros=[("PIPC_BUILD_SHARED", "1")],
             extra_compile_args=CFLAGS,
             extra_link_args=LDFLAGS + [f"-Wl,-soname,{SONAME}"],
+        ),
+        Extension(
+            "packet_ipc._core",
+            sources=["src/packet_ipc/_core.c"],
+            include_dirs=["include"],  # public headers only: the binding is a client of the C ABI
+            libraries=["packetipc"],
+            extra_compile_args=CFLAGS,
+            # finds lib/libpacketipc.so.N (the soname copy) beside the module, wherever the package is installed
+            extra_link_args=LDFLAGS + ["-Wl,-rpath,$ORIGIN/lib"],
         ),
     ],
     cmdclass={"build_ext": BuildExt, "build_py": BuildPy},

@@ -42,7 +42,62 @@ static unsigned current_generation(void)
     return __atomic_load_n(&fork_generation, __ATOMIC_RELAXED);
 }
 
+/* ---------------- thread safety ----------------
+ * Every object may be used from several threads. Each has one lock that serialises its calls and is held
+ * across their waits, so a send (or receive) that completes in one call is never interleaved with another
+ * thread's, and each thread's packets stay in order. A call with timeout 0 only tries the lock (-ETIMEDOUT if another thread holds
+ * it: nothing could be done without waiting); otherwise waiting for the lock counts against the timeout.
+ * pipc_*_shutdown wakes a thread blocked in a call on the object, which then fails with -EPIPE; closing is
+ * the one call that must not race with others (like close(2) on an fd another thread is using). */
+int pipc_lock_until(pthread_mutex_t *m, uint64_t deadline, const char *what)
+{
+    int r = pthread_mutex_trylock(m);
+    if (r == 0)
+        return 0;
+    if (deadline != UINT64_MAX && pipc_now_ns() >= deadline) {
+        pipc_set_error("another thread is using this %s", what);
+        return -ETIMEDOUT;
+    }
+    if (deadline == UINT64_MAX) {
+        r = pthread_mutex_lock(m);
+    } else {
+        /* pthread_mutex_timedlock takes CLOCK_REALTIME (clocklock needs glibc 2.30; wheels target older) */
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        uint64_t mono = pipc_now_ns(), left = deadline > mono ? deadline - mono : 0;
+        uint64_t at = (uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec + left;
+        struct timespec ts = {.tv_sec = (time_t)(at / 1000000000ULL), .tv_nsec = (long)(at % 1000000000ULL)};
+        r = pthread_mutex_timedlock(m, &ts);
+    }
+    if (r == 0)
+        return 0;
+    pipc_set_error("another thread kept this %s busy past the timeout", what);
+    return -ETIMEDOUT;
+}
+
+#define lock_call pipc_lock_until
+
+static int is_closing(const int *closing) { return __atomic_load_n(closing, __ATOMIC_ACQUIRE); }
+static void set_closing(int *closing) { __atomic_store_n(closing, 1, __ATOMIC_RELEASE); }
+/* Counters: written by the thread holding the object's lock, read by *_stats from any thread. */
+static void count(uint64_t *counter, uint64_t v) { __atomic_fetch_add(counter, v, __ATOMIC_RELAXED); }
+static uint64_t counted(const uint64_t *counter) { return __atomic_load_n(counter, __ATOMIC_RELAXED); }
+static int sticky_error(const int *error) { return __atomic_load_n(error, __ATOMIC_RELAXED); }
+static void set_sticky_error(int *error, int err) { __atomic_store_n(error, err, __ATOMIC_RELAXED); }
+
+static void load_stats(const struct pipc_stats *from, struct pipc_stats *to)
+{
+    to->packets = counted(&from->packets);
+    to->bytes = counted(&from->bytes);
+    to->dropped_packets = counted(&from->dropped_packets);
+    to->dropped_bytes = counted(&from->dropped_bytes);
+    to->blocked_ns = counted(&from->blocked_ns);
+}
+
 int pipc_abi_version(void) { return PACKET_IPC_ABI_VERSION; }
+int pipc_wire_version(void) { return PIPC_WIRE_VERSION; }
+
+const char *pipc_version(void) { return PACKET_IPC_VERSION; }
 
 const char *pipc_strerror(int code)
 {
@@ -88,7 +143,7 @@ static int open_to_other_uids(pipc_server *s)
 
 int pipc_server_create(const char *name, const struct pipc_server_options *options, pipc_server **out)
 {
-    struct pipc_server_options o = {sizeof(o), 0, 0, 1, 262144, PIPC_OVERFLOW_BLOCK, 0};
+    struct pipc_server_options o = {sizeof(o), 0, 0, 1, 262144, PIPC_OVERFLOW_BLOCK, 0, PIPC_DISTRIBUTION_FLOW};
     if (options) {
         size_t n = options->struct_bytes < sizeof(o) ? options->struct_bytes : sizeof(o);
         if (n < sizeof(size_t))
@@ -109,6 +164,11 @@ int pipc_server_create(const char *name, const struct pipc_server_options *optio
     pipc_server *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
+    if (pipc_dist_init(&s->dist, o.distribution) < 0) {
+        free(s);
+        return -EINVAL;
+    }
+    pthread_mutex_init(&s->lock, NULL);
     s->opts = o;
     s->creator = getpid();
     s->listen_fd = -1;
@@ -220,7 +280,7 @@ static int server_handshake(pipc_server *s, int sock, uint64_t deadline, pipc_co
     if (!peer_allowed(s, &cr)) {
         char who[64];
         snprintf(who, sizeof(who), "uid %u gid %u", (unsigned)cr.uid, (unsigned)cr.gid);
-        s->refused++;
+        count(&s->refused, 1);
         return refuse(sock, -EACCES, "client refused: %s is not allowed to connect", who);
     }
     if (r > 0)
@@ -237,10 +297,13 @@ static int server_handshake(pipc_server *s, int sock, uint64_t deadline, pipc_co
     pipc_conn *c = calloc(1, sizeof(*c));
     if (!c)
         return refuse(sock, -ENOMEM, "server out of memory%s", "");
+    pthread_mutex_init(&c->lock, NULL);
+    c->refs = 1; /* the caller's; pipc_dist_join adds the server's */
     c->sock = c->memfd = c->ev_data = c->ev_space = -1;
     int err = pipc_ring_create(&c->ring, &c->memfd, s->opts.capacity_bytes, s->opts.max_packets, s->opts.linktype,
                                s->opts.snaplen);
     if (err) {
+        pthread_mutex_destroy(&c->lock);
         free(c);
         return refuse(sock, err, "server cannot create a ring: %s", strerror(-err));
     }
@@ -274,10 +337,54 @@ static int server_handshake(pipc_server *s, int sock, uint64_t deadline, pipc_co
     return 0;
 }
 
+static int server_accept_locked(pipc_server *server, uint64_t deadline, pipc_conn **out);
+
 int pipc_server_accept(pipc_server *server, int timeout_ms, pipc_conn **out)
 {
     uint64_t deadline = pipc_deadline(timeout_ms);
+    int r = lock_call(&server->lock, deadline, "server");
+    if (r)
+        return r;
+    r = server_accept_locked(server, deadline, out);
+    pthread_mutex_unlock(&server->lock);
+    if (r == 0 && (r = pipc_dist_join(&server->dist, *out)) < 0) {
+        pipc_conn_close(*out);
+        *out = NULL;
+    }
+    return r;
+}
+
+void pipc_server_stats(pipc_server *server, struct pipc_server_stats *stats)
+{
+    struct pipc_server_stats st = {.struct_bytes = sizeof(st)};
+    /* Short locks and counters only: an accept or a send may be waiting on another thread. */
+    pthread_mutex_lock(&server->dist.set_lock);
+    st.workers = server->dist.n_workers;
+    st.accepted = server->dist.accepted;
+    pthread_mutex_unlock(&server->dist.set_lock);
+    st.lost_packets = counted(&server->dist.lost_packets);
+    st.refused = counted(&server->refused);
+    st.handshake_failures = counted(&server->handshake_failures);
+    size_t n = stats->struct_bytes < sizeof(st) ? stats->struct_bytes : sizeof(st);
+    memcpy(stats, &st, n);
+    stats->struct_bytes = n;
+}
+
+void pipc_server_shutdown(pipc_server *server)
+{
+    set_closing(&server->closing);
+    /* Wakes a poll on the listening socket (it reports read hang-up); accept then sees `closing`. */
+    if (server->listen_fd >= 0)
+        shutdown(server->listen_fd, SHUT_RD);
+}
+
+static int server_accept_locked(pipc_server *server, uint64_t deadline, pipc_conn **out)
+{
     for (;;) {
+        if (is_closing(&server->closing)) {
+            pipc_set_error("server closed by another thread");
+            return -EPIPE;
+        }
         int sock, r;
         uint64_t hs_deadline;
         if (server->pending_sock >= 0) { /* a handshake the previous call's timeout interrupted */
@@ -292,6 +399,8 @@ int pipc_server_accept(pipc_server *server, int timeout_ms, pipc_conn **out)
         r = poll(&p, 1, ms);
         if (r < 0)
             return errno == EINTR ? -EINTR : -errno;
+        if (is_closing(&server->closing))
+            continue;
         if (r == 0) {
             pipc_set_error("no client connected in time");
             return -ETIMEDOUT;
@@ -322,7 +431,7 @@ int pipc_server_accept(pipc_server *server, int timeout_ms, pipc_conn **out)
         }
         close(sock);
         if (r == -ECONNRESET || r == -ETIMEDOUT || r == -EPIPE) {
-            server->handshake_failures++;
+            count(&server->handshake_failures, 1);
             continue;
         }
         return r;
@@ -335,6 +444,8 @@ void pipc_server_close(pipc_server *server)
         return;
     close_fd(&server->listen_fd);
     close_fd(&server->pending_sock);
+    pipc_dist_destroy(&server->dist); /* the connections stay usable: their callers hold them */
+    pthread_mutex_destroy(&server->lock);
     /* Only the process that created the endpoint removes it (a forked child's close must not). */
     if (server->creator == getpid()) {
         if (server->name[0] != '@')
@@ -350,7 +461,7 @@ void pipc_server_close(pipc_server *server)
 static int conn_fail(pipc_conn *c, int err)
 {
     if (err == -EPROTO || err == -ECONNRESET)
-        c->error = err;
+        set_sticky_error(&c->error, err);
     if (err == -EPROTO)
         pipc_set_error("client corrupted the ring's consumer positions");
     else if (err == -ECONNRESET)
@@ -371,7 +482,7 @@ static int conn_wait_space(pipc_conn *c, uint64_t need_slots, uint64_t need_byte
         pipc_cpu_relax();
         if ((k & 63) == 63) {
             uint64_t now = pipc_now_ns();
-            if (now - start > SPIN_NS || now >= deadline)
+            if (now - start > SPIN_NS || now >= deadline || is_closing(&c->closing))
                 break;
         }
     }
@@ -383,6 +494,11 @@ static int conn_wait_space(pipc_conn *c, uint64_t need_slots, uint64_t need_byte
         int sleep = pipc_ring_producer_arm(&c->ring, need_slots, need_bytes);
         r = sleep ? pipc_wait(c->ev_space, c->sock, deadline) : PIPC_WAIT_EVENT;
         pipc_ring_producer_disarm(&c->ring);
+        if (is_closing(&c->closing)) {
+            pipc_set_error("connection closed by another thread");
+            r = -EPIPE;
+            goto out;
+        }
         if (r == PIPC_WAIT_PEER) {
             r = pipc_peer_gone(c->sock) ? -ECONNRESET : -EPROTO;
             goto out;
@@ -399,17 +515,22 @@ static int conn_wait_space(pipc_conn *c, uint64_t need_slots, uint64_t need_byte
         }
     }
 done:
-    c->stats.blocked_ns += pipc_now_ns() - start;
+    count(&c->stats.blocked_ns, pipc_now_ns() - start);
     return 0;
 out:
-    c->stats.blocked_ns += pipc_now_ns() - start;
+    count(&c->stats.blocked_ns, pipc_now_ns() - start);
     return r;
 }
 
 static int conn_check(pipc_conn *c)
 {
-    if (c->error)
-        return c->error;
+    int err = sticky_error(&c->error);
+    if (err)
+        return err;
+    if (is_closing(&c->closing)) {
+        pipc_set_error("connection closed by another thread");
+        return -EPIPE;
+    }
     if (c->ended) {
         pipc_set_error("send after end of stream");
         return -EPIPE;
@@ -417,7 +538,33 @@ static int conn_check(pipc_conn *c)
     return 0;
 }
 
+static long conn_send_locked(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline,
+                             size_t *written_out);
+
 long pipc_conn_send(pipc_conn *c, const struct pipc_packet *pk, size_t n, int timeout_ms)
+{
+    uint64_t deadline = pipc_deadline(timeout_ms);
+    size_t written = 0;
+    int err = pipc_conn_send_until(c, pk, n, deadline, &written);
+    if (!err || (written && (err == -ETIMEDOUT || err == -EINTR || err == -EPIPE)))
+        return (long)written;
+    return err;
+}
+
+int pipc_conn_send_until(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline, size_t *written)
+{
+    *written = 0;
+    int err = lock_call(&c->lock, deadline, "connection");
+    if (err)
+        return err;
+    long r = conn_send_locked(c, pk, n, deadline, written);
+    pthread_mutex_unlock(&c->lock);
+    return (int)r;
+}
+
+/* Returns 0 with *written == n, or the error that stopped it with *written packets written before it. */
+static long conn_send_locked(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline,
+                             size_t *written_out)
 {
     int err = conn_check(c);
     if (err)
@@ -438,12 +585,13 @@ long pipc_conn_send(pipc_conn *c, const struct pipc_packet *pk, size_t n, int ti
             return -EMSGSIZE;
         }
     }
-    uint64_t deadline = pipc_deadline(timeout_ms);
     size_t i = 0, written = 0;
     while (i < n) {
         uint64_t fs, fb;
-        if ((err = pipc_ring_space(&c->ring, &fs, &fb)) < 0)
-            return conn_fail(c, err);
+        if ((err = pipc_ring_space(&c->ring, &fs, &fb)) < 0) {
+            err = conn_fail(c, err);
+            break;
+        }
         size_t j = i;
         uint64_t bytes = 0;
         while (j < n && j - i < fs && bytes + pk[j].caplen <= fb)
@@ -452,8 +600,8 @@ long pipc_conn_send(pipc_conn *c, const struct pipc_packet *pk, size_t n, int ti
             pipc_ring_put(&c->ring, pk + i, j - i, c->linktype);
             if (pipc_ring_publish(&c->ring))
                 pipc_wake(c->ev_data);
-            c->stats.packets += j - i;
-            c->stats.bytes += bytes;
+            count(&c->stats.packets, j - i);
+            count(&c->stats.bytes, bytes);
             written += j - i;
             i = j;
             continue;
@@ -463,58 +611,67 @@ long pipc_conn_send(pipc_conn *c, const struct pipc_packet *pk, size_t n, int ti
             for (j = i; j < n; j++)
                 dropped_bytes += pk[j].caplen;
             pipc_ring_count_drop(&c->ring, n - i, dropped_bytes);
-            c->stats.dropped_packets += n - i;
-            c->stats.dropped_bytes += dropped_bytes;
+            count(&c->stats.dropped_packets, n - i);
+            count(&c->stats.dropped_bytes, dropped_bytes);
             uint64_t now = pipc_now_ns();
             if (now - c->last_alive_check_ns > ALIVE_CHECK_NS) {
                 c->last_alive_check_ns = now;
                 if (pipc_peer_gone(c->sock))
-                    return conn_fail(c, -ECONNRESET);
+                    err = conn_fail(c, -ECONNRESET);
             }
             break;
         }
         err = conn_wait_space(c, 1, pk[i].caplen, deadline);
-        if (err == -ETIMEDOUT || err == -EINTR) {
-            if (err == -ETIMEDOUT)
-                pipc_set_error("ring full: no space within the timeout");
-            return written ? (long)written : err;
-        }
+        if (err == -ETIMEDOUT)
+            pipc_set_error("ring full: no space within the timeout");
+        else if (err && err != -EINTR && err != -EPIPE)
+            err = conn_fail(c, err);
         if (err)
-            return conn_fail(c, err);
+            break;
     }
-    return (long)written;
+    *written_out = written;
+    return err;
 }
 
-int pipc_conn_end(pipc_conn *c)
+/* End of stream (PIPC_STATE_END) or abort: after the sends in progress on other threads. */
+static int conn_finish(pipc_conn *c, uint32_t state)
 {
-    if (c->error)
-        return c->error;
-    if (c->ended)
-        return 0;
-    c->ended = 1;
-    if (pipc_ring_set_state(&c->ring, PIPC_STATE_END))
-        pipc_wake(c->ev_data);
-    return 0;
+    lock_call(&c->lock, UINT64_MAX, "connection");
+    int err = sticky_error(&c->error);
+    if (!err && !c->ended) { /* after end of stream, an abort is too late to say otherwise */
+        c->ended = 1;
+        if (pipc_ring_set_state(&c->ring, state))
+            pipc_wake(c->ev_data);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return err;
 }
 
-int pipc_conn_abort(pipc_conn *c)
+int pipc_conn_end(pipc_conn *c) { return conn_finish(c, PIPC_STATE_END); }
+int pipc_conn_abort(pipc_conn *c) { return conn_finish(c, PIPC_STATE_ABORTED); }
+
+void pipc_conn_shutdown(pipc_conn *c)
 {
-    if (c->error)
-        return c->error;
-    if (c->ended)
-        return 0; /* already ended cleanly: too late to say otherwise */
-    c->ended = 1;
-    if (pipc_ring_set_state(&c->ring, PIPC_STATE_ABORTED))
-        pipc_wake(c->ev_data);
-    return 0;
+    set_closing(&c->closing);
+    if (c->ev_space >= 0)
+        pipc_wake(c->ev_space); /* our own sleeper waits on it for space */
+}
+
+void pipc_conn_info(const pipc_conn *c, struct pipc_conn_info *info)
+{
+    struct pipc_conn_info i = {.struct_bytes = sizeof(i), .peer_pid = c->peer_pid, .overflow = c->overflow,
+                               .ended = __atomic_load_n(&c->ended, __ATOMIC_RELAXED), .index = c->index};
+    size_t n = info->struct_bytes < sizeof(i) ? info->struct_bytes : sizeof(i);
+    memcpy(info, &i, n);
+    info->struct_bytes = n;
 }
 
 int pipc_conn_alive(pipc_conn *c)
 {
-    if (c->error == -ECONNRESET || c->sock < 0)
+    if (sticky_error(&c->error) == -ECONNRESET || __atomic_load_n(&c->closed, __ATOMIC_ACQUIRE) || c->sock < 0)
         return 0;
     if (pipc_peer_gone(c->sock)) {
-        c->error = -ECONNRESET;
+        set_sticky_error(&c->error, -ECONNRESET);
         return 0;
     }
     return 1;
@@ -522,12 +679,16 @@ int pipc_conn_alive(pipc_conn *c)
 
 void pipc_conn_stats(const pipc_conn *c, struct pipc_stats *st)
 {
-    *st = c->stats;
+    memset(st, 0, sizeof(*st));
+    load_stats(&c->stats, st);
     const struct pipc_ring *r = &c->ring;
     if (r->hdr) {
+        /* From shared positions and counters only: a send may be running on another thread. Payload
+         * positions start at 0, so the bytes sent are the producer's payload position. */
+        uint64_t ws = pipc_load_acquire64(&r->hdr->write_slot);
         uint64_t rs = pipc_load_acquire64(&r->hdr->read_slot), rp = pipc_load_acquire64(&r->hdr->read_payload);
-        st->ring_used_slots = rs <= r->p_write_slot ? r->p_write_slot - rs : 0;
-        st->ring_used_bytes = rp <= r->p_write_payload ? r->p_write_payload - rp : 0;
+        st->ring_used_slots = rs <= ws ? ws - rs : 0;
+        st->ring_used_bytes = rp <= st->bytes ? st->bytes - rp : 0;
     }
     st->ring_bytes = r->payload_bytes;
     st->ring_slots = r->slot_count;
@@ -549,29 +710,80 @@ void pipc_conn_finish_wait(pipc_conn *c)
     }
 }
 
-void pipc_conn_close(pipc_conn *c)
+/* The ring and the fds (idempotent). Under the connection's lock when others may still reach it. */
+static void conn_release_resources(pipc_conn *c)
 {
-    if (!c)
-        return;
-    /* A close without send(None) still ends the stream cleanly: the client drains, then sees the end. */
-    if (c->ring.hdr && !c->error && !c->ended && c->generation == current_generation() && pipc_ring_set_state(&c->ring, PIPC_STATE_END) && c->ev_data >= 0)
-        pipc_wake(c->ev_data);
     pipc_ring_destroy(&c->ring);
     close_fd(&c->sock);
     close_fd(&c->memfd);
     close_fd(&c->ev_data);
     close_fd(&c->ev_space);
+}
+
+void pipc_conn_close(pipc_conn *c)
+{
+    if (!c)
+        return;
+    /* A send waiting for space on it (a server-level send, say) gives up at once rather than hold us. */
+    pipc_conn_shutdown(c);
+    lock_call(&c->lock, UINT64_MAX, "connection");
+    /* A close without send(None) still ends the stream cleanly: the client drains, then sees the end. A
+     * forked child's copy must not end its parent's stream. */
+    if (c->ring.hdr && !sticky_error(&c->error) && !c->ended && c->generation == current_generation() &&
+        pipc_ring_set_state(&c->ring, PIPC_STATE_END) && c->ev_data >= 0)
+        pipc_wake(c->ev_data);
+    c->ended = 1;
+    __atomic_store_n(&c->closed, 1, __ATOMIC_RELEASE); /* the server drops it from its workers */
+    conn_release_resources(c); /* now, even while the server still holds the object */
+    pthread_mutex_unlock(&c->lock);
+    pipc_conn_unref(c);
+}
+
+/* Drops one reference (the caller's, or the server's when the worker leaves); the last frees everything. */
+void pipc_conn_unref(pipc_conn *c)
+{
+    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) > 0)
+        return;
+    conn_release_resources(c);
+    pthread_mutex_destroy(&c->lock);
     free(c);
 }
 
 /* ---------------- client (consumer) ---------------- */
 
+static int client_connect(const char *name, int timeout_ms, uint32_t flags, pipc_client **out);
+
 int pipc_client_connect(const char *name, int timeout_ms, pipc_client **out)
 {
-    return pipc_client_connect_flags(name, timeout_ms, 0, out);
+    return client_connect(name, timeout_ms, 0, out);
 }
 
-int pipc_client_connect_flags(const char *name, int timeout_ms, uint32_t flags, pipc_client **out)
+int pipc_client_connect_with(const char *name, int timeout_ms, const struct pipc_client_options *options,
+                             pipc_client **out)
+{
+    struct pipc_client_options o = {.struct_bytes = sizeof(o), .use_server_overflow = 1};
+    if (options) {
+        size_t n = options->struct_bytes < sizeof(o) ? options->struct_bytes : sizeof(o);
+        if (n < sizeof(size_t))
+            return -EINVAL;
+        memcpy(&o, options, n);
+    }
+    uint32_t flags = 0; /* the HELLO says which policy this client wants (the server's when it says none) */
+    if (!o.use_server_overflow && o.overflow == PIPC_OVERFLOW_DROP)
+        flags = PIPC_HELLO_WANT_DROP;
+    else if (!o.use_server_overflow && o.overflow == PIPC_OVERFLOW_BLOCK)
+        flags = PIPC_HELLO_WANT_BLOCK;
+    else if (!o.use_server_overflow && o.overflow != -1) {
+        pipc_set_error("overflow must be PIPC_OVERFLOW_BLOCK, PIPC_OVERFLOW_DROP or -1, not %d", o.overflow);
+        return -EINVAL;
+    }
+    int err = client_connect(name, timeout_ms, flags, out);
+    if (!err)
+        (*out)->busy_poll = o.busy_poll != 0;
+    return err;
+}
+
+static int client_connect(const char *name, int timeout_ms, uint32_t flags, pipc_client **out)
 {
     struct sockaddr_un addr;
     socklen_t len;
@@ -633,6 +845,10 @@ int pipc_client_connect_flags(const char *name, int timeout_ms, uint32_t flags, 
     pipc_client *c = NULL;
     if (!err && !(c = calloc(1, sizeof(*c))))
         err = -ENOMEM;
+    if (c) {
+        pthread_mutex_init(&c->lock, NULL);
+        pthread_mutex_init(&c->state_lock, NULL);
+    }
     if (!err) {
         err = pipc_ring_attach(&c->ring, fds[0]);
         if (err == -EPROTO)
@@ -655,8 +871,11 @@ int pipc_client_connect_flags(const char *name, int timeout_ms, uint32_t flags, 
             close(fds[i]);
         if (poll_fd >= 0)
             close(poll_fd);
-        if (c)
+        if (c) {
             pipc_ring_destroy(&c->ring);
+            pthread_mutex_destroy(&c->lock);
+            pthread_mutex_destroy(&c->state_lock);
+        }
         free(c);
         close(sock);
         return err;
@@ -675,7 +894,7 @@ int pipc_client_connect_flags(const char *name, int timeout_ms, uint32_t flags, 
 static int client_fail(pipc_client *c, int err)
 {
     if (err == -EPROTO) {
-        c->error = err;
+        set_sticky_error(&c->error, err);
         pipc_set_error("corrupt ring: the server's positions or descriptors are impossible");
     }
     return err;
@@ -705,35 +924,66 @@ static int client_idle_state(pipc_client *c)
     return 1;
 }
 
-long pipc_client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int timeout_ms, int busy_poll)
+static long client_take_locked(pipc_client *c, struct pipc_packet *pk, size_t max, uint64_t deadline,
+                               int busy_poll);
+
+static long client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int timeout_ms, int busy_poll)
 {
-    if (c->error)
-        return c->error;
+    int err = sticky_error(&c->error);
+    if (err)
+        return err;
     if (max == 0)
         return -EINVAL;
+    uint64_t deadline = pipc_deadline(timeout_ms);
+    if ((err = lock_call(&c->lock, deadline, "client")))
+        return err;
+    long r = client_take_locked(c, pk, max, deadline, busy_poll);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+/* One look at the ring under the state lock: n > 0 packets taken, or (n == 0) *idle from client_idle_state. */
+static long client_look(pipc_client *c, struct pipc_packet *pk, size_t max, int *idle)
+{
+    pthread_mutex_lock(&c->state_lock);
+    long n = pipc_ring_take(&c->ring, pk, max);
+    if (n == 0)
+        *idle = client_idle_state(c);
+    pthread_mutex_unlock(&c->state_lock);
+    return n;
+}
+
+static long client_take_locked(pipc_client *c, struct pipc_packet *pk, size_t max, uint64_t deadline, int busy_poll)
+{
     if (c->armed) { /* left armed by pipc_client_prepare_wait: else the server would write the eventfd on every
                      * publish from now on */
         c->armed = 0;
         pipc_ring_consumer_disarm(&c->ring);
     }
-    uint64_t deadline = pipc_deadline(timeout_ms), start = 0, now = 0;
+    uint64_t start = 0, now = 0;
     for (unsigned k = 0;; k++) {
-        long n = pipc_ring_take(&c->ring, pk, max);
+        int idle = 1;
+        long n = client_look(c, pk, max, &idle);
         if (n < 0)
             return client_fail(c, (int)n);
         if (n > 0) {
+            uint64_t bytes = 0;
             for (long i = 0; i < n; i++)
-                c->stats.bytes += pk[i].caplen;
-            c->stats.packets += (uint64_t)n;
+                bytes += pk[i].caplen;
+            count(&c->stats.bytes, bytes);
+            count(&c->stats.packets, (uint64_t)n);
             if (start)
-                c->stats.blocked_ns += pipc_now_ns() - start;
+                count(&c->stats.blocked_ns, pipc_now_ns() - start);
             return n;
         }
-        int idle = client_idle_state(c);
         if (idle == 2)
             continue;
         if (idle <= 0)
             return idle;
+        if (is_closing(&c->closing)) {
+            pipc_set_error("client closed by another thread");
+            return -EPIPE;
+        }
         if (!start)
             start = now = pipc_now_ns();
         else if ((k & 63) == 0 || now - start >= SPIN_PAUSE_NS) /* while pausing, the clock every 64 turns (each
@@ -741,7 +991,7 @@ long pipc_client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int ti
                                                                  * yielding, every turn: a yield can be long */
             now = pipc_now_ns();
         if (now >= deadline) {
-            c->stats.blocked_ns += now - start;
+            count(&c->stats.blocked_ns, now - start);
             pipc_set_error("no packet arrived within the timeout");
             return -ETIMEDOUT;
         }
@@ -757,7 +1007,9 @@ long pipc_client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int ti
                 c->peer_gone = 1;
             continue;
         }
+        pthread_mutex_lock(&c->state_lock);
         int sleep = pipc_ring_consumer_arm(&c->ring);
+        pthread_mutex_unlock(&c->state_lock);
         int r = sleep ? pipc_wait(c->ev_data, c->sock, deadline) : PIPC_WAIT_EVENT;
         pipc_ring_consumer_disarm(&c->ring);
         now = pipc_now_ns();
@@ -765,12 +1017,12 @@ long pipc_client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int ti
             if (pipc_peer_gone(c->sock))
                 c->peer_gone = 1;
             else {
-                c->error = -EPROTO;
+                set_sticky_error(&c->error, -EPROTO);
                 pipc_set_error("unexpected message from the server after the handshake");
                 return -EPROTO;
             }
         } else if (r < 0 && r != -ETIMEDOUT) {
-            c->stats.blocked_ns += pipc_now_ns() - start;
+            count(&c->stats.blocked_ns, pipc_now_ns() - start);
             return r;
         }
     }
@@ -780,28 +1032,40 @@ int pipc_client_receive(pipc_client *c, struct pipc_packet *pk, size_t max, int 
 {
     if (max > (size_t)0x7fffffff)
         max = 0x7fffffff;
-    return (int)pipc_client_take(c, pk, max, timeout_ms, 0);
+    return (int)client_take(c, pk, max, timeout_ms, c->busy_poll);
 }
 
-int pipc_client_release_ids(pipc_client *c, uint64_t first, uint64_t n)
+int pipc_client_release_range(pipc_client *c, uint64_t first, uint64_t n)
 {
-    if (c->generation != fork_generation) /* a forked copy: the ring belongs to the parent */
+    if (c->generation != current_generation()) /* a forked copy: the ring belongs to the parent */
         return -EINVAL;
-    if (pipc_ring_release_range(&c->ring, first, n) < 0)
-        return -EINVAL;
-    if (pipc_ring_publish_release(&c->ring) && c->ev_space >= 0)
+    pthread_mutex_lock(&c->state_lock);
+    int err = pipc_ring_release_range(&c->ring, first, n) < 0 ? -EINVAL : 0;
+    int wake = !err && pipc_ring_publish_release(&c->ring);
+    pthread_mutex_unlock(&c->state_lock);
+    if (wake && c->ev_space >= 0)
         pipc_wake(c->ev_space);
-    return 0;
+    return err;
 }
 
 void pipc_client_release(pipc_client *c, const struct pipc_packet *pk, size_t n)
 {
-    if (c->generation != fork_generation)
+    if (c->generation != current_generation())
         return;
+    pthread_mutex_lock(&c->state_lock);
     for (size_t i = 0; i < n; i++)
         pipc_ring_release_one(&c->ring, pk[i].id);
-    if (pipc_ring_publish_release(&c->ring) && c->ev_space >= 0)
+    int wake = pipc_ring_publish_release(&c->ring);
+    pthread_mutex_unlock(&c->state_lock);
+    if (wake && c->ev_space >= 0)
         pipc_wake(c->ev_space);
+}
+
+void pipc_client_shutdown(pipc_client *c)
+{
+    set_closing(&c->closing);
+    if (c->ev_data >= 0)
+        pipc_wake(c->ev_data); /* our own sleeper waits on it for packets */
 }
 
 int pipc_client_fd(const pipc_client *c) { return c->poll_fd; }
@@ -810,7 +1074,7 @@ int pipc_client_ring_fd(const pipc_client *c) { return c->memfd; }
 
 int pipc_client_prepare_wait(pipc_client *c)
 {
-    if (c->error)
+    if (sticky_error(&c->error) || is_closing(&c->closing))
         return 0;
     if (c->sock >= 0 && !c->peer_gone && pipc_peer_gone(c->sock))
         c->peer_gone = 1;
@@ -822,7 +1086,10 @@ int pipc_client_prepare_wait(pipc_client *c)
     if (read(c->ev_data, &v, sizeof(v)) < 0) {
         /* EAGAIN: nothing pending */
     }
-    if (!pipc_ring_consumer_arm(&c->ring)) {
+    pthread_mutex_lock(&c->state_lock);
+    int sleep = pipc_ring_consumer_arm(&c->ring);
+    pthread_mutex_unlock(&c->state_lock);
+    if (!sleep) {
         pipc_ring_consumer_disarm(&c->ring); /* packets or the end are there: the caller will not sleep */
         return 0;
     }
@@ -844,8 +1111,10 @@ uint32_t pipc_client_snaplen(const pipc_client *c) { return c->ring.snaplen; }
 
 void pipc_client_stats(const pipc_client *c, struct pipc_stats *st)
 {
-    *st = c->stats;
+    memset(st, 0, sizeof(*st));
+    load_stats(&c->stats, st);
     const struct pipc_ring *r = &c->ring;
+    pthread_mutex_lock((pthread_mutex_t *)&c->state_lock); /* a receive or release may run on another thread */
     if (r->hdr) {
         st->dropped_packets = pipc_load_relaxed64(&r->hdr->dropped_packets);
         st->dropped_bytes = pipc_load_relaxed64(&r->hdr->dropped_bytes);
@@ -853,6 +1122,7 @@ void pipc_client_stats(const pipc_client *c, struct pipc_stats *st)
         st->ring_used_slots = ws >= r->c_released_slot ? ws - r->c_released_slot : 0;
         st->ring_used_bytes = r->c_next_payload - r->c_released_payload; /* taken and unreleased */
     }
+    pthread_mutex_unlock((pthread_mutex_t *)&c->state_lock);
     st->ring_bytes = r->payload_bytes;
     st->ring_slots = r->slot_count;
 }
@@ -864,8 +1134,8 @@ void pipc_client_disconnect(pipc_client *c)
     close_fd(&c->ev_data);
     close_fd(&c->ev_space);
     close_fd(&c->memfd);
-    if (!c->error)
-        c->error = -EPIPE;
+    if (!sticky_error(&c->error))
+        set_sticky_error(&c->error, -EPIPE);
 }
 
 void pipc_client_close(pipc_client *c)
@@ -874,5 +1144,7 @@ void pipc_client_close(pipc_client *c)
         return;
     pipc_client_disconnect(c);
     pipc_ring_destroy(&c->ring);
+    pthread_mutex_destroy(&c->lock);
+    pthread_mutex_destroy(&c->state_lock);
     free(c);
 }

@@ -1,18 +1,44 @@
 /*
- * capi_internal.h - the objects behind the public ABI, and the few extra entry points the Python binding
- * uses (taking with busy polling, releasing by id range, arming waits for an event loop). Not installed.
+ * capi_internal.h - the objects behind the public ABI (include/packet_ipc.h), shared by capi.c and
+ * distribute.c. Not installed: programs, the Python binding included, see only the public headers.
  */
 #ifndef PIPC_CAPI_INTERNAL_H
 #define PIPC_CAPI_INTERNAL_H
 
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/types.h>
 
+#include "packet_ipc_ext.h"
 #include "packet_ipc.h"
 #include "ring.h"
 
 #define PIPC_MAX_ALLOWED 16
+#define PIPC_FLOW_BUCKETS 4096 /* flow hash -> bucket -> worker: a joining or leaving worker moves only its share */
+#define PIPC_LIVENESS_CHECK_NS 50000000ULL /* a server-level send looks for dead workers this often (50 ms) */
+
+/* The server's many-worker state (distribute.c), guarded by its lock. */
+struct pipc_distributor {
+    pthread_mutex_t lock;     /* held by a server-level send across its waits; joins and checks take it too */
+    pthread_mutex_t set_lock; /* short: workers[] and counters, for readers that must never wait for a send */
+    int policy;               /* PIPC_DISTRIBUTION_* */
+    pipc_conn **workers;      /* live workers in order of acceptance; the server holds a reference to each */
+    size_t n_workers, cap_workers;
+    uint32_t accepted;        /* connections accepted so far: the next one's index */
+    uint16_t table[PIPC_FLOW_BUCKETS]; /* bucket -> position in workers[] */
+    struct pipc_frag_table frags;      /* where each datagram's later fragments go */
+    uint64_t ring_bytes;      /* payload bytes of every worker's ring, and the snaplen (for the size checks) */
+    uint32_t snaplen;
+    uint64_t rr;              /* round robin: next worker */
+    uint64_t lost_packets;    /* left unread in the rings of workers that died (atomic) */
+    uint64_t last_check_ns;
+    /* scratch of one send, grown as needed */
+    uint32_t *hash, *todo, *retry;
+    uint16_t *owner;
+    struct pipc_packet *part;
+    size_t scratch_n;
+};
 
 struct pipc_server {
     int listen_fd;
@@ -24,47 +50,58 @@ struct pipc_server {
     gid_t gids[PIPC_MAX_ALLOWED];
     int n_uids, n_gids;
     uint64_t refused, handshake_failures;
+    pthread_mutex_t lock; /* serialises accept (held across its wait); see "thread safety" in capi.c */
+    int closing;          /* pipc_server_shutdown: accept fails with -EPIPE (atomic) */
+    struct pipc_distributor dist;
     int pending_sock;             /* taken from the backlog, HELLO not yet read when the caller's timeout ran
                                      out: the next accept resumes it (or -1) */
     uint64_t pending_deadline_ns; /* its own handshake bound */
 };
 
 struct pipc_conn {
+    pthread_mutex_t lock; /* serialises send/end/abort (held across waits for space) */
+    int closing;          /* pipc_conn_shutdown: calls fail with -EPIPE (atomic) */
+    int refs;             /* the caller's and the server's (while a live worker); freed at 0 (atomic) */
+    int closed;           /* pipc_conn_close was called: the server drops it as a worker (atomic) */
+    uint32_t index;       /* order of acceptance on its server */
     int sock, memfd, ev_data, ev_space;
     struct pipc_ring ring;
     int overflow;
     int ended;
-    int error; /* sticky: -ECONNRESET or -EPROTO */
+    int error; /* sticky: -ECONNRESET or -EPROTO (atomic: pipc_conn_alive sets it from any thread) */
     uint32_t linktype, snaplen;
     pid_t peer_pid;
     unsigned generation; /* fork generation that created it */
     uint64_t last_alive_check_ns;
-    struct pipc_stats stats;
+    struct pipc_stats stats; /* written under lock, read by pipc_conn_stats from any thread (atomic) */
 };
 
 struct pipc_client {
+    pthread_mutex_t lock;       /* serialises receives (held across waits for packets) */
+    pthread_mutex_t state_lock; /* short: the ring's consumer-local state, shared by receive and release (a
+                                   release from another thread must never wait for a receive's sleep) */
+    int closing;                /* pipc_client_shutdown: receives fail with -EPIPE (atomic) */
     int sock, memfd, ev_data, ev_space;
     int poll_fd; /* epoll over ev_data and sock: pipc_client_fd(), readable on packets and on the server's death */
     struct pipc_ring ring;
     int error; /* sticky: -EPROTO, or -EPIPE once disconnected */
     int peer_gone;
     int armed; /* pipc_client_prepare_wait() left the wake-up armed; the next take disarms it */
+    int busy_poll; /* struct pipc_client_options.busy_poll */
     unsigned generation;
     uint64_t spin_ns;
     struct pipc_stats stats;
 };
 
-int pipc_server_allow_peer(pipc_server *server, int64_t uid, int64_t gid);
-int pipc_client_connect_flags(const char *name, int timeout_ms, uint32_t flags, pipc_client **out);
-long pipc_client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int timeout_ms, int busy_poll);
-int pipc_client_release_ids(pipc_client *c, uint64_t first, uint64_t n);
-int pipc_client_socket(const pipc_client *c);
-int pipc_client_ring_fd(const pipc_client *c);
-void pipc_client_finish_wait(pipc_client *c);
-void pipc_client_disconnect(pipc_client *c);
-int pipc_conn_fd(const pipc_conn *c);
-int pipc_conn_socket(const pipc_conn *c);
-int pipc_conn_prepare_wait(pipc_conn *c, uint64_t need_bytes);
-void pipc_conn_finish_wait(pipc_conn *c);
+/* capi.c, for distribute.c: an object's lock, waiting until deadline (pipc_deadline; "now": only try) */
+int pipc_lock_until(pthread_mutex_t *m, uint64_t deadline, const char *what);
+/* capi.c, for distribute.c: a send up to a deadline that reports how many packets it wrote (even on error) */
+int pipc_conn_send_until(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline, size_t *written);
+
+/* distribute.c, for capi.c */
+int pipc_dist_init(struct pipc_distributor *d, int policy);
+int pipc_dist_join(struct pipc_distributor *d, pipc_conn *conn);
+void pipc_dist_destroy(struct pipc_distributor *d);
+void pipc_conn_unref(pipc_conn *c);
 
 #endif

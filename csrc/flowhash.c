@@ -1,5 +1,5 @@
 /*
- * flowhash.c - flow key parsing and the symmetric flow hash (see flowhash.h).
+ * flowhash.c - flow key parsing and the symmetric flow hash (declared in include/packet_ipc_ext.h).
  *
  * Rules, chosen so that both directions of a flow, and every piece of one datagram, meet in one worker:
  *
@@ -30,7 +30,7 @@
  * - Hash: the canonical key as 64-bit words, assembled byte by byte (so the result does not depend on
  *   host byte order), each folded in with the murmur3 64-bit finalizer; fixed constants, no seed.
  */
-#include "flowhash.h"
+#include "packet_ipc_ext.h"
 
 #include <string.h>
 

@@ -1,6 +1,6 @@
-/* pcap.c - see pcap.h. Mirrors packet_ipc.pcap's classic-pcap parser rule for rule (its tests compare the
+/* pcap.c - the classic pcap scanner (include/packet_ipc_ext.h). Mirrors packet_ipc.pcap's classic-pcap parser rule for rule (its tests compare the
  * two on every capture). */
-#include "pcap.h"
+#include "packet_ipc_ext.h"
 
 #include <string.h>
 

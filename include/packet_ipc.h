@@ -14,11 +14,16 @@
  *    at that name), -ENAMETOOLONG, -EINTR (a signal interrupted a wait; call again), -EPIPE (send after end
  *    of stream), -EINVAL, -ENOMEM.
  *  - Timeouts are in milliseconds; a negative timeout waits forever, 0 does not block.
- *  - Objects are not thread-safe: use one object from one thread at a time (distinct objects are independent).
+ *  - Thread safety: every object may be used from several threads. Calls on one object are serialised: each
+ *    packet is written or received exactly once and each thread's packets stay in order (a call holds the
+ *    object while it waits, so a call that returns complete was not interleaved; a release may run while
+ *    another thread waits in a receive). With timeout 0 a call only tries: -ETIMEDOUT if another thread is inside a
+ *    call on the same object. Only *_close must not race with other calls on its object: call *_shutdown
+ *    first to wake a thread blocked in it (that call then fails with -EPIPE), and close once it has left.
  *  - Build: cc prog.c $(packet-ipc config --cflags --libs)
  *
  * Versioning: PACKET_IPC_ABI_VERSION changes only when this ABI changes incompatibly; pipc_abi_version()
- * reports the library's. Option structs begin with their own size so they can grow compatibly.
+ * reports the library's; PACKET_IPC_VERSION and pipc_version() name the release. Option structs begin with their own size so they can grow compatibly.
  */
 #ifndef PACKET_IPC_H
 #define PACKET_IPC_H
@@ -31,6 +36,9 @@ extern "C" {
 #endif
 
 #define PACKET_IPC_ABI_VERSION 1
+/* The release of packet-ipc this header belongs to: the one place the version is written (setup.py reads it for
+ * the Python package). pipc_version() reports the library's. */
+#define PACKET_IPC_VERSION "0.1.0"
 
 #if defined(PIPC_BUILD_SHARED) && defined(__GNUC__)
 #define PIPC_API __attribute__((visibility("default")))
@@ -40,6 +48,11 @@ extern "C" {
 
 /* On send, a packet whose linktype is this takes the server's default linktype. (0 is LINKTYPE_NULL.) */
 #define PIPC_LINKTYPE_DEFAULT 0xffffffffu
+
+/* How a server-level send (pipc_server_send) spreads packets over the server's live workers. */
+#define PIPC_DISTRIBUTION_FLOW 0        /* symmetric 5-tuple hash: both directions of a flow to one worker */
+#define PIPC_DISTRIBUTION_ROUND_ROBIN 1 /* each call's packets to the next worker */
+#define PIPC_DISTRIBUTION_BROADCAST 2   /* every packet to every worker */
 
 /* Overflow policy of one connection (what a send does when that client's ring is full). */
 #define PIPC_OVERFLOW_BLOCK 0 /* wait for space: lossless (default) */
@@ -81,6 +94,36 @@ struct pipc_server_options {
     int overflow;            /* PIPC_OVERFLOW_BLOCK or PIPC_OVERFLOW_DROP, for every connection */
     int allow_any_uid;       /* 0: only clients of this process's uid (or root) may connect; else any uid
                                 (the socket is then 0666 and the private directory 0711) */
+    int distribution;        /* PIPC_DISTRIBUTION_* for pipc_server_send (0: flow) */
+};
+
+/* Options of a client (pipc_client_connect_with). Zero fields take defaults. */
+struct pipc_client_options {
+    size_t struct_bytes; /* sizeof(struct pipc_client_options): set it, for compatible growth */
+    int overflow;        /* what the server does when this client's ring is full: PIPC_OVERFLOW_BLOCK or
+                            PIPC_OVERFLOW_DROP, chosen by the client; -1 (or 0 with use_server_overflow): the
+                            server's policy */
+    int use_server_overflow; /* 1: ignore overflow, take the server's policy */
+    int busy_poll;       /* 1: receives spin on the ring instead of sleeping (one core per client, lowest latency) */
+};
+
+/* One accepted connection, as the server sees it (pipc_conn_info). */
+struct pipc_conn_info {
+    size_t struct_bytes; /* sizeof(struct pipc_conn_info): set it, for compatible growth */
+    int64_t peer_pid;    /* the client's process id (SO_PEERCRED at accept) */
+    int overflow;        /* PIPC_OVERFLOW_BLOCK or PIPC_OVERFLOW_DROP (the client may have chosen it) */
+    int ended;           /* 1 once the stream was ended or aborted */
+    uint32_t index;      /* order of acceptance on its server (0, 1, ...) */
+};
+
+/* Counters of a server's distribution (pipc_server_stats). */
+struct pipc_server_stats {
+    size_t struct_bytes;        /* sizeof(struct pipc_server_stats): set it, for compatible growth */
+    uint64_t workers;           /* live workers now */
+    uint64_t accepted;          /* connections accepted so far */
+    uint64_t lost_packets;      /* left unread in the rings of workers that died */
+    uint64_t refused;           /* clients refused by the uid/gid check */
+    uint64_t handshake_failures; /* clients that died or stalled during the handshake */
 };
 
 typedef struct pipc_server pipc_server;
@@ -89,6 +132,11 @@ typedef struct pipc_client pipc_client;
 
 /* Library's ABI version (PACKET_IPC_ABI_VERSION it was built with). */
 PIPC_API int pipc_abi_version(void);
+/* Version of the shared-memory layout and handshake this library speaks (docs/wire-format.md); a client and a
+ * server of different wire versions refuse each other with -EPROTO. */
+PIPC_API int pipc_wire_version(void);
+/* Library's release (the PACKET_IPC_VERSION string it was built with, e.g. "0.1.0"); static, never NULL. */
+PIPC_API const char *pipc_version(void);
 /* A static, readable description of an error code returned by this library (negative) or of an errno. */
 PIPC_API const char *pipc_strerror(int code);
 /* A readable sentence about the last error this thread got from the library (names, sizes, reasons). Read it
@@ -104,9 +152,46 @@ PIPC_API int pipc_server_create(const char *name, const struct pipc_server_optio
 PIPC_API const char *pipc_server_name(const pipc_server *server);
 /* The listening socket: readable when a client is waiting to be accepted (for poll/epoll). */
 PIPC_API int pipc_server_fd(const pipc_server *server);
+/* Lets clients of this uid (uid >= 0) or of this gid (gid >= 0) connect too (besides this process's uid and
+ * root); pass -1 for the other. At most 16 of each (-ENOSPC). Opens the socket's mode to other uids. */
+PIPC_API int pipc_server_allow_peer(pipc_server *server, int64_t uid, int64_t gid);
 /* Waits up to timeout_ms for one client and performs the handshake. Errors about one client (-EPROTO,
- * -EACCES, ...) leave the server usable: call again. */
+ * -EACCES, ...) leave the server usable: call again. The connection is also one of the server's workers
+ * (see pipc_server_send); close it with pipc_conn_close whether or not the server is still open. */
 PIPC_API int pipc_server_accept(pipc_server *server, int timeout_ms, pipc_conn **out);
+/* ---- Many workers: server-level sends over every live connection ----
+ * Every accepted connection is also one of the server's workers until it dies or is closed. A joining
+ * worker takes 1/n of each worker's flow buckets; a dead worker's buckets go to the survivors (the other
+ * flows never move) and packets not yet written to it go to them instead; what was left unread in its
+ * ring is counted as lost. Each connection keeps its own overflow policy (block, or drop and count). */
+
+/* Distributes n packets by the server's distribution policy. Blocks like pipc_conn_send (up to timeout_ms in
+ * total) on a worker whose policy is block. Returns the number of packets written (under broadcast, counted
+ * once per packet); -ECONNRESET when no worker is (or is left) connected; -EMSGSIZE/-EINVAL (nothing sent)
+ * for a packet no ring takes. If a wait times out or is interrupted, returns the count written so far, or
+ * -ETIMEDOUT / -EINTR if none: which packets were written is then reported by pipc_server_send_some. */
+PIPC_API long pipc_server_send(pipc_server *server, const struct pipc_packet *packets, size_t n, int timeout_ms);
+/* As pipc_server_send, and when it stops early (timeout, signal) it lists the indices of the packets it did
+ * not write in unsent[0 .. *n_unsent), ascending (unsent has room for n): call again with just those to go
+ * on, and every packet still arrives exactly once and in its flow's order. */
+PIPC_API long pipc_server_send_some(pipc_server *server, const struct pipc_packet *packets, size_t n,
+                                   int timeout_ms, uint32_t *unsent, size_t *n_unsent);
+/* Ends every live worker's stream (after looking for dead workers: what they held is counted as lost). */
+PIPC_API int pipc_server_end(pipc_server *server);
+/* Aborts every live worker's stream (see pipc_conn_abort). */
+PIPC_API int pipc_server_abort(pipc_server *server);
+/* Looks at every worker now and drops the dead ones (sends do it every 50 ms and when a wait fails). Returns
+ * how many were dropped. */
+PIPC_API int pipc_server_check_workers(pipc_server *server);
+/* The acceptance indices (0, 1, ... in order of pipc_server_accept) of the live workers, in order; returns
+ * how many there are (fills at most max). */
+PIPC_API size_t pipc_server_workers(pipc_server *server, uint32_t *indices, size_t max);
+/* Counters of the server (stats->struct_bytes must be set). */
+PIPC_API void pipc_server_stats(pipc_server *server, struct pipc_server_stats *stats);
+
+/* Wakes a thread blocked in pipc_server_accept (it returns -EPIPE), and makes later accepts fail so. Any thread.
+ * The server must still be closed with pipc_server_close once no thread uses it. */
+PIPC_API void pipc_server_shutdown(pipc_server *server);
 /* Closes the endpoint and removes its socket (and its private directory). Open connections stay usable. */
 PIPC_API void pipc_server_close(pipc_server *server);
 
@@ -125,13 +210,29 @@ PIPC_API int pipc_conn_abort(pipc_conn *conn);
 PIPC_API void pipc_conn_stats(const pipc_conn *conn, struct pipc_stats *stats);
 /* 1 while the client is connected, 0 once it has gone (does not block). */
 PIPC_API int pipc_conn_alive(pipc_conn *conn);
-/* Closes the connection (without end of stream, the client sees -ECONNRESET after draining). */
+/* Who and what this connection is (info->struct_bytes must be set). */
+PIPC_API void pipc_conn_info(const pipc_conn *conn, struct pipc_conn_info *info);
+/* For an event loop that waits for ring space itself (a send with timeout 0 returned -ETIMEDOUT):
+ * pipc_conn_prepare_wait(conn, bytes the next packet needs) arms the wake-up and returns 1 if the caller may
+ * sleep (0: space appeared meanwhile: send now). Then poll pipc_conn_fd (readable when the client freed space)
+ * and pipc_conn_socket (readable when the client has gone), and call pipc_conn_finish_wait before sending. */
+PIPC_API int pipc_conn_prepare_wait(pipc_conn *conn, uint64_t need_bytes);
+PIPC_API void pipc_conn_finish_wait(pipc_conn *conn);
+PIPC_API int pipc_conn_fd(const pipc_conn *conn);
+PIPC_API int pipc_conn_socket(const pipc_conn *conn);
+/* Wakes a thread blocked in pipc_conn_send (it returns what it wrote, or -EPIPE) and makes later sends fail
+ * with -EPIPE. Any thread. The connection must still be closed with pipc_conn_close. */
+PIPC_API void pipc_conn_shutdown(pipc_conn *conn);
+/* Closes the connection (a stream not ended or aborted is ended: the client drains, then sees the end). */
 PIPC_API void pipc_conn_close(pipc_conn *conn);
 
 /* ---- Client side (consumer) ---- */
 
 /* Connects to the server named name, waiting up to timeout_ms for it to accept. */
 PIPC_API int pipc_client_connect(const char *name, int timeout_ms, pipc_client **out);
+/* As pipc_client_connect, with options (NULL: defaults, as pipc_client_connect). */
+PIPC_API int pipc_client_connect_with(const char *name, int timeout_ms, const struct pipc_client_options *options,
+                                      pipc_client **out);
 /* Receives up to max packets with no copy. Returns n > 0; 0 at end of stream once everything was drained;
  * -ETIMEDOUT if nothing arrived in time; -ECONNRESET when the server vanished and everything committed
  * was drained; -EPROTO if the ring is corrupt (the connection is then unusable). Received packets stay
@@ -139,6 +240,9 @@ PIPC_API int pipc_client_connect(const char *name, int timeout_ms, pipc_client *
 PIPC_API int pipc_client_receive(pipc_client *client, struct pipc_packet *packets, size_t max, int timeout_ms);
 /* Returns received packets' ring space. Any order; each packet exactly once. */
 PIPC_API void pipc_client_release(pipc_client *client, const struct pipc_packet *packets, size_t n);
+/* Releases n packets by id: first_id, first_id + 1, ... (the packets of one receive have consecutive ids, in
+ * order). -EINVAL if any of them was not received or was released already (then nothing is released). */
+PIPC_API int pipc_client_release_range(pipc_client *client, uint64_t first_id, uint64_t n);
 /* An fd that is readable when packets may be available or the server has gone (for poll/epoll; level
  * triggered; only poll it, never read it). Protocol: pipc_client_prepare_wait(); if it returned 1, poll this
  * fd; then pipc_client_receive with timeout 0 (it may still return -ETIMEDOUT: a spurious wake-up). Valid
@@ -148,13 +252,94 @@ PIPC_API int pipc_client_fd(const pipc_client *client);
  * packets, end of stream or the server's death are already there (receive now). Does not block. The next
  * pipc_client_receive disarms it. */
 PIPC_API int pipc_client_prepare_wait(pipc_client *client);
+/* Disarms the wake-up armed by pipc_client_prepare_wait (after the poll, whatever woke it) and drains the
+ * eventfd; the next receive does it too. */
+PIPC_API void pipc_client_finish_wait(pipc_client *client);
+/* The control socket (readable, or hung up, when the server has gone) and the ring's memfd (diagnostics). */
+PIPC_API int pipc_client_socket(const pipc_client *client);
+PIPC_API int pipc_client_ring_fd(const pipc_client *client);
 /* The server's default linktype and snaplen. */
 PIPC_API uint32_t pipc_client_linktype(const pipc_client *client);
 PIPC_API uint32_t pipc_client_snaplen(const pipc_client *client);
 /* Counters of this client. */
 PIPC_API void pipc_client_stats(const pipc_client *client, struct pipc_stats *stats);
+/* Wakes a thread blocked in pipc_client_receive (it returns -EPIPE) and makes later receives fail so. Any
+ * thread. The client must still be closed with pipc_client_close. */
+PIPC_API void pipc_client_shutdown(pipc_client *client);
+/* Disconnects from the server now (receives then fail with -EPIPE) but keeps the ring mapped, so received and
+ * unreleased packets stay valid until pipc_client_close. */
+PIPC_API void pipc_client_disconnect(pipc_client *client);
 /* Closes the connection. Unreleased packets become invalid. */
 PIPC_API void pipc_client_close(pipc_client *client);
+
+/* ---- Live capture (libpcap, loaded at run time) ----
+ *
+ * Captures from one or more interfaces through libpcap (loaded with dlopen: "libpcap.so.0.8", then
+ * "libpcap.so.1", "libpcap.so"; the environment variable PACKET_IPC_LIBPCAP names another file instead, a
+ * test hook). Each interface is a pcap_t in non-blocking mode (pcap_create, pcap_set_snaplen/promisc/
+ * timeout/buffer_size/immediate_mode, nanosecond timestamps where the kernel gives them, pcap_activate,
+ * pcap_compile + pcap_setfilter); pipc_capture_next() polls them together and copies each packet once, into
+ * the caller's buffer. When libpcap cannot be loaded, pipc_capture_open returns -ELIBACC and
+ * pipc_last_error() says to install libpcap0.8. */
+
+struct pipc_capture_options {
+    size_t struct_bytes;            /* sizeof(struct pipc_capture_options): set it, for compatible growth */
+    const char *const *interfaces;  /* names of the interfaces to capture on (at least one) */
+    size_t n_interfaces;
+    uint32_t snaplen;               /* bytes kept per packet, 1 to 262144 (0: 262144) */
+    int promisc;                    /* non-zero: promiscuous mode */
+    const char *filter;             /* BPF filter in tcpdump syntax, applied to every interface (NULL: none) */
+    uint32_t buffer_bytes;          /* libpcap's kernel ring per interface (0: 8 MiB) */
+    int immediate;                  /* non-zero: deliver each packet at once (more CPU per packet) */
+    int timeout_ms;                 /* without immediate: how long the kernel holds a partly filled block (0: 100) */
+    int linger_ms;                  /* once pipc_capture_next has packets, how long it may wait for more to fill
+                                       max (fewer, larger batches: less work per packet; 0: return at once) */
+};
+
+/* One interface of a capture: identity and counters. */
+struct pipc_capture_stats {
+    char name[48];        /* interface name as given */
+    uint32_t ifindex;     /* its index (0 for pseudo-devices such as "any") */
+    uint32_t linktype;    /* pcap LINKTYPE_* of its packets */
+    int nanosecond;       /* 1 if its timestamps have nanosecond resolution, 0 for microseconds */
+    uint64_t captured;    /* packets libpcap handed to packet-ipc from it */
+    uint64_t received;    /* pcap_stats ps_recv: packets the kernel's filter accepted (Linux: includes drops) */
+    uint64_t dropped;     /* pcap_stats ps_drop: dropped by the kernel, no room in the capture buffer */
+    uint64_t if_dropped;  /* pcap_stats ps_ifdrop: dropped by the interface or its driver */
+};
+
+typedef struct pipc_capture pipc_capture;
+
+/* Opens every interface of options (all or nothing). Errors: -ENODEV (no such interface), -EPERM (no
+ * permission: capturing needs CAP_NET_RAW), -EINVAL (bad snaplen, or a filter libpcap cannot compile),
+ * -ENETDOWN (interface not up), -ELIBACC (libpcap missing). pipc_last_error() names the interface/filter. */
+PIPC_API int pipc_capture_open(const struct pipc_capture_options *options, pipc_capture **out);
+/* Reads up to max packets from any of the interfaces, copying their bytes back to back into buf (buf_bytes
+ * must be at least the snaplen); out[i].data points into buf. Waits up to timeout_ms for the first packet.
+ * With linger_ms, once it has packets it waits up to that long for more, until max or the buffer is full.
+ * Returns the count (> 0); -ETIMEDOUT if nothing arrived; -EINTR if a signal interrupted the wait or
+ * pipc_capture_breakloop() was called; -ENETDOWN / -EIO if an interface failed. Packets libpcap delivers
+ * beyond what fits are kept and returned first by the next call: nothing is lost between calls. */
+PIPC_API long pipc_capture_next(pipc_capture *cap, struct pipc_packet *out, size_t max, uint8_t *buf,
+                                size_t buf_bytes, int timeout_ms);
+/* As pipc_capture_next, but into columns (for bindings building columnar batches): packet i's fields go to
+ * ts_ns[i], caplen[i], origlen[i], linktype[i], ifindex[i] (arrays of max); its bytes follow packet i-1's in
+ * buf; *used receives the bytes filled. */
+PIPC_API long pipc_capture_next_columns(pipc_capture *cap, size_t max, uint64_t *ts_ns, uint32_t *caplen,
+                                        uint32_t *origlen, uint32_t *linktype, uint32_t *ifindex, uint8_t *buf,
+                                        size_t buf_bytes, size_t *used, int timeout_ms);
+/* Number of interfaces of the capture. */
+PIPC_API size_t pipc_capture_count(const pipc_capture *cap);
+/* Identity of interface i (name, ifindex, linktype, precision, captured); the libpcap counters stay 0. */
+PIPC_API int pipc_capture_info(const pipc_capture *cap, size_t i, struct pipc_capture_stats *info);
+/* As pipc_capture_info, plus libpcap's counters (pcap_stats) of interface i. */
+PIPC_API int pipc_capture_stats(pipc_capture *cap, size_t i, struct pipc_capture_stats *stats);
+/* Makes a pending or the next pipc_capture_next return -EINTR (async-signal-safe; from any thread). */
+PIPC_API int pipc_capture_breakloop(pipc_capture *cap);
+/* The descriptor pipc_capture_breakloop() writes to (an eventfd; poll it only). */
+PIPC_API int pipc_capture_fd(const pipc_capture *cap);
+/* Closes every interface. */
+PIPC_API void pipc_capture_close(pipc_capture *cap);
 
 #ifdef __cplusplus
 }

@@ -23,6 +23,8 @@ def public_callables():
         module = importlib.import_module(name)
         for attr in getattr(module, "__all__", []):
             obj = getattr(module, attr)
+            if not (getattr(obj, "__module__", None) or "").startswith("packet_ipc"):
+                continue  # a re-export of someone else's name: packet.Buffer is collections.abc.Buffer from 3.12 on
             if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.isbuiltin(obj):  # not typing aliases
                 yield f"{name}.{attr}", obj
 

@@ -107,10 +107,10 @@ def cc() -> str:
 
 @pytest.fixture(scope="session")
 def examples(cc: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """examples/c/{consumer,producer}.c built exactly as docs/c-api.md tells a newcomer, plus -Werror."""
+    """examples/c/{consumer,producer,flow_producer}.c built exactly as docs/c-api.md tells a newcomer, plus -Werror."""
     out = tmp_path_factory.mktemp("c-examples")
     built = {}
-    for name in ("consumer", "producer"):
+    for name in ("consumer", "producer", "flow_producer"):
         exe = out / name
         cmd = [cc, "-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", str(EXAMPLES / f"{name}.c"), "-o", str(exe)]
         r = subprocess.run(cmd + config_flags(), capture_output=True, text=True)
@@ -279,9 +279,15 @@ def test_python_client_receives_what_the_c_producer_sent(examples, capacity):
 TU = """
 #include <packet_ipc.h>
 #include <stddef.h>
+#include <string.h>
 int main(void)
 {
-    struct pipc_server_options o = {sizeof(o), 0, 0, 1, 0, PIPC_OVERFLOW_BLOCK, 0};
+    /* zeroed, then set: option structs grow, and this form compiles cleanly in C and C++ alike */
+    struct pipc_server_options o;
+    memset(&o, 0, sizeof(o));
+    o.struct_bytes = sizeof(o);
+    o.linktype = 1;
+    o.distribution = PIPC_DISTRIBUTION_FLOW;
     struct pipc_packet p[2];
     struct pipc_stats st;
     pipc_client *c = NULL;
@@ -368,3 +374,60 @@ def test_last_error_says_which_name_failed_in_this_thread(lib, tmp_path):
     t.start()
     t.join()
     assert missing not in box["other"]  # thread-local
+
+
+# ---------------------------------------------------------------- C server-level send (many workers)
+
+FLOW_CAPTURES = [p for p in REPO_CAPTURES if p.suffix == ".pcap"] + [
+    p for p in [REPO.parent / "shared" / "data" / "pcaps" / n for n in ("merged-ether.pcap", "more/ndpi_zoom2.pcap",
+                                                                         "more/ndpi_dns_fragmented.pcap")]
+    if p.exists()
+]
+
+
+@pytest.mark.parametrize("capture", FLOW_CAPTURES, ids=lambda p: p.name)
+def test_c_flow_producer_serves_a_capture_to_four_python_workers_by_flow(examples, capture, ctx):
+    """examples/c/flow_producer.c: every packet exactly once over 4 Python workers, each flow on one worker."""
+    from peers import canonical_flow, collect
+
+    producer = subprocess.Popen([str(examples["flow_producer"]), "--workers", "4", "--batch", "64", str(capture)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        name = producer.stdout.readline().strip()
+        assert name, producer.stderr.read()
+        result_q = ctx.Queue()
+        workers = [ctx.Process(target=collect, args=(name, result_q)) for _ in range(4)]
+        for w in workers:
+            w.start()
+        results = [result_q.get(timeout=TIMEOUT) for _ in workers]
+        out, err = producer.communicate(timeout=TIMEOUT)
+        for w in workers:
+            w.join(TIMEOUT)
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+            producer.wait()
+    assert producer.returncode == 0, err
+    packets = capture_packets(capture)
+    assert [e for *_, e in results] == [None] * 4
+    got = sorted(ts for _, stream, _, _ in results for ts, _ in stream)
+    assert got == sorted(p.timestamp for p in packets)  # every packet exactly once
+    owner: dict = {}
+    for pid, stream, _, _ in results:
+        for _, flow in stream:
+            if flow is not None:
+                assert owner.setdefault(flow, pid) == pid, f"flow {flow} reached two workers"
+    lines = out.splitlines()
+    assert lines[-1] == f"packets={len(packets)} workers=4 lost=0"
+    per_worker = [int(re.search(r"packets=(\d+)", line)[1]) for line in lines[:-1]]  # the name was read above
+    assert sorted(per_worker) == sorted(len(stream) for _, stream, _, _ in results)
+    if len({f for _, s, _, _ in results for _, f in s if f is not None}) >= 8:
+        assert sum(1 for n in per_worker if n) >= 2  # enough flows: spread over several workers
+
+
+def test_c_flow_producer_refuses_a_file_that_is_not_a_capture(examples, tmp_path):
+    bogus = tmp_path / "not.pcap"
+    bogus.write_bytes(b"hello, this is not a capture file at all")
+    r = subprocess.run([str(examples["flow_producer"]), str(bogus)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 1
+    assert "not a classic pcap file" in r.stderr and r.stdout == ""

@@ -1,4 +1,4 @@
-"""The NATS message format read from C with the NATS C client (libnats-dev): examples/nats_consumer.c pulls
+"""The NATS message format read from C with the NATS C client (libnats-dev): examples/c/nats_consumer.c pulls
 each partition from the real cluster and writes a pcap; together they hold every packet, byte-exact."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if shutil.which("cc") is None or not Path("/usr/include/nats/nats.h").exists():
 from packet_ipc import Packet, Server  # noqa: E402
 from packet_ipc.pcap import read_capture  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nats_consumer.c"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "c" / "nats_consumer.c"
 pytestmark = pytest.mark.timeout(120)
 
 

@@ -8,6 +8,7 @@ Errors live in :mod:`packet_ipc.errors`.
 
 from __future__ import annotations
 
+from importlib.metadata import version as _distribution_version
 from pathlib import Path
 
 from . import errors
@@ -27,7 +28,8 @@ from .packet import AsIpcPacket, Packet
 from .server import Connection, Server, transfer_ipc
 from .stats import Stats
 
-__version__ = "0.1.0"
+# The release comes from the installed metadata, which setup.py took from PACKET_IPC_VERSION in packet_ipc.h.
+__version__: str = _distribution_version("packet-ipc")
 
 __all__ = [
     "ABI_VERSION",

@@ -15,11 +15,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "capi_internal.h"
-#include "flowhash.h"
-#include "handshake.h"
-#include "pcap.h"
-#include "packet_ipc.h"
+#include "packet_ipc.h" /* the public C ABI: the binding uses nothing else */
+#include "packet_ipc_ext.h"
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* module state and errors */
@@ -64,6 +61,25 @@ static PyObject *raise_code(core_state *st, int code, const char *during)
     }
     return NULL;
 }
+
+/* Raises the error for code with `sent` (packets written by this call before it) as an attribute. */
+static PyObject *raise_with_sent(core_state *st, int code, Py_ssize_t sent)
+{
+    raise_code(st, code, NULL);
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    PyObject *v = PyLong_FromSsize_t(sent);
+    if (v && ev && PyObject_SetAttrString(ev, "sent", v) < 0)
+        PyErr_Clear(); /* an exception type without a __dict__: the count is then just not attached */
+    Py_XDECREF(v);
+    PyErr_Restore(et, ev, tb);
+    return NULL;
+}
+
+/* Longest single wait handed to C: a thread waiting on another thread's call (which holds the connection
+ * while it waits for space) comes back this often to look at signals. */
+#define WAIT_SLICE_MS 1000
 
 /* seconds (float/int/None) -> ms for the C API; -1 = forever */
 static int timeout_ms_from(PyObject *o, int *ms)
@@ -128,10 +144,16 @@ typedef struct {
     Py_ssize_t nbytes;
 } LeaseObject;
 
+/* Threads: the C objects serialise their own calls. The binding counts the threads inside a call that released
+ * the GIL (`users`, guarded by the GIL): close() from another thread (or a signal handler) while one is in use
+ * shuts the C object down, which wakes that call (ClosedError), and the last user closes it. */
 typedef struct {
     PyObject_HEAD
     pipc_client *c;
     int busy_poll;
+    int users, close_pending;
+    int disconnected; /* close() disconnected it (the mapping stays for the views still alive) */
+    int scratch_busy; /* a call is filling or reading scratch; a concurrent call uses a buffer of its own */
     struct pipc_packet *scratch;
     size_t scratch_len;
 } ClientObject;
@@ -141,7 +163,7 @@ static void lease_dealloc(LeaseObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     ClientObject *cl = (ClientObject *)self->client;
     if (cl && cl->c && self->n)
-        pipc_client_release_ids(cl->c, self->first, self->n);
+        pipc_client_release_range(cl->c, self->first, self->n);
     Py_XDECREF(self->client);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
@@ -537,10 +559,11 @@ static int fill_column(PyObject *src, Py_ssize_t n, int width, void *dst, const 
 
 static PyObject *batch_from_buffers(PyObject *cls, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"timestamps", "lengths", "data", "origlens", "linktype", NULL};
-    PyObject *ts, *lens, *data, *origlens = Py_None, *lt = Py_None;
+    static char *kwlist[] = {"timestamps", "lengths", "data", "origlens", "linktype", "linktypes", "ifindexes", NULL};
+    PyObject *ts, *lens, *data, *origlens = Py_None, *lt = Py_None, *lts = Py_None, *ifs = Py_None;
     unsigned int linktype;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO:from_buffers", kwlist, &ts, &lens, &data, &origlens, &lt) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO$OO:from_buffers", kwlist, &ts, &lens, &data, &origlens, &lt,
+                                     &lts, &ifs) ||
         linktype_from(lt, &linktype) < 0)
         return NULL;
     core_state *st = state_of_type((PyTypeObject *)cls);
@@ -588,6 +611,9 @@ static PyObject *batch_from_buffers(PyObject *cls, PyObject *args, PyObject *kw)
                      dv->len);
         goto fail;
     }
+    if ((lts != Py_None && fill_column(lts, n, 4, b->linktype, "linktypes") < 0) ||
+        (ifs != Py_None && fill_column(ifs, n, 4, b->ifindex, "ifindexes") < 0))
+        goto fail;
     b->data = dv->buf;
     b->nbytes = dv->len;
     return (PyObject *)b;
@@ -817,9 +843,11 @@ static PyMethodDef batch_methods[] = {
     {"__enter__", (PyCFunction)batch_enter, METH_NOARGS, "Returns self."},
     {"__exit__", (PyCFunction)batch_exit, METH_VARARGS, "Calls release()."},
     {"from_buffers", (PyCFunction)(void (*)(void))batch_from_buffers, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
-     "from_buffers(timestamps, lengths, data, origlens=None, linktype=None) -> PacketBatch\n\n"
+     "from_buffers(timestamps, lengths, data, origlens=None, linktype=None, *, linktypes=None, ifindexes=None) "
+     "-> PacketBatch\n\n"
      "Builds a batch over existing buffers: timestamps (uint64 ns), lengths (uint32 caplens) and data (the "
-     "payloads back to back). data is referenced, not copied (a bytearray cannot be resized meanwhile)."},
+     "payloads back to back). data is referenced, not copied (a bytearray cannot be resized meanwhile). "
+     "linktypes / ifindexes (uint32 per packet) override linktype and the ifindex 0."},
     {"from_packets", (PyCFunction)(void (*)(void))batch_from_packets, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
      "from_packets(packets, linktype=None) -> PacketBatch\n\nCopies packets (AsIpcPacket objects) into one batch; "
      "linktype is given to packets that carry none (None: the server's, at send time)."},
@@ -841,29 +869,70 @@ static PyType_Spec batch_spec = {"packet_ipc.PacketBatch", sizeof(BatchObject), 
                                  Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
                                  batch_slots};
 
+/* The descriptors of batch[idx[k]] (or batch[k]) for k < n, in `local` when it has room (256), else in
+ * memory the caller frees with PyMem_Free; NULL with MemoryError. */
+static struct pipc_packet *batch_to_packets(BatchObject *b, const uint32_t *idx, Py_ssize_t n, struct pipc_packet *local)
+{
+    struct pipc_packet *pk = n <= 256 ? local : PyMem_Malloc((size_t)n * sizeof(*pk));
+    if (!pk) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t i = idx ? (Py_ssize_t)idx[k] : k;
+        pk[k].ts_ns = b->ts[i];
+        pk[k].caplen = b->caplen[i];
+        pk[k].origlen = b->origlen[i];
+        pk[k].linktype = b->linktype[i];
+        pk[k].ifindex = b->ifindex[i];
+        pk[k].data = b->data + b->offsets[i];
+    }
+    return pk;
+}
+
 /* ------------------------------------------------------------------------------------------------------ */
 /* Server */
 
 typedef struct {
     PyObject_HEAD
     pipc_server *s;
+    int distribution;
+    int users, close_pending;
 } ServerObject;
 
 typedef struct {
     PyObject_HEAD
     pipc_conn *c;
     int overflow;
+    int users, close_pending;
 } ConnectionObject;
+
+static void server_leave(ServerObject *self)
+{
+    if (--self->users == 0 && self->close_pending) {
+        pipc_server_close(self->s);
+        self->s = NULL;
+    }
+}
+
+static void conn_leave(ConnectionObject *self)
+{
+    if (--self->users == 0 && self->close_pending) {
+        pipc_conn_close(self->c);
+        self->c = NULL;
+    }
+}
 
 static PyObject *server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"name", "capacity", "max_packets", "linktype", "snaplen", "overflow", "allow_any_uid", NULL};
+    static char *kwlist[] = {"name",     "capacity",      "max_packets",  "linktype", "snaplen",
+                             "overflow", "allow_any_uid", "distribution", NULL};
     PyObject *name = Py_None;
     unsigned long long capacity = 0;
     unsigned int max_packets = 0, linktype = 1, snaplen = 262144;
-    int overflow = 0, allow_any = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OKIIIip:Server", kwlist, &name, &capacity, &max_packets, &linktype,
-                                     &snaplen, &overflow, &allow_any))
+    int overflow = 0, allow_any = 0, distribution = PIPC_DISTRIBUTION_FLOW;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OKIIIipi:Server", kwlist, &name, &capacity, &max_packets, &linktype,
+                                     &snaplen, &overflow, &allow_any, &distribution))
         return NULL;
     const char *cname = NULL;
     if (name != Py_None) {
@@ -871,7 +940,8 @@ static PyObject *server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         if (!cname)
             return NULL;
     }
-    struct pipc_server_options o = {sizeof(o), capacity, max_packets, linktype, snaplen, overflow, allow_any};
+    struct pipc_server_options o = {sizeof(o), capacity, max_packets, linktype, snaplen, overflow, allow_any,
+                                    distribution};
     pipc_server *s;
     int r = pipc_server_create(cname, &o, &s);
     if (r < 0)
@@ -882,6 +952,7 @@ static PyObject *server_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
         return NULL;
     }
     self->s = s;
+    self->distribution = distribution;
     return (PyObject *)self;
 }
 
@@ -895,7 +966,7 @@ static void server_dealloc(ServerObject *self)
 
 static int server_open(ServerObject *self)
 {
-    if (!self->s) {
+    if (!self->s || self->close_pending) {
         core_state *st = state_of_type(Py_TYPE(self));
         PyErr_SetString(st->ClosedError, "server is closed");
         return 0;
@@ -913,14 +984,23 @@ static PyObject *server_accept(ServerObject *self, PyObject *args)
     uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
     pipc_conn *c;
     int r;
+    self->users++;
     for (;;) {
+        pipc_server *s = self->s;
         Py_BEGIN_ALLOW_THREADS
-        r = pipc_server_accept(self->s, remaining(deadline), &c);
+        r = pipc_server_accept(s, remaining(deadline), &c);
         Py_END_ALLOW_THREADS
         if (r != -EINTR)
             break;
-        if (PyErr_CheckSignals() < 0)
+        if (PyErr_CheckSignals() < 0) {
+            server_leave(self);
             return NULL;
+        }
+    }
+    server_leave(self);
+    if (r == -EPIPE) {
+        PyErr_SetString(st->ClosedError, "server was closed while accepting");
+        return NULL;
     }
     if (r < 0)
         return raise_code(st, r, "accept");
@@ -929,8 +1009,10 @@ static PyObject *server_accept(ServerObject *self, PyObject *args)
         pipc_conn_close(c);
         return NULL;
     }
+    struct pipc_conn_info info = {.struct_bytes = sizeof(info)};
+    pipc_conn_info(c, &info);
     co->c = c;
-    co->overflow = c->overflow;
+    co->overflow = info.overflow;
     return (PyObject *)co;
 }
 
@@ -952,6 +1034,12 @@ static PyObject *server_allow_peer(ServerObject *self, PyObject *args)
 static PyObject *server_close(ServerObject *self, PyObject *unused)
 {
     (void)unused;
+    if (self->users > 0 && self->s) { /* another thread is in accept(): wake it; it closes on its way out */
+        if (!self->close_pending)
+            pipc_server_shutdown(self->s);
+        self->close_pending = 1;
+        Py_RETURN_NONE;
+    }
     pipc_server_close(self->s);
     self->s = NULL;
     Py_RETURN_NONE;
@@ -978,17 +1066,214 @@ static PyObject *server_get_counters(ServerObject *self, void *c)
     (void)c;
     if (!server_open(self))
         return NULL;
-    return Py_BuildValue("(KK)", (unsigned long long)self->s->refused, (unsigned long long)self->s->handshake_failures);
+    struct pipc_server_stats st = {.struct_bytes = sizeof(st)};
+    pipc_server_stats(self->s, &st);
+    return Py_BuildValue("(KK)", (unsigned long long)st.refused, (unsigned long long)st.handshake_failures);
 }
 
 static PyObject *server_get_closed(ServerObject *self, void *c)
 {
     (void)c;
-    return PyBool_FromLong(self->s == NULL);
+    return PyBool_FromLong(self->s == NULL || self->close_pending);
+}
+
+/* Distributes pk[0..n) (see pipc_server_send_some): releases the GIL, comes back for signals, and after an
+ * early stop sends on exactly the packets not yet written, so none is sent twice or lost. */
+static PyObject *server_send_packets(ServerObject *self, struct pipc_packet *pk, Py_ssize_t n, int ms)
+{
+    core_state *st = state_of_type(Py_TYPE(self));
+    uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
+    uint32_t *unsent = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(uint32_t));
+    struct pipc_packet *rest = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(*rest));
+    if (!unsent || !rest) {
+        PyMem_Free(unsent);
+        PyMem_Free(rest);
+        return PyErr_NoMemory();
+    }
+    PyObject *res = NULL;
+    Py_ssize_t sent = 0, m = n;
+    pipc_server *s = self->s;
+    self->users++;
+    for (;;) {
+        long r;
+        size_t n_unsent = 0;
+        int left = remaining(deadline);
+        /* broadcast cannot resume a part (the workers would hold different prefixes): no slices there */
+        if (self->distribution != PIPC_DISTRIBUTION_BROADCAST && (left < 0 || left > WAIT_SLICE_MS))
+            left = WAIT_SLICE_MS;
+        Py_BEGIN_ALLOW_THREADS
+        r = pipc_server_send_some(s, pk, (size_t)m, left, unsent, &n_unsent);
+        Py_END_ALLOW_THREADS
+        if (r > 0)
+            sent += r;
+        int early = r == -EINTR || r == -ETIMEDOUT || (r >= 0 && n_unsent > 0);
+        if (!early && r < 0) {
+            raise_with_sent(st, (int)r, sent);
+            break;
+        }
+        if (!early) {
+            res = PyLong_FromSsize_t(sent);
+            break;
+        }
+        if (PyErr_CheckSignals() < 0)
+            break;
+        if ((r == -ETIMEDOUT || n_unsent) && remaining(deadline) == 0 && ms >= 0) {
+            raise_with_sent(st, -ETIMEDOUT, sent);
+            break;
+        }
+        if (r >= 0 || r == -ETIMEDOUT || r == -EINTR) { /* go on with what was not written */
+            if (n_unsent == 0 && r < 0)
+                continue; /* nothing was written: the same packets again */
+            for (size_t k = 0; k < n_unsent; k++)
+                rest[k] = pk[unsent[k]];
+            memcpy(pk, rest, n_unsent * sizeof(*pk));
+            m = (Py_ssize_t)n_unsent;
+        }
+    }
+    server_leave(self);
+    PyMem_Free(unsent);
+    PyMem_Free(rest);
+    return res;
+}
+
+static PyObject *server_send(ServerObject *self, PyObject *args)
+{
+    PyObject *seq, *t = Py_None;
+    int ms;
+    if (!PyArg_ParseTuple(args, "O|O:send", &seq, &t) || timeout_ms_from(t, &ms) < 0 || !server_open(self))
+        return NULL;
+    core_state *st = state_of_type(Py_TYPE(self));
+    Py_ssize_t n;
+    Py_buffer *views;
+    struct pipc_packet *pk = convert_packets(st, seq, &n, &views);
+    if (!pk)
+        return NULL;
+    PyObject *res = server_send_packets(self, pk, n, ms);
+    release_views(views, n);
+    PyMem_Free(pk);
+    return res;
+}
+
+static PyObject *server_send_batch(ServerObject *self, PyObject *args)
+{
+    PyObject *bo, *t = Py_None;
+    int ms;
+    if (!PyArg_ParseTuple(args, "O|O:send_batch", &bo, &t) || timeout_ms_from(t, &ms) < 0 || !server_open(self))
+        return NULL;
+    core_state *st = state_of_type(Py_TYPE(self));
+    if (Py_TYPE(bo) != st->BatchType) {
+        PyErr_Format(PyExc_TypeError, "send_batch takes a PacketBatch, not %.100s", Py_TYPE(bo)->tp_name);
+        return NULL;
+    }
+    BatchObject *b = (BatchObject *)bo;
+    if (!batch_live(b))
+        return NULL;
+    struct pipc_packet local[256];
+    struct pipc_packet *pk = batch_to_packets(b, NULL, b->n, local);
+    if (!pk)
+        return NULL;
+    Py_INCREF(bo); /* the batch (and its data) stays alive while the GIL is released */
+    PyObject *res = server_send_packets(self, pk, b->n, ms);
+    Py_DECREF(bo);
+    if (pk != local)
+        PyMem_Free(pk);
+    return res;
+}
+
+/* End of stream (or abort) for every live worker: waits for sends in progress, so without the GIL. */
+static PyObject *server_finish(ServerObject *self, int abort)
+{
+    if (!server_open(self))
+        return NULL;
+    pipc_server *s = self->s;
+    self->users++;
+    Py_BEGIN_ALLOW_THREADS
+    if (abort)
+        pipc_server_abort(s);
+    else
+        pipc_server_end(s);
+    Py_END_ALLOW_THREADS
+    server_leave(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *server_end(ServerObject *self, PyObject *unused)
+{
+    (void)unused;
+    return server_finish(self, 0);
+}
+
+static PyObject *server_abort(ServerObject *self, PyObject *unused)
+{
+    (void)unused;
+    return server_finish(self, 1);
+}
+
+static PyObject *server_check_workers(ServerObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!server_open(self))
+        return NULL;
+    pipc_server *s = self->s;
+    int dropped;
+    self->users++;
+    Py_BEGIN_ALLOW_THREADS
+    dropped = pipc_server_check_workers(s);
+    Py_END_ALLOW_THREADS
+    server_leave(self);
+    return PyLong_FromLong(dropped);
+}
+
+static PyObject *server_workers(ServerObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!server_open(self))
+        return NULL;
+    uint32_t local[64], *idx = local;
+    size_t cap = 64, n = pipc_server_workers(self->s, idx, cap);
+    while (n > cap) { /* more workers than fit: a larger snapshot (the set may grow meanwhile) */
+        if (idx != local)
+            PyMem_Free(idx);
+        cap = n + 16;
+        if (!(idx = PyMem_Malloc(cap * sizeof(uint32_t))))
+            return PyErr_NoMemory();
+        n = pipc_server_workers(self->s, idx, cap);
+    }
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; list && i < n; i++) {
+        PyObject *v = PyLong_FromUnsignedLong(idx[i]);
+        if (!v)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, (Py_ssize_t)i, v);
+    }
+    if (idx != local)
+        PyMem_Free(idx);
+    return list;
+}
+
+static PyObject *server_stats(ServerObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!server_open(self))
+        return NULL;
+    struct pipc_server_stats st = {.struct_bytes = sizeof(st)};
+    pipc_server_stats(self->s, &st);
+    return Py_BuildValue("{sKsKsKsKsK}", "workers", (unsigned long long)st.workers, "accepted",
+                         (unsigned long long)st.accepted, "lost_packets", (unsigned long long)st.lost_packets,
+                         "refused", (unsigned long long)st.refused, "handshake_failures",
+                         (unsigned long long)st.handshake_failures);
 }
 
 static PyMethodDef server_methods[] = {
     {"accept", (PyCFunction)server_accept, METH_VARARGS, "accept(timeout=None) -> Connection"},
+    {"send", (PyCFunction)server_send, METH_VARARGS, "send(packets, timeout=None) -> int: distributes"},
+    {"send_batch", (PyCFunction)server_send_batch, METH_VARARGS, "send_batch(batch, timeout=None) -> int"},
+    {"end", (PyCFunction)server_end, METH_NOARGS, "Ends every live worker's stream."},
+    {"abort", (PyCFunction)server_abort, METH_NOARGS, "Aborts every live worker's stream."},
+    {"check_workers", (PyCFunction)server_check_workers, METH_NOARGS, "Drops dead workers; returns how many."},
+    {"workers", (PyCFunction)server_workers, METH_NOARGS, "Acceptance indices of the live workers."},
+    {"stats", (PyCFunction)server_stats, METH_NOARGS, "Distribution counters (dict)."},
     {"allow_peer", (PyCFunction)server_allow_peer, METH_VARARGS, "allow_peer(uid, gid): -1 for none."},
     {"close", (PyCFunction)server_close, METH_NOARGS, "Closes the endpoint and removes its socket."},
     {"fileno", (PyCFunction)server_fileno, METH_NOARGS, "The listening socket (readable when a client waits)."},
@@ -1019,62 +1304,62 @@ static void conn_dealloc(ConnectionObject *self)
 
 static int conn_open(ConnectionObject *self)
 {
-    if (!self->c) {
+    if (!self->c || self->close_pending) {
         PyErr_SetString(state_of_type(Py_TYPE(self))->ClosedError, "connection is closed");
         return 0;
     }
     return 1;
 }
 
-/* Sends pk[0..n) honouring the timeout; returns packets written or NULL with an exception. */
-/* Raises the error for code with `sent` (packets written by this call before it) as an attribute. */
-static PyObject *raise_with_sent(core_state *st, int code, Py_ssize_t sent)
-{
-    raise_code(st, code, NULL);
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
-    PyErr_NormalizeException(&et, &ev, &tb);
-    PyObject *v = PyLong_FromSsize_t(sent);
-    if (v && ev && PyObject_SetAttrString(ev, "sent", v) < 0)
-        PyErr_Clear(); /* an exception type without a __dict__: the count is then just not attached */
-    Py_XDECREF(v);
-    PyErr_Restore(et, ev, tb);
-    return NULL;
-}
-
 /* Sends pk[0..n) honouring the timeout; returns packets written or NULL with an exception whose `sent`
  * counts the packets this call wrote before the error (the caller can tell what reached the ring). */
+static uint64_t conn_packets_sent(pipc_conn *c)
+{
+    struct pipc_stats st;
+    pipc_conn_stats(c, &st);
+    return st.packets;
+}
+
+static PyObject *conn_send_packets_using(ConnectionObject *self, struct pipc_packet *pk, Py_ssize_t n, int ms);
+
 static PyObject *conn_send_packets(ConnectionObject *self, struct pipc_packet *pk, Py_ssize_t n, int ms)
 {
-    core_state *st = state_of_type(Py_TYPE(self));
-    uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
-    uint64_t before = self->c->stats.packets;
-    Py_ssize_t sent = 0;
     if (n == 0)
         return PyLong_FromLong(0);
-    /* Fast path with the GIL held: nothing blocks while there is space. */
-    long r = pipc_conn_send(self->c, pk, (size_t)n, 0);
-    if (self->overflow == PIPC_OVERFLOW_DROP) {
-        if (r < 0)
-            return raise_with_sent(st, (int)r, (Py_ssize_t)(self->c->stats.packets - before));
-        return PyLong_FromLong(r);
-    }
+    self->users++;
+    PyObject *res = conn_send_packets_using(self, pk, n, ms);
+    conn_leave(self);
+    return res;
+}
+
+static PyObject *conn_send_packets_using(ConnectionObject *self, struct pipc_packet *pk, Py_ssize_t n, int ms)
+{
+    core_state *st = state_of_type(Py_TYPE(self));
+    pipc_conn *c = self->c;
+    uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
+    uint64_t before = conn_packets_sent(c);
+    Py_ssize_t sent = 0;
+    /* Fast path with the GIL held: nothing blocks while there is space (and no other thread is sending). */
+    long r = pipc_conn_send(c, pk, (size_t)n, 0);
     for (;;) {
         if (r > 0)
             sent += r;
-        else if (r == -EINTR) {
+        else if (r == -EINTR || r == -ETIMEDOUT) {
+            if (r == -ETIMEDOUT && remaining(deadline) == 0 && ms >= 0)
+                return raise_with_sent(st, (int)r, sent);
             if (PyErr_CheckSignals() < 0)
                 return NULL;
-        } else if (r == -ETIMEDOUT) {
-            if (remaining(deadline) == 0 && ms >= 0)
-                return raise_with_sent(st, (int)r, sent);
         } else if (r < 0) /* written packets are counted even when the call fails (client gone mid-batch) */
-            return raise_with_sent(st, (int)r, (Py_ssize_t)(self->c->stats.packets - before));
-        if (sent >= n)
+            return raise_with_sent(st, (int)r, (Py_ssize_t)(conn_packets_sent(c) - before));
+        /* Under drop, one pass is the whole send (what did not fit was dropped); a timeout there only meant
+         * another thread held the connection. */
+        if (sent >= n || (self->overflow == PIPC_OVERFLOW_DROP && r >= 0))
             break;
         int left = remaining(deadline);
+        if (left < 0 || left > WAIT_SLICE_MS)
+            left = WAIT_SLICE_MS;
         Py_BEGIN_ALLOW_THREADS
-        r = pipc_conn_send(self->c, pk + sent, (size_t)(n - sent), left);
+        r = pipc_conn_send(c, pk + sent, (size_t)(n - sent), left);
         Py_END_ALLOW_THREADS
     }
     return PyLong_FromSsize_t(sent);
@@ -1087,8 +1372,14 @@ static PyObject *conn_send(ConnectionObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O|O:send", &seq, &t) || timeout_ms_from(t, &ms) < 0 || !conn_open(self))
         return NULL;
     core_state *st = state_of_type(Py_TYPE(self));
-    if (seq == Py_None) {
-        int r = pipc_conn_end(self->c);
+    if (seq == Py_None) { /* waits for sends in progress on other threads: without the GIL */
+        int r;
+        pipc_conn *c = self->c;
+        self->users++;
+        Py_BEGIN_ALLOW_THREADS
+        r = pipc_conn_end(c);
+        Py_END_ALLOW_THREADS
+        conn_leave(self);
         if (r < 0)
             return raise_code(st, r, NULL);
         return PyLong_FromLong(0);
@@ -1140,20 +1431,11 @@ static PyObject *conn_send_batch(ConnectionObject *self, PyObject *args)
             }
     }
     struct pipc_packet local[256];
-    struct pipc_packet *pk = n <= 256 ? local : PyMem_Malloc((size_t)n * sizeof(*pk));
+    struct pipc_packet *pk = batch_to_packets(b, idx, n, local);
     if (!pk) {
         if (idx)
             PyBuffer_Release(&sv);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t k = 0; k < n; k++) {
-        Py_ssize_t i = idx ? (Py_ssize_t)idx[k] : k;
-        pk[k].ts_ns = b->ts[i];
-        pk[k].caplen = b->caplen[i];
-        pk[k].origlen = b->origlen[i];
-        pk[k].linktype = b->linktype[i];
-        pk[k].ifindex = b->ifindex[i];
-        pk[k].data = b->data + b->offsets[i];
+        return NULL;
     }
     Py_INCREF(bo); /* the batch (and its data) stays alive while the GIL is released */
     PyObject *res = conn_send_packets(self, pk, n, ms);
@@ -1168,6 +1450,12 @@ static PyObject *conn_send_batch(ConnectionObject *self, PyObject *args)
 static PyObject *conn_close(ConnectionObject *self, PyObject *unused)
 {
     (void)unused;
+    if (self->users > 0 && self->c) { /* another thread is sending: wake it; it closes on its way out */
+        if (!self->close_pending)
+            pipc_conn_shutdown(self->c);
+        self->close_pending = 1;
+        Py_RETURN_NONE;
+    }
     pipc_conn_close(self->c);
     self->c = NULL;
     Py_RETURN_NONE;
@@ -1178,7 +1466,13 @@ static PyObject *conn_abort(ConnectionObject *self, PyObject *unused)
     (void)unused;
     if (!conn_open(self))
         return NULL;
-    int r = pipc_conn_abort(self->c);
+    int r;
+    pipc_conn *c = self->c;
+    self->users++;
+    Py_BEGIN_ALLOW_THREADS
+    r = pipc_conn_abort(c);
+    Py_END_ALLOW_THREADS
+    conn_leave(self);
     if (r < 0)
         return raise_code(state_of_type(Py_TYPE(self)), r, NULL);
     Py_RETURN_NONE;
@@ -1187,7 +1481,7 @@ static PyObject *conn_abort(ConnectionObject *self, PyObject *unused)
 static PyObject *conn_alive(ConnectionObject *self, PyObject *unused)
 {
     (void)unused;
-    return PyBool_FromLong(self->c && pipc_conn_alive(self->c));
+    return PyBool_FromLong(self->c && !self->close_pending && pipc_conn_alive(self->c));
 }
 
 static PyObject *stats_tuple(const struct pipc_stats *s)
@@ -1238,14 +1532,18 @@ static PyObject *conn_get_info(ConnectionObject *self, void *c)
     (void)c;
     if (!conn_open(self))
         return NULL;
-    return Py_BuildValue("(iiiKK)", (int)self->c->peer_pid, self->overflow, self->c->ended,
-                         (unsigned long long)self->c->ring.payload_bytes, (unsigned long long)self->c->ring.slot_count);
+    struct pipc_conn_info info = {.struct_bytes = sizeof(info)};
+    struct pipc_stats st;
+    pipc_conn_info(self->c, &info);
+    pipc_conn_stats(self->c, &st);
+    return Py_BuildValue("(iiiKK)", (int)info.peer_pid, info.overflow, info.ended, (unsigned long long)st.ring_bytes,
+                         (unsigned long long)st.ring_slots);
 }
 
 static PyObject *conn_get_closed(ConnectionObject *self, void *c)
 {
     (void)c;
-    return PyBool_FromLong(self->c == NULL);
+    return PyBool_FromLong(self->c == NULL || self->close_pending);
 }
 
 static PyMethodDef conn_methods[] = {
@@ -1284,16 +1582,15 @@ static PyObject *client_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "s|Opi:Client", kwlist, &name, &t, &busy, &overflow) ||
         timeout_ms_from(t, &ms) < 0)
         return NULL;
-    uint32_t flags = overflow == PIPC_OVERFLOW_DROP ? PIPC_HELLO_WANT_DROP
-                     : overflow == PIPC_OVERFLOW_BLOCK ? PIPC_HELLO_WANT_BLOCK
-                                                        : 0;
+    struct pipc_client_options o = {.struct_bytes = sizeof(o), .overflow = overflow, .busy_poll = busy};
+    o.use_server_overflow = overflow != PIPC_OVERFLOW_BLOCK && overflow != PIPC_OVERFLOW_DROP;
     core_state *st = state_of_type(tp);
     uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
     pipc_client *c;
     int r;
     for (;;) {
         Py_BEGIN_ALLOW_THREADS
-        r = pipc_client_connect_flags(name, remaining(deadline), flags, &c);
+        r = pipc_client_connect_with(name, remaining(deadline), &o, &c);
         Py_END_ALLOW_THREADS
         if (r != -EINTR)
             break;
@@ -1322,19 +1619,43 @@ static void client_dealloc(ClientObject *self)
     Py_DECREF(tp);
 }
 
-/* Takes up to max packets into self->scratch. Returns n > 0, 0 at end of stream, or -1 with an exception. */
-static long client_take(ClientObject *self, Py_ssize_t max, int ms)
+static void client_leave(ClientObject *self)
+{
+    if (--self->users == 0 && self->close_pending && self->c) {
+        pipc_client_disconnect(self->c); /* the mapping stays until the last view is gone (dealloc) */
+        self->disconnected = 1;
+    }
+}
+
+/* Where one receive puts its descriptors: the client's scratch array, or (while another thread's receive is
+ * using it) an array of this call's own. */
+typedef struct {
+    struct pipc_packet *pk;
+    int own;
+} take_buffer;
+
+static void take_buffer_done(ClientObject *self, take_buffer *b)
+{
+    if (b->own)
+        PyMem_Free(b->pk);
+    else
+        self->scratch_busy = 0;
+}
+
+/* Takes up to max packets into b. Returns n > 0, 0 at end of stream, or -1 with an exception; on n > 0 the
+ * caller must call take_buffer_done once it has read them. */
+static long client_take(ClientObject *self, Py_ssize_t max, int ms, take_buffer *b)
 {
     core_state *st = state_of_type(Py_TYPE(self));
     if (max <= 0) {
         PyErr_SetString(PyExc_ValueError, "max_packets must be >= 1");
         return -1;
     }
-    if (self->c->error == -EPIPE) {
+    if (self->close_pending || self->disconnected) {
         PyErr_SetString(st->ClosedError, "client is closed");
         return -1;
     }
-    if ((size_t)max > self->scratch_len) {
+    if (!self->scratch_busy && (size_t)max > self->scratch_len) {
         struct pipc_packet *p = PyMem_Realloc(self->scratch, (size_t)max * sizeof(*p));
         if (!p) {
             PyErr_NoMemory();
@@ -1343,20 +1664,43 @@ static long client_take(ClientObject *self, Py_ssize_t max, int ms)
         self->scratch = p;
         self->scratch_len = (size_t)max;
     }
+    b->own = self->scratch_busy;
+    b->pk = b->own ? PyMem_Malloc((size_t)max * sizeof(struct pipc_packet)) : self->scratch;
+    if (!b->pk) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (!b->own)
+        self->scratch_busy = 1;
+    pipc_client *c = self->c;
     /* Fast path with the GIL held: no system call while packets are waiting. */
-    long r = pipc_client_take(self->c, self->scratch, (size_t)max, 0, 0);
+    size_t take_max = (size_t)max < INT_MAX ? (size_t)max : INT_MAX;
+    long r = pipc_client_receive(c, b->pk, take_max, 0);
     if (r == -ETIMEDOUT && ms != 0) {
         uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
+        self->users++;
         for (;;) {
             int left = remaining(deadline);
+            if (left < 0 || left > WAIT_SLICE_MS)
+                left = WAIT_SLICE_MS; /* come back for signals even while another thread holds the client */
             Py_BEGIN_ALLOW_THREADS
-            r = pipc_client_take(self->c, self->scratch, (size_t)max, left, self->busy_poll);
+            r = pipc_client_receive(c, b->pk, take_max, left);
             Py_END_ALLOW_THREADS
-            if (r != -EINTR)
+            if (r != -EINTR && !(r == -ETIMEDOUT && remaining(deadline) != 0))
                 break;
-            if (PyErr_CheckSignals() < 0)
+            if (PyErr_CheckSignals() < 0) {
+                client_leave(self);
+                take_buffer_done(self, b);
                 return -1;
+            }
         }
+        client_leave(self);
+    }
+    if (r <= 0)
+        take_buffer_done(self, b);
+    if (r == -EPIPE && self->close_pending) {
+        PyErr_SetString(st->ClosedError, "client was closed while receiving");
+        return -1;
     }
     if (r < 0) {
         raise_code(st, (int)r, NULL);
@@ -1365,21 +1709,21 @@ static long client_take(ClientObject *self, Py_ssize_t max, int ms)
     return r;
 }
 
-static LeaseObject *make_lease(core_state *st, ClientObject *self, long n)
+static LeaseObject *make_lease(core_state *st, ClientObject *self, const struct pipc_packet *pk, long n)
 {
     LeaseObject *l = PyObject_New(LeaseObject, st->LeaseType);
     if (!l) {
-        pipc_client_release_ids(self->c, self->scratch[0].id, (uint64_t)n);
+        pipc_client_release_range(self->c, pk[0].id, (uint64_t)n);
         return NULL;
     }
     Py_INCREF(self);
     l->client = (PyObject *)self;
-    l->first = self->scratch[0].id;
+    l->first = pk[0].id;
     l->n = (uint64_t)n;
-    l->data = self->scratch[0].data;
+    l->data = pk[0].data;
     uint64_t total = 0;
     for (long i = 0; i < n; i++)
-        total += self->scratch[i].caplen;
+        total += pk[i].caplen;
     l->nbytes = (Py_ssize_t)total;
     return l;
 }
@@ -1389,26 +1733,27 @@ static PyObject *client_receive_batch(ClientObject *self, PyObject *args)
     Py_ssize_t max = 1024;
     PyObject *t = Py_None;
     int ms;
+    take_buffer tb;
     if (!PyArg_ParseTuple(args, "|nO:receive_batch", &max, &t) || timeout_ms_from(t, &ms) < 0)
         return NULL;
-    long n = client_take(self, max, ms);
+    long n = client_take(self, max, ms, &tb);
     if (n <= 0) {
         if (n == 0)
             Py_RETURN_NONE;
         return NULL;
     }
     core_state *st = state_of_type(Py_TYPE(self));
-    LeaseObject *l = make_lease(st, self, n);
-    if (!l)
-        return NULL;
-    BatchObject *b = batch_alloc(st, n);
+    const struct pipc_packet *pk = tb.pk;
+    LeaseObject *l = make_lease(st, self, pk, n);
+    BatchObject *b = l ? batch_alloc(st, n) : NULL;
     if (!b) {
-        Py_DECREF(l);
+        Py_XDECREF(l);
+        take_buffer_done(self, &tb);
         return NULL;
     }
-    const uint8_t *base = self->scratch[0].data;
+    const uint8_t *base = pk[0].data;
     for (long i = 0; i < n; i++) {
-        const struct pipc_packet *p = &self->scratch[i];
+        const struct pipc_packet *p = &pk[i];
         b->ts[i] = p->ts_ns;
         b->offsets[i] = (uint64_t)(p->data - base); /* contiguous: validated positions + mirror mapping */
         b->caplen[i] = p->caplen;
@@ -1416,6 +1761,7 @@ static PyObject *client_receive_batch(ClientObject *self, PyObject *args)
         b->linktype[i] = p->linktype;
         b->ifindex[i] = p->ifindex;
     }
+    take_buffer_done(self, &tb);
     b->owner = (PyObject *)l;
     b->data = base;
     b->nbytes = l->nbytes;
@@ -1429,40 +1775,42 @@ static PyObject *client_receive_packets(ClientObject *self, PyObject *args)
     int ms;
     if (!PyArg_ParseTuple(args, "|nO:receive_packets", &max, &t) || timeout_ms_from(t, &ms) < 0)
         return NULL;
-    long n = client_take(self, max, ms);
+    take_buffer tb;
+    long n = client_take(self, max, ms, &tb);
     if (n <= 0) {
         if (n == 0)
             Py_RETURN_NONE;
         return NULL;
     }
     core_state *st = state_of_type(Py_TYPE(self));
-    LeaseObject *l = make_lease(st, self, n);
-    if (!l)
-        return NULL;
-    PyObject *list = PyList_New(n);
-    if (!list) {
-        Py_DECREF(l);
-        return NULL;
+    LeaseObject *l = make_lease(st, self, tb.pk, n);
+    PyObject *list = l ? PyList_New(n) : NULL;
+    for (long i = 0; list && i < n; i++) {
+        PyObject *p = packet_new_view(st, (PyObject *)l, &tb.pk[i]);
+        if (!p)
+            Py_CLEAR(list);
+        else
+            PyList_SET_ITEM(list, i, p);
     }
-    for (long i = 0; i < n; i++) {
-        PyObject *p = packet_new_view(st, (PyObject *)l, &self->scratch[i]);
-        if (!p) {
-            Py_DECREF(list);
-            Py_DECREF(l);
-            return NULL;
-        }
-        PyList_SET_ITEM(list, i, p);
-    }
-    Py_DECREF(l); /* the packets hold it now */
+    take_buffer_done(self, &tb);
+    Py_XDECREF(l); /* the packets hold it now */
     return list;
 }
 
 static PyObject *client_close(ClientObject *self, PyObject *unused)
 {
     (void)unused;
+    if (self->users > 0 && self->c) { /* another thread is receiving: wake it; it disconnects on its way out */
+        if (!self->close_pending)
+            pipc_client_shutdown(self->c);
+        self->close_pending = 1;
+        Py_RETURN_NONE;
+    }
     /* Disconnect now; the mapping lives until the last received view is gone (then dealloc unmaps). */
-    if (self->c)
+    if (self->c) {
         pipc_client_disconnect(self->c);
+        self->disconnected = 1;
+    }
     Py_RETURN_NONE;
 }
 
@@ -1496,14 +1844,16 @@ static PyObject *client_finish_wait(ClientObject *self, PyObject *unused)
 static PyObject *client_get_info(ClientObject *self, void *c)
 {
     (void)c;
+    struct pipc_stats st;
+    pipc_client_stats(self->c, &st);
     return Py_BuildValue("(IIKK)", pipc_client_linktype(self->c), pipc_client_snaplen(self->c),
-                         (unsigned long long)self->c->ring.payload_bytes, (unsigned long long)self->c->ring.slot_count);
+                         (unsigned long long)st.ring_bytes, (unsigned long long)st.ring_slots);
 }
 
 static PyObject *client_get_closed(ClientObject *self, void *c)
 {
     (void)c;
-    return PyBool_FromLong(self->c->error == -EPIPE);
+    return PyBool_FromLong(self->disconnected || self->close_pending);
 }
 
 static PyMethodDef client_methods[] = {
@@ -1796,8 +2146,11 @@ static int core_exec(PyObject *m)
         add_type(m, &client_spec, &st->ClientType, "Client") < 0)
         return -1;
     if (PyModule_AddIntConstant(m, "ABI_VERSION", PACKET_IPC_ABI_VERSION) < 0 ||
-        PyModule_AddIntConstant(m, "WIRE_VERSION", PIPC_WIRE_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "WIRE_VERSION", pipc_wire_version()) < 0 ||
         PyModule_AddIntConstant(m, "OVERFLOW_BLOCK", PIPC_OVERFLOW_BLOCK) < 0 ||
+        PyModule_AddIntConstant(m, "DISTRIBUTION_FLOW", PIPC_DISTRIBUTION_FLOW) < 0 ||
+        PyModule_AddIntConstant(m, "DISTRIBUTION_ROUND_ROBIN", PIPC_DISTRIBUTION_ROUND_ROBIN) < 0 ||
+        PyModule_AddIntConstant(m, "DISTRIBUTION_BROADCAST", PIPC_DISTRIBUTION_BROADCAST) < 0 ||
         PyModule_AddIntConstant(m, "OVERFLOW_DROP", PIPC_OVERFLOW_DROP) < 0 ||
         PyModule_AddIntConstant(m, "FRAG_TABLE_BYTES", (long)sizeof(struct pipc_frag_table)) < 0)
         return -1;

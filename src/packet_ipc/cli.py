@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import get_include, get_library_dir
+from . import __version__, get_include, get_library_dir
 
 __all__ = ["main", "build_parser"]
 
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 success, 1 runtime error, 2 usage error, 130 interrupted.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--version", action="version", version=f"packet-ipc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in _SUBCOMMANDS:
         add(sub)
@@ -238,44 +239,18 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    """Captures live from an interface into the IPC."""
-    from .capture import open_live
+    """Captures live from one or more interfaces into the IPC (logic in packet_ipc.live)."""
+    from .live import run_capture
 
-    with open_live(args.interface, args.snaplen, args.filter, not args.no_promisc) as cap:
-        with _make_server(args, cap.linktype) as server:
-            _err(f"packet-ipc: capturing on {args.interface} into {server.name}; waiting for {args.workers} worker(s)")
-            server.wait_for_clients(args.workers, timeout=args.accept_timeout)
-            _err("packet-ipc: capturing (Ctrl-C to stop)")
-            packets = nbytes = 0
-            start = time.monotonic()
-            try:
-                for batch in cap.batches(args.batch, count=args.count, duration=args.duration):
-                    server.send_batch(batch)
-                    packets += len(batch)
-                    nbytes += batch.nbytes
-            except KeyboardInterrupt:
-                pass
-            server.send(None)
-            seconds = time.monotonic() - start
-            _drain_wait(server)
-            kernel = cap.stats()
-            workers = server.stats().connections
-            server.close_connections()
-    _print_summary(packets, nbytes, seconds, workers, 0, args.json)
-    _err(f"kernel: received {kernel.received}, dropped {kernel.dropped}, interface dropped {kernel.if_dropped}")
-    return 0
+    return run_capture(args)
 
 
 def _add_capture(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("capture", help="capture live from an interface into workers",
-                       description="Live capture (libpcap) into packet-ipc workers. Needs CAP_NET_RAW.")
-    p.add_argument("-i", "--interface", required=True, help="interface to capture on")
-    p.add_argument("--filter", default=None, help="BPF filter (tcpdump syntax)")
-    p.add_argument("--snaplen", type=int, default=262144, help="bytes to capture per packet")
-    p.add_argument("--no-promisc", action="store_true", help="do not put the interface in promiscuous mode")
-    p.add_argument("-c", "--count", type=int, default=None, help="stop after this many packets")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--batch", type=int, default=256, help="packets per batch at most (256)")
+    from .live import add_capture_arguments
+
+    p = sub.add_parser("capture", help="capture live from interfaces into workers",
+                       description="Live capture (libpcap, driven from C) into packet-ipc workers. Needs CAP_NET_RAW.")
+    add_capture_arguments(p)
     _add_server_options(p)
     p.set_defaults(func=cmd_capture)
 
@@ -404,6 +379,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
             console.print(f"workers {data['workers']}, sent {data['sent_packets']:,} packets "
                           f"{data['sent_bytes']:,} bytes, dropped {data['dropped_packets']:,}, "
                           f"lost with dead workers {data['lost_packets']:,}")
+            if "capture" in data:
+                from .live import interface_lines
+
+                for line in interface_lines(data["capture"]["interfaces"]):
+                    console.print(f"capture: {line}")
         if not args.watch:
             return 0
         time.sleep(args.watch)

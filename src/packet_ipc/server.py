@@ -10,13 +10,12 @@ and counts it. ``send(None)`` ends the stream.
 
 from __future__ import annotations
 
-import array
 import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
@@ -42,9 +41,9 @@ Overflow = Literal["block", "drop"]
 Distribution = Literal["flow", "round_robin", "broadcast"]
 _OVERFLOW = {"block": _core.OVERFLOW_BLOCK, "drop": _core.OVERFLOW_DROP}
 _OVERFLOW_NAME: dict[int, Overflow] = {_core.OVERFLOW_BLOCK: "block", _core.OVERFLOW_DROP: "drop"}
+_DISTRIBUTION = {"flow": _core.DISTRIBUTION_FLOW, "round_robin": _core.DISTRIBUTION_ROUND_ROBIN,
+                 "broadcast": _core.DISTRIBUTION_BROADCAST}
 DEFAULT_CAPACITY = 4 << 20
-FLOW_BUCKETS = 4096  # flow hash -> bucket -> worker: only a leaving/joining worker's share of flows moves
-LIVENESS_CHECK_S = 0.05  # how often server.send looks for workers that died while it was not blocked on them
 
 
 def _bound_unix_paths() -> set[str]:
@@ -117,6 +116,7 @@ class ServerStats:
     dropped_bytes: int
     lost_packets: int
     connections: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # sections added by Server.add_stats_source
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as a plain dict (JSON-friendly)."""
@@ -130,6 +130,7 @@ class ServerStats:
             "dropped_bytes": self.dropped_bytes,
             "lost_packets": self.lost_packets,
             "connections": self.connections,
+            **self.extra,
         }
 
 
@@ -263,22 +264,17 @@ class Server:
             snaplen,
             _OVERFLOW[overflow],
             allow_any_uid,
+            _DISTRIBUTION[distribution],
         )
         for uid in allowed_uids:
             self._s.allow_peer(int(uid), -1)
         for gid in allowed_gids:
             self._s.allow_peer(-1, int(gid))
         self.name: str = self._s.name
-        self._lock = threading.RLock()
-        self._all: list[Connection] = []
-        self._live: list[Connection] = []
-        self._table = bytearray(2 * FLOW_BUCKETS)
-        # where each datagram's later fragments go (csrc/flowhash.h: pipc_frag_table); 8-byte aligned
-        self._fragments = memoryview(array.array("Q", bytes(_core.FRAG_TABLE_BYTES))).cast("B")
-        self._rr = 0
-        self._lost = 0
-        self._last_liveness = 0.0
+        self._lost_at_close = 0
+        self._all: list[Connection] = []  # every accepted connection, by acceptance index (as C counts them)
         self._stats_sock: socket.socket | None = None
+        self._stats_sources: dict[str, Callable[[], Any]] = {}
         if stats_socket:
             self._start_stats()
 
@@ -299,29 +295,36 @@ class Server:
     def accept(self, timeout: float | None = None) -> Connection:
         """Waits up to ``timeout`` seconds for one client, performs the handshake and returns its connection.
 
-        May be called again for more clients. A client that dies or stalls during its handshake is dropped
-        and the wait goes on. Raises ``TimeoutError``, :class:`ProtocolError` (that client spoke the wrong
-        version or is not packet-ipc), :class:`PermissionDeniedError` (its uid/gid is not allowed),
-        ``ClosedError``; the server stays usable after each.
+        May be called again for more clients; each is also one of the server's workers for :meth:`send`. A
+        client that dies or stalls during its handshake is dropped and the wait goes on. Raises
+        ``TimeoutError``, :class:`ProtocolError` (that client spoke the wrong version or is not packet-ipc),
+        :class:`PermissionDeniedError` (its uid/gid is not allowed), ``ClosedError``; the server stays usable
+        after each.
         """
-        with self._lock:
-            conn = Connection(self._s.accept(timeout), len(self._all))
-            self._all.append(conn)
-            self._live.append(conn)
-            self._rebalance_join(conn)
+        conn = Connection(self._s.accept(timeout), len(self._all))
+        self._all.append(conn)
         return conn
 
-    # ---- many workers --------------------------------------------------------------------------------
+    # ---- many workers: the distribution itself is in C (csrc/distribute.c) ----------------------------
 
     @property
     def connections(self) -> list[Connection]:
-        """The live connections, in order of acceptance (dead or closed ones are dropped as found)."""
-        return list(self._live)
+        """The live workers, in order of acceptance (dead or closed ones are dropped as found)."""
+        if self._s.closed:  # its connections outlive it: the ones still connected
+            return [c for c in self._all if not c.closed and c.alive]
+        return [self._all[i] for i in self._s.workers()]
 
     def wait_for_clients(self, n: int, timeout: float | None = None) -> list[Connection]:
-        """Accepts clients until ``n`` are connected (within ``timeout`` seconds in total); returns them."""
+        """Accepts clients until ``n`` are connected (within ``timeout`` seconds in total); returns them.
+
+        Raises ``ValueError`` for a negative ``n`` or ``timeout``, ``TimeoutError`` as :meth:`accept`.
+        """
+        if n < 0:
+            raise ValueError(f"wait_for_clients needs a number of clients >= 0, not {n}")
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be None or >= 0, not {timeout}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        while len(self._live) < n:
+        while len(self._s.workers()) < n:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             self.accept(left)
         return self.connections
@@ -330,151 +333,43 @@ class Server:
         """Distributes packets over every live connection by the server's ``distribution``; ``None`` ends
         every stream.
 
-        ``"flow"``: both directions of a flow go to the same worker (symmetric 5-tuple hash, computed in C);
-        ``"round_robin"``: the whole call goes to the next worker; ``"broadcast"``: every worker gets every
-        packet. Blocks like :meth:`Connection.send` on a worker whose policy is ``"block"``. A worker that
-        has died is dropped: its share of flows moves to the live ones, and packets of this call not yet
-        written to it go to them instead (what was in its ring is counted as lost). Returns the number of
-        packets written (under broadcast, counted once per packet). Raises :class:`ConnectionLostError` when
-        no worker is left, ``TimeoutError`` as :meth:`Connection.send`.
+        ``"flow"``: both directions of a flow go to the same worker (symmetric 5-tuple hash), fragments with
+        their datagram; ``"round_robin"``: the whole call goes to the next worker; ``"broadcast"``: every
+        worker gets every packet. Blocks like :meth:`Connection.send` on a worker whose policy is
+        ``"block"``. A worker that has died is dropped: its share of flows moves to the live ones, and packets
+        of this call not yet written to it go to them instead (what was in its ring is counted as lost).
+        Safe to call from several threads (calls are serialised). Returns the number of packets written
+        (under broadcast, counted once per packet). Raises :class:`ConnectionLostError` when no worker is
+        left, ``TimeoutError`` (its ``sent`` counts what was written) as :meth:`Connection.send`,
+        ``ClosedError`` after :meth:`close`.
         """
+        self._check_open()
         if packets is None:
-            return self._end_all()
-        return self.send_batch(PacketBatch.from_packets(packets, self.linktype), timeout)
+            self._s.end()
+            return 0
+        return int(self._s.send(packets, timeout))
 
     def send_batch(self, batch: PacketBatch, timeout: float | None = None) -> int:
         """Distributes a :class:`PacketBatch` as :meth:`send` does (one copy into each ring it reaches)."""
-        self._check_liveness()
-        if self.distribution == "broadcast":
-            return self._broadcast(batch, timeout)
-        if self.distribution == "round_robin":
-            return self._round_robin(batch, timeout)
-        return self._by_flow(batch, None, timeout)
+        self._check_open()
+        return int(self._s.send_batch(batch, timeout))
 
-    def _by_flow(self, batch: PacketBatch, subset: bytes | None, timeout: float | None) -> int:
-        live = self._require_live()
-        if len(live) == 1:  # one worker owns every flow: no hashing needed
-            written, rest = self._send_part(live[0], batch, subset, timeout)
-            if rest:
-                return written + self._by_flow(batch, _pack(rest), timeout)
-            return written
-        parts = _core.partition_by_flow(batch, self._table, len(live), self.linktype, self._fragments)
-        if subset is not None:  # re-distribution of one dead worker's remainder: keep only those packets
-            wanted = set(memoryview(subset).cast("I"))
-            parts = [_select(p, wanted) for p in parts]
-        sent = 0
-        retry: list[int] = []
-        for conn, part in zip(live, parts):
-            if not part:
-                continue
-            written, lost_rest = self._send_part(conn, batch, part, timeout)
-            sent += written
-            if lost_rest is not None:
-                retry.extend(lost_rest)
-        if retry:  # packets that were bound for a worker that died: the live ones take them
-            sent += self._by_flow(batch, _pack(retry), timeout)
-        return sent
-
-    def _round_robin(self, batch: PacketBatch, timeout: float | None) -> int:
-        written, part = 0, None
-        while True:  # the whole batch to the next live worker; if it dies mid-way, the rest to the next
-            live = self._require_live()
-            conn = live[self._rr % len(live)]
-            self._rr += 1
-            more, rest = self._send_part(conn, batch, part, timeout)
-            written += more
-            if not rest:
-                return written
-            part = _pack(rest)
-
-    def _broadcast(self, batch: PacketBatch, timeout: float | None) -> int:
-        live = self._require_live()
-        for conn in live:
-            self._send_part(conn, batch, None, timeout)  # a dead worker just leaves the set
-        return len(batch)
-
-    def _send_part(
-        self, conn: Connection, batch: PacketBatch, part: bytes | None, timeout: float | None
-    ) -> tuple[int, list[int] | None]:
-        """Sends batch[part] to conn. Returns (written, None), or (written, unsent indices) if conn died."""
-        try:
-            return conn.send_batch_indices(batch, part, timeout), None
-        except ConnectionLostError as e:
-            written = getattr(e, "sent", 0)
-            self._drop(conn)
-            indices = list(memoryview(part).cast("I")) if part is not None else list(range(len(batch)))
-            return written, indices[written:]
-
-    def _require_live(self) -> list[Connection]:
-        live = list(self._live)  # a snapshot: a worker found dead mid-send leaves self._live, not this list
-        if not live:
-            raise ConnectionLostError(104, "no live worker is connected to this server")
-        return live
-
-    def _check_liveness(self) -> None:
-        # A dead worker is noticed at once when a send must wait on it; otherwise at most every
-        # LIVENESS_CHECK_S, so that the fast path makes no system call per batch.
-        if time.monotonic() - self._last_liveness >= LIVENESS_CHECK_S:
-            self.check_workers()
+    def _check_open(self) -> None:
+        if self._s.closed:
+            raise ClosedError(9, f"server {self.name} is closed")
 
     def check_workers(self) -> list[Connection]:
         """Looks at every live worker now (one non-blocking check of its socket each) and drops those that
         have gone: their flows move to the others. Returns the dropped connections. ``send`` does this by
         itself at most every 50 ms, and always at end of stream; call it to react at once."""
-        self._last_liveness = time.monotonic()
-        gone = [conn for conn in list(self._live) if not conn.alive]
-        for conn in gone:
-            self._drop(conn)
-        return gone
-
-    def _drop(self, conn: Connection) -> None:
-        with self._lock:
-            if conn not in self._live:
-                return
-            self._lost += conn.stats().ring_used_slots
-            position = self._live.index(conn)
-            self._live.remove(conn)
-            self._rebalance_leave(position)
-
-    def _rebalance_join(self, conn: Connection) -> None:
-        """A new worker takes every n-th bucket of each existing worker: 1/n of everyone's flows, no more."""
-        n = len(self._live)
-        table = memoryview(self._table).cast("H")
-        if n == 1:
-            for b in range(FLOW_BUCKETS):
-                table[b] = 0
-            return
-        seen = [0] * n
-        for b in range(FLOW_BUCKETS):
-            w = table[b]
-            seen[w] += 1
-            if seen[w] % n == 0:
-                table[b] = n - 1
-
-    def _rebalance_leave(self, position: int) -> None:
-        """The leaving worker's buckets go round-robin to the survivors; indices above it shift down."""
-        n = len(self._live)
-        table = memoryview(self._table).cast("H")
-        k = 0
-        for b in range(FLOW_BUCKETS):
-            w = table[b]
-            if w == position:
-                table[b] = k % n if n else 0
-                k += 1
-            elif w > position:
-                table[b] = w - 1
-
-    def _end_all(self) -> int:
-        self.check_workers()  # what went to a worker that died unnoticed is counted as lost, not ended
-        for conn in list(self._live):
-            try:
-                conn.end()
-            except ConnectionLostError:
-                self._drop(conn)
-        return 0
+        before = self._s.workers()
+        self._s.check_workers()
+        after = set(self._s.workers())
+        return [self._all[i] for i in before if i not in after]
 
     def stats(self) -> ServerStats:
         """Totals and per-connection counters (live and dead connections)."""
+        live = set(self._s.workers()) if not self._s.closed else set()
         per = []
         totals = [0, 0, 0, 0]
         for conn in self._all:
@@ -486,11 +381,20 @@ class Server:
             totals[2] += st.dropped_packets
             totals[3] += st.dropped_bytes
             d = st.as_dict()
-            d.update(index=conn.index, peer_pid=conn.peer_pid, overflow=conn.overflow, live=conn in self._live)
+            d.update(index=conn.index, peer_pid=conn.peer_pid, overflow=conn.overflow, live=conn.index in live)
             per.append(d)
+        extra = {key: source() for key, source in list(self._stats_sources.items())}
+        lost = self._s.stats()["lost_packets"] if not self._s.closed else self._lost_at_close
         return ServerStats(
-            self.name, self.distribution, len(self._live), totals[0], totals[1], totals[2], totals[3], self._lost, per
+            self.name, self.distribution, len(live), totals[0], totals[1], totals[2], totals[3], lost, per, extra
         )
+
+    def add_stats_source(self, key: str, source: Callable[[], Any]) -> None:
+        """Adds a section ``key`` to :meth:`stats` (and ``packet-ipc stats NAME``): ``source()``'s JSON-friendly
+        result, called on every query, possibly from the statistics thread (e.g. a live capture's counters)."""
+        if key in ServerStats.__dataclass_fields__:
+            raise ValueError(f"{key!r} is a field of ServerStats already")
+        self._stats_sources[key] = source
 
     def _serve_stats(self) -> None:
         """Answers `packet-ipc stats` queries: one JSON document per connection to NAME.stats."""
@@ -530,11 +434,16 @@ class Server:
                     os.unlink(addr)
                 except FileNotFoundError:
                     pass
+        if not self._s.closed:
+            self._lost_at_close = self._s.stats()["lost_packets"]
         self._s.close()
 
     def abort_connections(self) -> None:
         """Aborts every live stream (see :meth:`Connection.abort`): for a server that cannot finish."""
-        for conn in list(self._live):
+        if not self._s.closed:
+            self._s.abort()
+            return
+        for conn in self._all:
             try:
                 conn.abort()
             except (ConnectionLostError, ClosedError):
@@ -544,7 +453,6 @@ class Server:
         """Closes every accepted connection (each client sees end of stream after draining)."""
         for conn in self._all:
             conn.close()
-        self._live.clear()
 
     def __enter__(self) -> Server:
         return self
@@ -588,11 +496,3 @@ def transfer_ipc(
         sent += connection.send(pending, timeout)
     connection.send(None)
     return sent
-
-
-def _pack(indices: list[int]) -> bytes:
-    return array.array("I", indices).tobytes()
-
-
-def _select(part: bytes, wanted: set[int]) -> bytes:
-    return _pack([i for i in memoryview(part).cast("I") if i in wanted])

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../csrc/flowhash.h"
+#include "../../include/packet_ipc_ext.h"
 
 static uint32_t read_le32(const unsigned char *p)
 {
