@@ -2,7 +2,7 @@
 JetStream publishes of the same message size, in one run on loopback; then the stall of a leader failover.
 
 Method, for each of replicas 1 and 3 and file and memory storage, on a fresh 3-node cluster
-(``tests/nats_cluster.py``; real ``nats-server`` processes):
+(``tests/helpers/nats_cluster.py``; real ``nats-server`` processes):
 
 - raw: this process publishes MESSAGES messages of the size ``packet-ipc publish`` makes (256 KiB default)
   with ``nats-py`` into P streams, one task per stream awaiting each ack before the next, as the publisher
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from nats_cluster import NatsCluster, cli, udp_packet  # noqa: E402
+from helpers.nats_cluster import NatsCluster, cli, udp_packet  # noqa: E402
 
 import packet_ipc as pipc  # noqa: E402
 

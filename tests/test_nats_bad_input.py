@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nats_cluster import NatsCluster, cli, free_ports, nats_server_binary, reap, seq_of, spawn, udp_packet  # noqa: E402
+from helpers.nats_cluster import NatsCluster, cli, free_ports, nats_server_binary, reap, seq_of, spawn, udp_packet  # noqa: E402
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install '.[test]')")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nats_cluster import NatsCluster, cli, nats_server_binary, reap, seq_of, udp_packet  # noqa: E402
+from helpers.nats_cluster import NatsCluster, cli, nats_server_binary, reap, seq_of, udp_packet  # noqa: E402
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install '.[test]')")
 if nats_server_binary() is None:

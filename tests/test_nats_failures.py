@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nats_cluster import NatsCluster, cli, reap, nats_server_binary, seq_of, spawn, udp_packet  # noqa: E402
+from helpers.nats_cluster import NatsCluster, cli, reap, nats_server_binary, seq_of, spawn, udp_packet  # noqa: E402
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install '.[test]')")
 if nats_server_binary() is None:
@@ -30,7 +30,7 @@ from packet_ipc.cli import fetch_stats  # noqa: E402
 from packet_ipc.pcap import read_capture  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
-WORKER = str(Path(__file__).parent / "nats_cluster.py")
+WORKER = str(Path(__file__).parent / "helpers" / "nats_cluster.py")
 PER_MESSAGE = (256 * 1024) // (200 + 24)  # most 200-byte packets one message holds
 
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import SHARED_PCAPS, repo_captures
 
 sys.path.insert(0, str(Path(__file__).parent))
-from nats_cluster import NatsCluster, cli, nats_server_binary, reap, seq_of, spawn, udp_packet  # noqa: E402
+from helpers.nats_cluster import NatsCluster, cli, nats_server_binary, reap, seq_of, spawn, udp_packet  # noqa: E402
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install '.[test]')")
 if nats_server_binary() is None:

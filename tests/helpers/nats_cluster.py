@@ -292,6 +292,6 @@ def slow_worker(name: str, out: str, delay: float) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python tests/nats_cluster.py worker NAME OUT DELAY
+if __name__ == "__main__":  # python tests/helpers/nats_cluster.py worker NAME OUT DELAY
     if sys.argv[1] == "worker":
         sys.exit(slow_worker(sys.argv[2], sys.argv[3], float(sys.argv[4])))
