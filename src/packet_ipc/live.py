@@ -2,9 +2,10 @@
 
 The capture is opened first (every interface, the filter compiled), so a bad interface, filter or
 permission fails with one line before any server socket exists. Then the server listens, waits for its
-workers and forwards batches until ``--count`` packets, ``--duration`` seconds, or SIGINT / SIGTERM, which
-both end the stream cleanly: workers see end of stream, the summary (with libpcap's per-interface counters)
-is printed, exit 0. While it runs, ``packet-ipc stats NAME`` shows the same counters under ``capture``.
+workers, and the capture loop runs entirely in C (:meth:`LiveCapture.run`: libpcap straight into the
+workers' rings, no Python per packet or per batch, in a thread so the main thread keeps its signals) until
+``--count`` packets, ``--duration`` seconds, or SIGINT / SIGTERM, which both end the stream cleanly:
+workers see end of stream, the summary (with libpcap's per-interface counters) is printed, exit 0. While it runs, ``packet-ipc stats NAME`` shows the same counters under ``capture``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from .capture import MAX_SNAPLEN, LiveCapture, open_live
+from .capture import MAX_SNAPLEN, CaptureRun, LiveCapture, open_live
 
 __all__ = ["run_capture", "add_capture_arguments", "snaplen_arg", "interface_lines"]
 
@@ -84,6 +86,28 @@ def _stop_signals(cap: LiveCapture) -> Iterator[dict[str, Any]]:
             signal.signal(s, handler)
 
 
+def _run_in_thread(cap: LiveCapture, server: Any, args: argparse.Namespace) -> CaptureRun:
+    """Runs :meth:`LiveCapture.run` (one GIL-released C call: capture and distribution) in a thread, so that
+    this, the main thread, keeps handling SIGINT / SIGTERM (their handler calls ``cap.breakloop()``, which
+    makes the run return). Returns what it did, or raises what it raised."""
+    result: list[CaptureRun] = []
+    failed: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            result.append(cap.run(server, count=args.count, duration=args.duration, batch=args.batch))
+        except BaseException as e:  # handed to the main thread
+            failed.append(e)
+
+    worker = threading.Thread(target=body, name="packet-ipc-capture", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.25)  # returns to the interpreter now and then: the signal handlers run
+    if failed:
+        raise failed[0]
+    return result[0]
+
+
 def run_capture(args: argparse.Namespace) -> int:
     """Runs ``packet-ipc capture`` (see the module's docstring); returns the exit code."""
     from .commands.common import drain_wait as _drain_wait, err as _err, make_server as _make_server
@@ -109,18 +133,8 @@ def run_capture(args: argparse.Namespace) -> int:
                     raise _Stop
                 _err("packet-ipc: capturing (Ctrl-C or SIGTERM to stop)")
                 start = time.monotonic()
-                end = None if args.duration is None else start + args.duration
-                while not state["stop"] and (args.count is None or packets < args.count):
-                    wait = 0.1 if end is None else min(0.1, end - time.monotonic())
-                    if wait < 0:
-                        break
-                    want = args.batch if args.count is None else min(args.batch, args.count - packets)
-                    batch = cap.read_batch(want, wait)
-                    if batch is not None:
-                        with batch:  # released at once: its data buffer serves the next read
-                            server.send_batch(batch)
-                            packets += len(batch)
-                            nbytes += batch.nbytes
+                done = _run_in_thread(cap, server, args)  # the whole loop in C; signals still reach us here
+                packets, nbytes = done.packets, done.bytes
             except _Stop:
                 pass
             state["running"] = True  # from here a signal only sets the flag: the stream ends cleanly regardless
