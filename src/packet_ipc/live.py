@@ -53,8 +53,9 @@ def add_capture_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-B", "--buffer-size", type=count_or_zero, default=8192,
                    help="libpcap's kernel buffer per interface in KiB, as tcpdump -B (8192)")
     p.add_argument("--immediate", action="store_true", help="deliver each packet at once (more CPU per packet)")
-    p.add_argument("--linger-ms", type=count_or_zero, default=30,
-                   help="once a read has packets, wait up to this long (ms) for more to fill the batch (30)")
+    p.add_argument("--linger-ms", type=count_or_zero, default=0,
+                   help="once a read has packets, wait up to this long (ms) for more to fill the batch (0: libpcap "
+                        "already hands over whole kernel blocks)")
     p.add_argument("-c", "--count", type=positive_int, default=None, help="stop after this many packets")
     p.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds")
     p.add_argument("--batch", type=positive_int, default=4096, help="packets per batch at most (4096)")
@@ -95,7 +96,8 @@ def _run_in_thread(cap: LiveCapture, server: Any, args: argparse.Namespace) -> C
 
     def body() -> None:
         try:
-            result.append(cap.run(server, count=args.count, duration=args.duration, batch=args.batch))
+            result.append(cap.run(server, count=args.count, duration=args.duration, batch=args.batch,
+                                  linger_ms=args.linger_ms))
         except BaseException as e:  # handed to the main thread
             failed.append(e)
 
@@ -119,7 +121,7 @@ def run_capture(args: argparse.Namespace) -> int:
         raise ValueError(f"--buffer-size {args.buffer_size} KiB is out of range (0 to 2097151)")
     names: list[str] = args.interface
     with open_live(names, args.snaplen, args.filter, not args.no_promisc, buffer_bytes=args.buffer_size * 1024,
-                   immediate=args.immediate, linger_ms=args.linger_ms) as cap, _stop_signals(cap) as state:
+                   immediate=args.immediate) as cap, _stop_signals(cap) as state:
         with _make_server(args, cap.linktype) as server:
             server.add_stats_source("capture", lambda: {"interfaces": [s.as_dict() for s in cap.interface_stats()]})
             _err(f"packet-ipc: capturing on {', '.join(names)} into {server.name}; "
