@@ -246,7 +246,7 @@ def main() -> int:
     source = REPO.parent / "shared" / "data" / "pcaps" / "merged-ether.pcap"
     if not source.exists():
         source = REPO / "tests" / "data" / "QinQpacket.pcap"
-    tmp = Path(tempfile.mkdtemp(prefix="pipc14-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="pipc14b-bench-"))
     frames = tmp / "frames.pcap"
     per_loop = mtu_frames(source, frames)
     gen = tmp / "pipc_gen"
