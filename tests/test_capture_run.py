@@ -161,3 +161,55 @@ def test_capture_run_delivers_each_frame_once_by_flow_and_breakloop_stops_it(
     for frames in got:
         numbers = [int.from_bytes(f[42:46], "big") for f in frames]
         assert numbers == sorted(numbers)
+
+
+def test_live_capture_run_from_python_serves_workers_and_stops_on_breakloop(
+    veth: tuple[str, str, str], tmp_path: Path
+) -> None:
+    import threading
+
+    from packet_ipc import Client, Server
+    from packet_ipc.capture import open_live
+
+    netns, inside, outside = veth
+    count = 500
+    sent = udp_frames(count)
+    with open_live(outside, bpf_filter="udp dst port 7777") as cap, Server(distribution="flow") as server:
+        with pytest.raises(ValueError):
+            cap.run(server, count=0)
+        got: list[list[bytes]] = [[], []]
+
+        def worker(k: int, client: Client) -> None:
+            with client:
+                for batch in client:
+                    with batch:
+                        got[k].extend(bytes(p.data) for p in batch)
+
+        clients: list[Client] = []
+        connect = threading.Thread(target=lambda: clients.extend(Client(server.name, timeout=10) for _ in range(2)))
+        connect.start()
+        server.wait_for_clients(2, timeout=10)
+        connect.join()
+        threads = [threading.Thread(target=worker, args=(k, c)) for k, c in enumerate(clients)]
+        for t in threads:
+            t.start()
+        (tmp_path / "send.py").write_text(SENDER)
+        blob = tmp_path / "frames.bin"
+        blob.write_bytes(b"".join(len(f).to_bytes(4, "little") + f for f in sent))
+        sender = subprocess.run(["ip", "netns", "exec", netns, sys.executable, str(tmp_path / "send.py"), inside,
+                                 str(blob)], capture_output=True, text=True, timeout=60)
+        assert sender.returncode == 0, sender.stderr
+        done = cap.run(server, count=count, batch=100)
+        assert (done.packets, done.stopped) == (count, "count") and done.bytes == sum(len(f) for f in sent)
+        stopper = threading.Timer(0.3, cap.breakloop)
+        stopper.start()
+        again = cap.run(server)  # nothing more to capture: only the break ends it
+        stopper.join()
+        assert (again.packets, again.stopped) == (0, "break")
+        per_interface = cap.interface_stats()
+        assert per_interface[0].captured == count and per_interface[0].dropped == 0
+        server.send(None)
+        for t in threads:
+            t.join(30)
+    assert sorted(got[0] + got[1]) == sorted(sent)
+    assert got[0] and got[1]
