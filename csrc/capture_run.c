@@ -31,9 +31,10 @@ static uint64_t mono_ms(void)
     return (uint64_t)t.tv_sec * 1000u + (uint64_t)t.tv_nsec / 1000000u;
 }
 
-/* Writes pk[0..n) to the workers, resuming after signals with exactly the packets not yet written (so each
- * arrives once, in its flow's order). Returns 0, or a negative code with *unsent_left packets not written
- * (their indices, into the compacted pk, are 0..*unsent_left). *written / *bytes count what was written. */
+/* Hands pk[0..n) to the workers, resuming after signals with exactly the packets not yet dealt with (so each
+ * arrives once, in its flow's order). Returns 0, or a negative code with *unsent_left packets not dealt with
+ * (compacted to pk[0..*unsent_left)). *written / *bytes count what was dealt with: written, or dropped and
+ * counted by a connection whose policy is drop (pipc_server_send_some lists neither as unsent). */
 static long deliver(pipc_server *server, struct pipc_packet *pk, size_t n, uint32_t *unsent, uint64_t *written,
                     uint64_t *bytes, size_t *unsent_left)
 {
@@ -46,7 +47,7 @@ static long deliver(pipc_server *server, struct pipc_packet *pk, size_t n, uint3
             *unsent_left = m;
             return r;
         }
-        if (nu == 0 && r >= 0) { /* all m written */
+        if (nu == 0 && r >= 0) { /* all m dealt with */
             *written += m;
             for (size_t i = 0; i < m; i++)
                 *bytes += pk[i].caplen;
@@ -54,7 +55,7 @@ static long deliver(pipc_server *server, struct pipc_packet *pk, size_t n, uint3
         }
         if (nu == 0) /* interrupted before writing any: the same packets again */
             continue;
-        /* written: every packet not listed in unsent (ascending); keep the unsent ones, in order, at the front */
+        /* dealt with: every packet not listed in unsent (ascending); keep the unsent ones, in order, at the front */
         size_t k = 0;
         for (size_t i = 0; i < m; i++) {
             if (k < nu && unsent[k] == i) {

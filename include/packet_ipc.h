@@ -352,13 +352,13 @@ PIPC_API void pipc_capture_close(pipc_capture *cap);
 /* ---- Capturing straight into a server's workers ---- */
 
 /* Why pipc_capture_run returned (its positive return values). */
-#define PIPC_CAPTURE_STOPPED_COUNT 1    /* options->count packets were captured and written */
+#define PIPC_CAPTURE_STOPPED_COUNT 1    /* options->count packets were captured and handed over */
 #define PIPC_CAPTURE_STOPPED_DURATION 2 /* options->duration_ms passed */
 #define PIPC_CAPTURE_STOPPED_BREAK 3    /* pipc_capture_breakloop() was called */
 
 struct pipc_capture_run_options {
     size_t struct_bytes;  /* sizeof(struct pipc_capture_run_options): set it, for compatible growth */
-    uint64_t count;       /* stop once this many packets were captured and written (0: no limit) */
+    uint64_t count;       /* stop once this many packets were captured and handed over (0: no limit) */
     uint64_t duration_ms; /* stop after this long (0: no limit) */
     uint32_t batch;       /* packets read and distributed together at most (0: 4096) */
     int linger_ms;        /* once a read has packets, how long it may wait for more (0: not at all, which suits
@@ -367,7 +367,8 @@ struct pipc_capture_run_options {
 
 struct pipc_capture_run_result {
     size_t struct_bytes;  /* sizeof(struct pipc_capture_run_result): set it */
-    uint64_t packets;     /* packets captured and written to the workers (counted once under broadcast) */
+    uint64_t packets;     /* packets captured and handed to the workers: written (once under broadcast), or
+                             dropped and counted by a connection whose policy is drop */
     uint64_t bytes;       /* their captured bytes */
     uint64_t batches;     /* distributions (pipc_server_send_some calls) that wrote packets */
     uint64_t not_sent;    /* packets captured but not written because an error stopped the run */

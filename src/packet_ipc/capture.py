@@ -73,8 +73,9 @@ class InterfaceStats:
 
 @dataclass(frozen=True)
 class CaptureRun:
-    """What :meth:`LiveCapture.run` did: packets and bytes written to the workers, distributions that wrote
-    packets (``batches``), and why it stopped: ``"count"``, ``"duration"`` or ``"break"``."""
+    """What :meth:`LiveCapture.run` did: packets and bytes captured and handed to the workers (written, or
+    dropped and counted by a worker whose overflow policy is ``"drop"``), distributions (``batches``), and why
+    it stopped: ``"count"``, ``"duration"`` or ``"break"``."""
 
     packets: int
     bytes: int
