@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python benchmarks/capture.py [--old-venv /path/to/old/.venv] [--json out.json]
 
-A veth pair is made with its peer in a network namespace (``pipc14-bench``, removed afterwards). Frames of a
+A veth pair is made with its peer in a network namespace (``pipc14b-bench``, removed afterwards). Frames of a
 real capture (../shared/data/pcaps/merged-ether.pcap, else tests/data/QinQpacket.pcap; frames above the
 1500-byte MTU left out) are written into the peer by two generators: ``tcpreplay --topspeed --loop N`` and
 ``benchmarks/gen/pipc_gen.c`` (sendmmsg on AF_PACKET, qdisc bypassed; built here with cc), at full speed and
@@ -10,6 +10,8 @@ paced at fixed rates. Contenders, each on the same load in the same run:
 
 - ``tcpdump -w /dev/null`` (same kernel buffer as packet-ipc: ``-B``);
 - ``packet-ipc capture`` into 1 and into 2 ``packet-ipc dump`` workers (counting only);
+- with ``--before-venv``: the same command of another install (e.g. the commit before a change), into 1 and
+  2 workers, with the same options;
 - with ``--old-venv``: the same command of an older install (the pcapy-ng path), into 1 worker.
 
 Per run: offered packets/s (generator), packets that reached the interface (its rx counter), kernel drops
@@ -36,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-NETNS, INSIDE, OUTSIDE = "pipc14-bench", "pipc14bi", "pipc14bo"
-NAME = "@pipc14-bench"
+NETNS, INSIDE, OUTSIDE = "pipc14b-bench", "pipc14bi", "pipc14bo"
+NAME = "@pipc14b-bench"
 CAPTURE_ARGS: list[str] = []  # --capture-args
 
 
@@ -214,16 +216,23 @@ def run_one(c: Contender, kind: str, frames: Path, gen: Path, loop: int, rate: i
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| contender | generator | offered pkt/s | reached the interface | kernel drops | delivered to the "
-            "worker | capture CPU s / M pkt | workers' CPU s / M pkt |\n|---|---|---:|---:|---:|---:|---:|---:|")
+            "worker | capture CPU s / M pkt | x tcpdump's | workers' CPU s / M pkt |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    tcpdump = {r["generator"]: r["cpu_s_per_M"] for r in rows if r["contender"].startswith("tcpdump")}
     lines = [head]
     for r in rows:
+        base = tcpdump.get(r["generator"])
+        ratio = f"{r['cpu_s_per_M'] / base:.1f}x" if base else "-"
         lines.append(f"| {r['contender']} | {r['generator']} | {r['offered_pps']:,} | {r['arrived']:,} | "
-                     f"{r['dropped']:,} | {r['delivered']:,} | {r['cpu_s_per_M']:.2f} | {r['worker_cpu_s_per_M']:.2f} |")
+                     f"{r['dropped']:,} | {r['delivered']:,} | {r['cpu_s_per_M']:.3f} | {ratio} | "
+                     f"{r['worker_cpu_s_per_M']:.3f} |")
     return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--before-venv", type=Path, default=None,
+                   help="a venv with another packet-ipc (e.g. before a change): its capture into 1 and 2 workers too")
     p.add_argument("--old-venv", type=Path, default=None, help="a venv with the previous packet-ipc (pcapy-ng path)")
     p.add_argument("--buffer-kib", type=int, default=8192, help="kernel buffer for tcpdump -B and capture -B (8192)")
     p.add_argument("--rates", default="50000,100000,200000,300000,400000,600000", help="paced rates to sweep")
@@ -237,7 +246,7 @@ def main() -> int:
     source = REPO.parent / "shared" / "data" / "pcaps" / "merged-ether.pcap"
     if not source.exists():
         source = REPO / "tests" / "data" / "QinQpacket.pcap"
-    tmp = Path(tempfile.mkdtemp(prefix="pipc14-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="pipc14b-bench-"))
     frames = tmp / "frames.pcap"
     per_loop = mtu_frames(source, frames)
     gen = tmp / "pipc_gen"
@@ -246,6 +255,9 @@ def main() -> int:
     contenders = [Contender("tcpdump -w /dev/null", None, 0, args.buffer_kib),
                   Contender("packet-ipc capture, 1 worker", here, 1, args.buffer_kib),
                   Contender("packet-ipc capture, 2 workers", here, 2, args.buffer_kib)]
+    if args.before_venv:
+        contenders += [Contender("before: packet-ipc capture, 1 worker", args.before_venv / "bin", 1, args.buffer_kib),
+                       Contender("before: packet-ipc capture, 2 workers", args.before_venv / "bin", 2, args.buffer_kib)]
     if args.old_venv:
         contenders.append(Contender("old pcapy-ng capture, 1 worker", args.old_venv / "bin", 1, args.buffer_kib))
     CAPTURE_ARGS.extend(args.capture_args.split())

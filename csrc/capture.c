@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <net/if.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "capture_internal.h"
 #include "handshake.h" /* pipc_set_error */
 #include "packet_ipc.h"
 
@@ -145,6 +147,9 @@ struct pipc_capture {
     size_t carry_used, carry_bytes;
     struct pipc_packet *cols; /* pipc_capture_next_columns' packets */
     size_t cap_cols;
+    int broke;              /* a pipc_capture_breakloop() was consumed (pipc_capture_take_break) */
+    pthread_mutex_t lock;   /* libpcap's handles are not thread-safe: held around each pcap_dispatch and
+                               pcap_stats, so stats can be read from another thread during a read or a run */
 };
 
 /* Where the callback writes (one pcap_dispatch call). */
@@ -219,6 +224,7 @@ void pipc_capture_close(pipc_capture *c)
     close_ifaces(c);
     if (c->wake_fd >= 0)
         close(c->wake_fd);
+    pthread_mutex_destroy(&c->lock);
     free(c->ifs);
     free(c->carry);
     free(c->carry_buf);
@@ -316,6 +322,7 @@ int pipc_capture_open(const struct pipc_capture_options *o, pipc_capture **out)
         free(c);
         return -ENOMEM;
     }
+    pthread_mutex_init(&c->lock, NULL);
     c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     c->snaplen = snaplen;
     c->linger_ms = o->linger_ms > 0 ? o->linger_ms : 0;
@@ -352,11 +359,14 @@ int pipc_capture_info(const pipc_capture *c, size_t i, struct pipc_capture_stats
 
 int pipc_capture_stats(pipc_capture *c, size_t i, struct pipc_capture_stats *st)
 {
-    int rc = pipc_capture_info(c, i, st);
-    if (rc < 0)
-        return rc;
+    if (i >= c->n)
+        return -EINVAL;
     struct pcap_stat ps;
-    if (pc.stats(c->ifs[i].p, &ps) < 0) {
+    pthread_mutex_lock(&c->lock); /* captured is counted under it too, during pcap_dispatch */
+    pipc_capture_info(c, i, st);
+    int rc = pc.stats(c->ifs[i].p, &ps);
+    pthread_mutex_unlock(&c->lock);
+    if (rc < 0) {
         pipc_set_error("pcap_stats on '%s': %s", c->ifs[i].name, pc.geterr(c->ifs[i].p));
         return -EIO;
     }
@@ -407,7 +417,9 @@ static int read_pass(pipc_capture *c, struct sink *s)
         size_t i = (c->next_if + k) % c->n;
         s->ifc = &c->ifs[i];
         int want = (int)(s->max - s->n);
+        pthread_mutex_lock(&c->lock);
         int got = pc.dispatch(c->ifs[i].p, want, on_packet, (unsigned char *)s);
+        pthread_mutex_unlock(&c->lock);
         if (got < 0 && got != -2 /* PCAP_ERROR_BREAK */) {
             pipc_set_error("capture on '%s' failed: %s", c->ifs[i].name, pc.geterr(c->ifs[i].p));
             return -EIO;
@@ -485,8 +497,8 @@ long pipc_capture_next(pipc_capture *c, struct pipc_packet *out, size_t max, uin
             if (s.n)
                 return (long)s.n; /* the break stays pending: the next call returns -EINTR */
             uint64_t v;
-            if (read(c->wake_fd, &v, sizeof v) < 0) { /* consumed: one break per call */
-            }
+            if (read(c->wake_fd, &v, sizeof v) > 0) /* consumed: one break per call */
+                c->broke = 1;
             pipc_set_error("pipc_capture_breakloop() was called");
             return -EINTR;
         }
@@ -523,4 +535,20 @@ long pipc_capture_next_columns(pipc_capture *c, size_t max, uint64_t *ts_ns, uin
         *used += pk->caplen;
     }
     return n;
+}
+
+int pipc_capture_take_break(pipc_capture *c)
+{
+    int broke = c->broke;
+    c->broke = 0;
+    return broke;
+}
+
+uint32_t pipc_capture_snaplen_of(const pipc_capture *c) { return c->snaplen; }
+
+int pipc_capture_swap_linger(pipc_capture *c, int linger_ms)
+{
+    int old = c->linger_ms;
+    c->linger_ms = linger_ms;
+    return old;
 }

@@ -349,6 +349,41 @@ PIPC_API int pipc_capture_fd(const pipc_capture *cap);
 /* Closes every interface. */
 PIPC_API void pipc_capture_close(pipc_capture *cap);
 
+/* ---- Capturing straight into a server's workers ---- */
+
+/* Why pipc_capture_run returned (its positive return values). */
+#define PIPC_CAPTURE_STOPPED_COUNT 1    /* options->count packets were captured and handed over */
+#define PIPC_CAPTURE_STOPPED_DURATION 2 /* options->duration_ms passed */
+#define PIPC_CAPTURE_STOPPED_BREAK 3    /* pipc_capture_breakloop() was called */
+
+struct pipc_capture_run_options {
+    size_t struct_bytes;  /* sizeof(struct pipc_capture_run_options): set it, for compatible growth */
+    uint64_t count;       /* stop once this many packets were captured and handed over (0: no limit) */
+    uint64_t duration_ms; /* stop after this long (0: no limit) */
+    uint32_t batch;       /* packets read and distributed together at most (0: 4096) */
+    int linger_ms;        /* once a read has packets, how long it may wait for more (0: not at all, which suits
+                             libpcap's delivery of whole kernel blocks; the capture's own linger_ms is not used) */
+};
+
+struct pipc_capture_run_result {
+    size_t struct_bytes;  /* sizeof(struct pipc_capture_run_result): set it */
+    uint64_t packets;     /* packets captured and handed to the workers: written (once under broadcast), or
+                             dropped and counted by a connection whose policy is drop */
+    uint64_t bytes;       /* their captured bytes */
+    uint64_t batches;     /* distributions (pipc_server_send_some calls) that wrote packets */
+    uint64_t not_sent;    /* packets captured but not written because an error stopped the run */
+};
+
+/* Captures from cap into server's workers until options->count packets, options->duration_ms, or
+ * pipc_capture_breakloop(): each batch read (as pipc_capture_next, one copy out of libpcap's ring) is
+ * distributed at once with pipc_server_send_some, by the server's distribution and each connection's overflow
+ * policy (a batch being written is finished, under block, before a stop takes effect); signals do not stop
+ * it. options may be NULL (no limit). Returns the PIPC_CAPTURE_STOPPED_* reason, or -ECONNRESET (no worker
+ * left), -ENETDOWN / -EIO (an interface failed), -EINVAL, -ENOMEM; *out (may be NULL) counts what was done
+ * either way. Does not end the stream: call pipc_server_end after. No other thread may read cap meanwhile. */
+PIPC_API long pipc_capture_run(pipc_capture *cap, pipc_server *server, const struct pipc_capture_run_options *options,
+                               struct pipc_capture_run_result *out);
+
 #ifdef __cplusplus
 }
 #endif

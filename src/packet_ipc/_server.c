@@ -170,6 +170,17 @@ static PyObject *server_get_counters(ServerObject *self, void *c)
     return Py_BuildValue("(KK)", (unsigned long long)st.refused, (unsigned long long)st.handshake_failures);
 }
 
+/* Private: the pipc_server * as an int, for ctypes calls into the same libpacketipc.so.1 that this module
+ * links (packet_ipc.capture passes it to pipc_capture_run). Valid until close(); the caller must keep the
+ * server open (and not close it from another thread) while C code uses it. */
+static PyObject *server_get_handle(ServerObject *self, void *c)
+{
+    (void)c;
+    if (!server_open(self))
+        return NULL;
+    return PyLong_FromVoidPtr(self->s);
+}
+
 static PyObject *server_get_closed(ServerObject *self, void *c)
 {
     (void)c;
@@ -384,6 +395,7 @@ static PyGetSetDef server_getset[] = {
     {"name", (getter)server_get_name, NULL, "Name clients connect to.", NULL},
     {"closed", (getter)server_get_closed, NULL, "True after close().", NULL},
     {"counters", (getter)server_get_counters, NULL, "(refused clients, failed handshakes).", NULL},
+    {"_handle", (getter)server_get_handle, NULL, "Private: the pipc_server * (for ctypes), while open.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 static PyType_Slot server_slots[] = {

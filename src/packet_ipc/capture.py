@@ -22,13 +22,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 from .batch import PacketBatch
-from .errors import PacketIpcError
+from .errors import ConnectionLostError, PacketIpcError, from_code
 
-__all__ = ["CaptureStats", "InterfaceStats", "LiveCapture", "open_live", "CaptureOpenError", "MAX_SNAPLEN"]
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["CaptureRun", "CaptureStats", "InterfaceStats", "LiveCapture", "open_live", "CaptureOpenError",
+           "MAX_SNAPLEN"]
 
 MAX_SNAPLEN = _core.DEFAULT_SNAPLEN
 
@@ -67,6 +71,41 @@ class InterfaceStats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class CaptureRun:
+    """What :meth:`LiveCapture.run` did: packets and bytes captured and handed to the workers (written, or
+    dropped and counted by a worker whose overflow policy is ``"drop"``), distributions (``batches``), and why
+    it stopped: ``"count"``, ``"duration"`` or ``"break"``."""
+
+    packets: int
+    bytes: int
+    batches: int
+    stopped: str
+
+
+_STOPPED = {1: "count", 2: "duration", 3: "break"}
+
+
+class _RunOptions(ctypes.Structure):
+    _fields_ = [
+        ("struct_bytes", ctypes.c_size_t),
+        ("count", ctypes.c_uint64),
+        ("duration_ms", ctypes.c_uint64),
+        ("batch", ctypes.c_uint32),
+        ("linger_ms", ctypes.c_int),
+    ]
+
+
+class _RunResult(ctypes.Structure):
+    _fields_ = [
+        ("struct_bytes", ctypes.c_size_t),
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("batches", ctypes.c_uint64),
+        ("not_sent", ctypes.c_uint64),
+    ]
+
+
 class _Options(ctypes.Structure):
     _fields_ = [
         ("struct_bytes", ctypes.c_size_t),
@@ -99,10 +138,13 @@ _lib: Any = None
 
 
 def _library() -> Any:
-    """libpacketipc.so with the capture functions' signatures (ctypes releases the GIL during each call)."""
+    """libpacketipc.so.1 with the capture functions' signatures (ctypes releases the GIL during each call).
+
+    The soname file is the one ``_core`` links: the dynamic loader then maps the library once, so a
+    ``pipc_server *`` of the binding (``_core.Server._handle``) is an object of this very code and state."""
     global _lib
     if _lib is None:
-        lib = ctypes.CDLL(str(Path(__file__).resolve().parent / "lib" / "libpacketipc.so"))
+        lib = ctypes.CDLL(str(Path(__file__).resolve().parent / "lib" / f"libpacketipc.so.{_core.ABI_VERSION}"))
         vp, sz = ctypes.c_void_p, ctypes.c_size_t
         lib.pipc_capture_open.argtypes = [ctypes.POINTER(_Options), ctypes.POINTER(vp)]
         lib.pipc_capture_open.restype = ctypes.c_int
@@ -114,6 +156,8 @@ def _library() -> Any:
         for fn in (lib.pipc_capture_info, lib.pipc_capture_stats):
             fn.argtypes = [vp, sz, ctypes.POINTER(_IfStats)]
             fn.restype = ctypes.c_int
+        lib.pipc_capture_run.argtypes = [vp, vp, ctypes.POINTER(_RunOptions), ctypes.POINTER(_RunResult)]
+        lib.pipc_capture_run.restype = ctypes.c_long
         lib.pipc_capture_breakloop.argtypes = [vp]
         lib.pipc_capture_breakloop.restype = ctypes.c_int
         lib.pipc_capture_close.argtypes = [vp]
@@ -163,7 +207,8 @@ class LiveCapture:
             raise CaptureOpenError(-rc, _last_error(lib))
         self._h = handle.value
         self.snaplen = snaplen
-        self._lock = threading.Lock()  # libpcap handles are not thread-safe: stats() from another thread waits
+        self._lock = threading.Lock()  # held by a read or a run: one reader at a time
+        self._life = threading.Lock()  # close() against interface_stats() (the C side serialises libpcap calls)
         self.interfaces: list[InterfaceStats] = self._query(lib.pipc_capture_info)
         self.iface = interfaces[0]
         self.linktype: int = self.interfaces[0].linktype
@@ -247,6 +292,39 @@ class LiveCapture:
     def __iter__(self) -> Iterator[PacketBatch]:
         return self.batches()
 
+    def run(self, server: Server, *, count: int | None = None, duration: float | None = None,
+            batch: int = 4096, linger_ms: int = 0) -> CaptureRun:
+        """Captures straight into ``server``'s workers, the whole loop in C (``pipc_capture_run``) with the
+        GIL released: each batch libpcap delivers is distributed at once by the server's distribution and
+        each worker's overflow policy, with no Python per packet or per batch. Runs until ``count`` packets,
+        ``duration`` seconds, or :meth:`breakloop` (from another thread or a signal handler; the main thread
+        cannot run its signal handlers while it is in here, so call this from another thread when signals
+        must stop it). ``linger_ms`` replaces the capture's own during the run: once a read has packets, how
+        long it may wait for more (0 suits libpcap's delivery of whole kernel blocks). Does not end the stream (``server.send(None)`` does). Raises
+        :class:`ConnectionLostError` when no worker is left (its ``sent`` counts the packets written), and
+        :class:`PacketIpcError` when an interface fails."""
+        if count is not None and count < 1:
+            raise ValueError("count must be at least 1 (or None)")
+        if duration is not None and duration <= 0:
+            raise ValueError("duration must be > 0 seconds (or None)")
+        if not 1 <= batch < 1 << 32:
+            raise ValueError("batch must be at least 1")
+        if not 0 <= linger_ms < 1 << 31:
+            raise ValueError("linger_ms must be >= 0")
+        opts = _RunOptions(ctypes.sizeof(_RunOptions), count or 0,
+                           0 if duration is None else max(1, round(duration * 1000)), batch, linger_ms)
+        res = _RunResult(ctypes.sizeof(_RunResult))
+        srv = server._s._handle  # the server stays open: this call holds a reference to it
+        with self._lock:  # one reader at a time (interface_stats() does not need this lock meanwhile)
+            rc = self._lib.pipc_capture_run(self._handle(), srv, ctypes.byref(opts), ctypes.byref(res))
+        if rc < 0:
+            exc = from_code(-rc, _last_error(self._lib) + (f" ({res.not_sent:,} captured packets not sent)"
+                                                           if res.not_sent else ""))
+            if isinstance(exc, ConnectionLostError):
+                exc.sent = int(res.packets)
+            raise exc
+        return CaptureRun(int(res.packets), int(res.bytes), int(res.batches), _STOPPED.get(rc, str(rc)))
+
     def stats(self) -> CaptureStats:
         """Kernel counters summed over the interfaces (received, dropped by the kernel, by the interface)."""
         per = self.interface_stats()
@@ -255,17 +333,18 @@ class LiveCapture:
     def interface_stats(self) -> list[InterfaceStats]:
         """Per interface: captured by packet-ipc, and libpcap's received / dropped / if_dropped (callable from
         another thread, e.g. the server's statistics thread)."""
-        with self._lock:
+        with self._life:
             return self._query(self._lib.pipc_capture_stats)
 
     def breakloop(self) -> None:
-        """Makes a pending or the next read return at once with nothing (safe from a signal handler)."""
+        """Makes a pending or the next read return at once with nothing, or a :meth:`run` return (safe from a
+        signal handler and from any thread)."""
         if self._h is not None:
             self._lib.pipc_capture_breakloop(self._h)
 
     def close(self) -> None:
-        """Closes the capture (idempotent)."""
-        with self._lock:
+        """Closes the capture (idempotent; waits for a read or :meth:`run` in another thread to return)."""
+        with self._lock, self._life:
             if self._h is not None:
                 self._lib.pipc_capture_close(self._h)
                 self._h = None

@@ -2,9 +2,10 @@
 
 The capture is opened first (every interface, the filter compiled), so a bad interface, filter or
 permission fails with one line before any server socket exists. Then the server listens, waits for its
-workers and forwards batches until ``--count`` packets, ``--duration`` seconds, or SIGINT / SIGTERM, which
-both end the stream cleanly: workers see end of stream, the summary (with libpcap's per-interface counters)
-is printed, exit 0. While it runs, ``packet-ipc stats NAME`` shows the same counters under ``capture``.
+workers, and the capture loop runs entirely in C (:meth:`LiveCapture.run`: libpcap straight into the
+workers' rings, no Python per packet or per batch, in a thread so the main thread keeps its signals) until
+``--count`` packets, ``--duration`` seconds, or SIGINT / SIGTERM, which both end the stream cleanly:
+workers see end of stream, the summary (with libpcap's per-interface counters) is printed, exit 0. While it runs, ``packet-ipc stats NAME`` shows the same counters under ``capture``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from .capture import MAX_SNAPLEN, LiveCapture, open_live
+from .capture import MAX_SNAPLEN, CaptureRun, LiveCapture, open_live
 
 __all__ = ["run_capture", "add_capture_arguments", "snaplen_arg", "interface_lines"]
 
@@ -51,8 +53,9 @@ def add_capture_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-B", "--buffer-size", type=count_or_zero, default=8192,
                    help="libpcap's kernel buffer per interface in KiB, as tcpdump -B (8192)")
     p.add_argument("--immediate", action="store_true", help="deliver each packet at once (more CPU per packet)")
-    p.add_argument("--linger-ms", type=count_or_zero, default=30,
-                   help="once a read has packets, wait up to this long (ms) for more to fill the batch (30)")
+    p.add_argument("--linger-ms", type=count_or_zero, default=0,
+                   help="once a read has packets, wait up to this long (ms) for more to fill the batch (0: libpcap "
+                        "already hands over whole kernel blocks)")
     p.add_argument("-c", "--count", type=positive_int, default=None, help="stop after this many packets")
     p.add_argument("--duration", type=positive_float, default=None, help="stop after this many seconds")
     p.add_argument("--batch", type=positive_int, default=4096, help="packets per batch at most (4096)")
@@ -84,6 +87,29 @@ def _stop_signals(cap: LiveCapture) -> Iterator[dict[str, Any]]:
             signal.signal(s, handler)
 
 
+def _run_in_thread(cap: LiveCapture, server: Any, args: argparse.Namespace) -> CaptureRun:
+    """Runs :meth:`LiveCapture.run` (one GIL-released C call: capture and distribution) in a thread, so that
+    this, the main thread, keeps handling SIGINT / SIGTERM (their handler calls ``cap.breakloop()``, which
+    makes the run return). Returns what it did, or raises what it raised."""
+    result: list[CaptureRun] = []
+    failed: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            result.append(cap.run(server, count=args.count, duration=args.duration, batch=args.batch,
+                                  linger_ms=args.linger_ms))
+        except BaseException as e:  # handed to the main thread
+            failed.append(e)
+
+    worker = threading.Thread(target=body, name="packet-ipc-capture", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.25)  # returns to the interpreter now and then: the signal handlers run
+    if failed:
+        raise failed[0]
+    return result[0]
+
+
 def run_capture(args: argparse.Namespace) -> int:
     """Runs ``packet-ipc capture`` (see the module's docstring); returns the exit code."""
     from .commands.common import drain_wait as _drain_wait, err as _err, make_server as _make_server
@@ -95,7 +121,7 @@ def run_capture(args: argparse.Namespace) -> int:
         raise ValueError(f"--buffer-size {args.buffer_size} KiB is out of range (0 to 2097151)")
     names: list[str] = args.interface
     with open_live(names, args.snaplen, args.filter, not args.no_promisc, buffer_bytes=args.buffer_size * 1024,
-                   immediate=args.immediate, linger_ms=args.linger_ms) as cap, _stop_signals(cap) as state:
+                   immediate=args.immediate) as cap, _stop_signals(cap) as state:
         with _make_server(args, cap.linktype) as server:
             server.add_stats_source("capture", lambda: {"interfaces": [s.as_dict() for s in cap.interface_stats()]})
             _err(f"packet-ipc: capturing on {', '.join(names)} into {server.name}; "
@@ -109,18 +135,8 @@ def run_capture(args: argparse.Namespace) -> int:
                     raise _Stop
                 _err("packet-ipc: capturing (Ctrl-C or SIGTERM to stop)")
                 start = time.monotonic()
-                end = None if args.duration is None else start + args.duration
-                while not state["stop"] and (args.count is None or packets < args.count):
-                    wait = 0.1 if end is None else min(0.1, end - time.monotonic())
-                    if wait < 0:
-                        break
-                    want = args.batch if args.count is None else min(args.batch, args.count - packets)
-                    batch = cap.read_batch(want, wait)
-                    if batch is not None:
-                        with batch:  # released at once: its data buffer serves the next read
-                            server.send_batch(batch)
-                            packets += len(batch)
-                            nbytes += batch.nbytes
+                done = _run_in_thread(cap, server, args)  # the whole loop in C; signals still reach us here
+                packets, nbytes = done.packets, done.bytes
             except _Stop:
                 pass
             state["running"] = True  # from here a signal only sets the flag: the stream ends cleanly regardless

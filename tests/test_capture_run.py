@@ -1,0 +1,215 @@
+"""pipc_capture_run: the capture loop in C, from libpcap straight into a server's workers.
+
+``tests/c/capture_run_check.c`` (built with ``packet-ipc config --cflags --libs``) captures on one end of a
+veth pair whose peer is in a network namespace this test creates (names starting with ``pipc14b``), serving
+two Python worker processes by flow. Frames of several UDP flows sent into the peer must each reach exactly
+one worker, byte-exact, every frame of a flow on the same worker and in order; ``pipc_capture_breakloop``
+from another thread and from a signal handler must stop a run; the argument errors are the documented ones.
+The ``capture`` command over the same path is tests/test_live_capture.py's. Needs root (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE_MAC = bytes.fromhex("020000000b14")
+FLOWS = 12
+
+SENDER = textwrap.dedent(
+    """
+    import socket, struct, sys
+    iface, path = sys.argv[1], sys.argv[2]
+    blob = open(path, "rb").read()
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((iface, 0))
+        pos = 0
+        while pos < len(blob):
+            (n,) = struct.unpack_from("<I", blob, pos)
+            s.send(blob[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+    """
+)
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    from packet_ipc import Client
+    got = []
+    with Client(sys.argv[1], timeout=30) as client:
+        for batch in client:
+            with batch:
+                for p in batch:
+                    got.append(bytes(p.data).hex())
+    print(json.dumps(got), flush=True)
+    """
+)
+
+
+def udp_frames(count: int) -> list[bytes]:
+    """IPv4/UDP frames to port 7777 from FLOWS source ports, numbered in their payload, of varied sizes."""
+    out = []
+    for i in range(count):
+        payload = i.to_bytes(4, "big") + bytes((i + k) & 0xFF for k in range(18 + (i * 53) % 900))
+        udp = struct.pack("!HHHH", 30000 + i % FLOWS, 7777, 8 + len(payload), 0) + payload
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0,
+                         bytes([10, 14, 11, 1]), bytes([10, 14, 11, 2])) + udp
+        out.append(b"\xff" * 6 + SOURCE_MAC + b"\x08\x00" + ip)
+    return out
+
+
+def ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def veth() -> Iterator[tuple[str, str, str]]:
+    """(namespace, its end, our end) of a veth pair made for this test and removed after it."""
+    if os.geteuid() != 0:
+        pytest.skip("capturing on a veth pair needs root (ip netns, CAP_NET_RAW)")
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2's ip is not installed")
+    tag = f"{os.getpid() % 100000}"
+    netns, inside, outside = f"pipc14b-{tag}", f"pipc14bi{tag}", f"pipc14bo{tag}"
+    created = ip("netns", "add", netns)
+    if created.returncode != 0:
+        pytest.skip(f"ip netns is unavailable here: {created.stderr.strip()}")
+    try:
+        for command in (["link", "add", outside, "type", "veth", "peer", "name", inside],
+                        ["link", "set", inside, "netns", netns],
+                        ["-n", netns, "link", "set", inside, "up"],
+                        ["link", "set", outside, "up"]):
+            result = ip(*command)
+            assert result.returncode == 0, (command, result.stderr)
+        yield netns, inside, outside
+    finally:
+        ip("netns", "del", netns)
+        if ip("link", "show", outside).returncode == 0:
+            ip("link", "del", outside)
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    flags = subprocess.run([sys.executable, "-m", "packet_ipc.cli", "config", "--cflags", "--libs"], check=True,
+                           capture_output=True, text=True).stdout
+    out = tmp_path_factory.mktemp("capture_run") / "capture_run_check"
+    built = subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(out),
+                            str(REPO / "tests" / "c" / "capture_run_check.c"), *shlex.split(flags)],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    return out
+
+
+def test_capture_run_delivers_each_frame_once_by_flow_and_breakloop_stops_it(
+    program: Path, veth: tuple[str, str, str], tmp_path: Path
+) -> None:
+    netns, inside, outside = veth
+    count = 3000
+    sent = udp_frames(count)
+    name = str(tmp_path / "srv")
+    check = subprocess.Popen([str(program), outside, name, str(count)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    workers: list[subprocess.Popen[str]] = []
+    try:
+        assert check.stdout is not None
+        line = check.stdout.readline()
+        assert line == "listening\n", line + check.stdout.read() + check.stderr.read()  # type: ignore[union-attr]
+        (tmp_path / "worker.py").write_text(WORKER)
+        workers = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), name], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        line = check.stdout.readline()
+        assert line == "ready\n", line + check.stdout.read()
+        (tmp_path / "send.py").write_text(SENDER)
+        blob = tmp_path / "frames.bin"
+        blob.write_bytes(b"".join(len(f).to_bytes(4, "little") + f for f in sent))
+        sender = subprocess.run(["ip", "netns", "exec", netns, sys.executable, str(tmp_path / "send.py"), inside,
+                                 str(blob)], capture_output=True, text=True, timeout=60)
+        assert sender.returncode == 0, sender.stderr
+        out, err = check.communicate(timeout=60)
+        assert check.returncode == 0 and out.startswith("ok "), out + err
+        packets, nbytes = (int(v) for v in out.split()[1:3])
+        assert packets == count and nbytes == sum(len(f) for f in sent)
+        got = []
+        for w in workers:
+            wout, werr = w.communicate(timeout=60)
+            assert w.returncode == 0, werr
+            got.append([bytes.fromhex(h) for h in json.loads(wout)])
+    finally:
+        for p in (check, *workers):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    # every frame exactly once across the two workers, byte-exact
+    assert sorted(got[0] + got[1]) == sorted(sent)
+    # by flow: each flow on one worker only, in the order sent; both workers had flows
+    flows_of = [{struct.unpack_from("!H", f, 34)[0] for f in frames} for frames in got]
+    assert flows_of[0] and flows_of[1] and not flows_of[0] & flows_of[1]
+    for frames in got:
+        numbers = [int.from_bytes(f[42:46], "big") for f in frames]
+        assert numbers == sorted(numbers)
+
+
+def test_live_capture_run_from_python_serves_workers_and_stops_on_breakloop(
+    veth: tuple[str, str, str], tmp_path: Path
+) -> None:
+    import threading
+
+    from packet_ipc import Client, Server
+    from packet_ipc.capture import open_live
+
+    netns, inside, outside = veth
+    count = 500
+    sent = udp_frames(count)
+    with open_live(outside, bpf_filter="udp dst port 7777") as cap, Server(distribution="flow") as server:
+        with pytest.raises(ValueError):
+            cap.run(server, count=0)
+        got: list[list[bytes]] = [[], []]
+
+        def worker(k: int, client: Client) -> None:
+            with client:
+                for batch in client:
+                    with batch:
+                        got[k].extend(bytes(p.data) for p in batch)
+
+        clients: list[Client] = []
+        connect = threading.Thread(target=lambda: clients.extend(Client(server.name, timeout=10) for _ in range(2)))
+        connect.start()
+        server.wait_for_clients(2, timeout=10)
+        connect.join()
+        threads = [threading.Thread(target=worker, args=(k, c)) for k, c in enumerate(clients)]
+        for t in threads:
+            t.start()
+        (tmp_path / "send.py").write_text(SENDER)
+        blob = tmp_path / "frames.bin"
+        blob.write_bytes(b"".join(len(f).to_bytes(4, "little") + f for f in sent))
+        sender = subprocess.run(["ip", "netns", "exec", netns, sys.executable, str(tmp_path / "send.py"), inside,
+                                 str(blob)], capture_output=True, text=True, timeout=60)
+        assert sender.returncode == 0, sender.stderr
+        done = cap.run(server, count=count, batch=100)
+        assert (done.packets, done.stopped) == (count, "count") and done.bytes == sum(len(f) for f in sent)
+        stopper = threading.Timer(0.3, cap.breakloop)
+        stopper.start()
+        again = cap.run(server)  # nothing more to capture: only the break ends it
+        stopper.join()
+        assert (again.packets, again.stopped) == (0, "break")
+        per_interface = cap.interface_stats()
+        assert per_interface[0].captured == count and per_interface[0].dropped == 0
+        server.send(None)
+        for t in threads:
+            t.join(30)
+    assert sorted(got[0] + got[1]) == sorted(sent)
+    assert got[0] and got[1]
