@@ -258,6 +258,36 @@ void pipc_ring_put(struct pipc_ring *ring, const struct pipc_packet *packets, si
     ring->p_write_slot = seq;
 }
 
+void pipc_ring_put_columns(struct pipc_ring *ring, size_t n, const uint64_t *restrict ts_ns,
+                           const uint32_t *restrict caplen, const uint32_t *restrict origlen,
+                           const uint32_t *restrict ifindex, const uint32_t *restrict linktype,
+                           uint32_t default_linktype)
+{
+    uint64_t smask = ring->slot_count - 1, pos = ring->p_write_payload, seq = ring->p_write_slot;
+    /* Split at the slot ring's wrap so each part is a plain array loop (no masking inside it). */
+    size_t i = 0;
+    while (i < n) {
+        size_t first = (size_t)(seq & smask), run = n - i;
+        if (run > ring->slot_count - first)
+            run = (size_t)(ring->slot_count - first);
+        struct pipc_desc *restrict d = ring->slots + first;
+        for (size_t k = 0; k < run; k++, i++) {
+            uint32_t len = caplen[i], lt = linktype[i];
+            d[k].ts_ns = ts_ns[i];
+            d[k].payload_pos = pos;
+            d[k].caplen = len;
+            d[k].origlen = origlen[i] ? origlen[i] : len;
+            d[k].ifindex = ifindex[i];
+            d[k].linktype = (uint16_t)(lt == PIPC_LINKTYPE_DEFAULT ? default_linktype : lt);
+            d[k].flags = 0;
+            pos += len;
+        }
+        seq += run;
+    }
+    ring->p_write_payload = pos;
+    ring->p_write_slot = seq;
+}
+
 int pipc_ring_publish(struct pipc_ring *ring)
 {
     /* SYNC:write_slot - release: descriptors and payload bytes written above are visible before the new

@@ -136,7 +136,9 @@ static int core_exec(PyObject *m)
         add_type(m, &batch_spec, &st->BatchType, "PacketBatch") < 0 ||
         add_type(m, &server_spec, &st->ServerType, "Server") < 0 ||
         add_type(m, &conn_spec, &st->ConnectionType, "Connection") < 0 ||
-        add_type(m, &client_spec, &st->ClientType, "Client") < 0)
+        add_type(m, &client_spec, &st->ClientType, "Client") < 0 ||
+        add_type(m, &region_spec, &st->RegionType, "_ReservedRegion") < 0 ||
+        add_type(m, &reservation_spec, &st->ReservationType, "Reservation") < 0)
         return -1;
     if (PyModule_AddIntConstant(m, "ABI_VERSION", PACKET_IPC_ABI_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "WIRE_VERSION", pipc_wire_version()) < 0 ||
@@ -171,6 +173,8 @@ static int core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->ServerType);
     Py_VISIT(st->ConnectionType);
     Py_VISIT(st->ClientType);
+    Py_VISIT(st->RegionType);
+    Py_VISIT(st->ReservationType);
     return 0;
 }
 
@@ -191,6 +195,8 @@ static int core_clear(PyObject *m)
     Py_CLEAR(st->ServerType);
     Py_CLEAR(st->ConnectionType);
     Py_CLEAR(st->ClientType);
+    Py_CLEAR(st->RegionType);
+    Py_CLEAR(st->ReservationType);
     return 0;
 }
 

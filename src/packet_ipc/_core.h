@@ -25,7 +25,8 @@ typedef struct {
     PyObject *PacketIpcError, *ConnectError, *ConnectionLostError, *ProtocolError, *TimeoutError,
         *PermissionDeniedError, *ClosedError;
     PyObject *error_from_code; /* packet_ipc.errors.from_code */
-    PyTypeObject *PacketType, *LeaseType, *BatchType, *ServerType, *ConnectionType, *ClientType;
+    PyTypeObject *PacketType, *LeaseType, *BatchType, *ServerType, *ConnectionType, *ClientType,
+        *RegionType, *ReservationType;
 } core_state;
 
 typedef struct {
@@ -130,6 +131,11 @@ extern PyType_Spec server_spec;
 /* _connection.c */
 PyObject *stats_tuple(const struct pipc_stats *s);
 extern PyType_Spec conn_spec;
+
+/* _reserve.c: Connection.reserve and its Reservation */
+extern PyType_Spec region_spec;
+extern PyType_Spec reservation_spec;
+PyObject *conn_reserve(ConnectionObject *self, PyObject *args);
 
 /* _fastpath.c */
 extern PyMethodDef core_fastpath_methods[];
