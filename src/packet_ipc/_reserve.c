@@ -78,6 +78,7 @@ typedef struct {
     ConnectionObject *conn;
     RegionObject *regions[R_N];
     PyObject *views[R_N];
+    void *ptrs[R_N]; /* the payload and the columns; their region and view are made on first use */
     Py_ssize_t n_packets, n_bytes;
     int open;
 } ReservationObject;
@@ -100,12 +101,28 @@ static RegionObject *region_new(core_state *st, ConnectionObject *conn, void *pt
     return r;
 }
 
+/* Makes again the views released by a commit that did not happen. */
+static int reservation_remake_views(ReservationObject *self)
+{
+    for (int i = 0; i < R_N; i++) {
+        if (!self->views[i])
+            continue;
+        PyObject *v = PyMemoryView_FromObject((PyObject *)self->regions[i]);
+        if (!v)
+            return -1;
+        Py_SETREF(self->views[i], v);
+    }
+    return 0;
+}
+
 /* Releases the reservation's own views; 0 if no other view of it is alive (then it may end), else -1 with
  * BufferError and the views made again. */
 static int reservation_drop_views(ReservationObject *self)
 {
     int busy = 0;
     for (int i = 0; i < R_N; i++) {
+        if (!self->views[i])
+            continue;
         PyObject *r = PyObject_CallMethod(self->views[i], "release", NULL);
         if (!r) { /* the view itself is exported (np.frombuffer of it, say) */
             PyErr_Clear();
@@ -116,12 +133,8 @@ static int reservation_drop_views(ReservationObject *self)
     }
     if (!busy)
         return 0;
-    for (int i = 0; i < R_N; i++) {
-        PyObject *v = PyMemoryView_FromObject((PyObject *)self->regions[i]);
-        if (!v)
-            return -1;
-        Py_SETREF(self->views[i], v);
-    }
+    if (reservation_remake_views(self) < 0)
+        return -1;
     PyErr_SetString(PyExc_BufferError, "views of the reservation are still alive (slices, NumPy arrays over "
                                        "it): delete or release them before commit");
     return -1;
@@ -157,12 +170,8 @@ static PyObject *reservation_commit(ReservationObject *self, PyObject *args)
         return NULL;
     long r = pipc_conn_commit(self->conn->c, (size_t)n);
     if (r == -EMSGSIZE || r == -EINVAL) { /* still open: make the views again so the caller can fix it */
-        for (int i = 0; i < R_N; i++) {
-            PyObject *v = PyMemoryView_FromObject((PyObject *)self->regions[i]);
-            if (!v)
-                return NULL;
-            Py_SETREF(self->views[i], v);
-        }
+        if (reservation_remake_views(self) < 0)
+            return NULL;
         return raise_code(st, (int)r, NULL);
     }
     reservation_end(self);
@@ -218,11 +227,22 @@ static void reservation_dealloc(ReservationObject *self)
 
 static PyObject *reservation_view(ReservationObject *self, void *which)
 {
+    core_state *st = state_of_type(Py_TYPE(self));
     if (!self->open) {
-        PyErr_SetString(state_of_type(Py_TYPE(self))->ClosedError, "the reservation was committed or abandoned");
+        PyErr_SetString(st->ClosedError, "the reservation was committed or abandoned");
         return NULL;
     }
-    return Py_NewRef(self->views[(intptr_t)which]);
+    int i = (int)(intptr_t)which;
+    if (!self->views[i]) {
+        int is_data = i == R_DATA, is_ts = i == R_TS;
+        if (!self->regions[i] &&
+            !(self->regions[i] = region_new(st, self->conn, self->ptrs[i], is_data ? self->n_bytes : self->n_packets,
+                                            is_data ? 1 : is_ts ? 8 : 4, is_data ? 'B' : is_ts ? 'Q' : 'I')))
+            return NULL;
+        if (!(self->views[i] = PyMemoryView_FromObject((PyObject *)self->regions[i])))
+            return NULL;
+    }
+    return Py_NewRef(self->views[i]);
 }
 
 static PyObject *reservation_get_n_packets(ReservationObject *self, void *c)
@@ -332,16 +352,10 @@ PyObject *conn_reserve(ConnectionObject *self, PyObject *args)
     o->n_bytes = n_bytes;
     o->open = 1;
     void *ptrs[R_N] = {res.data, res.ts_ns, res.caplen, res.origlen, res.ifindex, res.linktype};
-    for (int i = 0; i < R_N; i++)
-        o->regions[i] = NULL, o->views[i] = NULL;
     for (int i = 0; i < R_N; i++) {
-        int is_data = i == R_DATA, is_ts = i == R_TS;
-        o->regions[i] = region_new(st, self, ptrs[i], is_data ? n_bytes : n_packets, is_data ? 1 : is_ts ? 8 : 4,
-                                   is_data ? 'B' : is_ts ? 'Q' : 'I');
-        if (!o->regions[i] || !(o->views[i] = PyMemoryView_FromObject((PyObject *)o->regions[i]))) {
-            Py_DECREF(o); /* abandons it */
-            return NULL;
-        }
+        o->ptrs[i] = ptrs[i];
+        o->regions[i] = NULL;
+        o->views[i] = NULL;
     }
     return (PyObject *)o;
 }
