@@ -8,7 +8,7 @@ import time
 
 from . import report, runner, transports, workloads
 
-MODES = ("batch", "objects")
+MODES = ("batch", "objects", "inplace")
 
 
 def _csv(value: str, known) -> list[str]:
@@ -24,7 +24,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="short CI run (under a minute): 0.4 s, 1 repetition, 500 round trips")
     p.add_argument("--transports", type=lambda v: _csv(v, transports.NAMES), default=list(transports.NAMES),
                    help=f"comma-separated subset of {','.join(transports.NAMES)}")
-    p.add_argument("--modes", type=lambda v: _csv(v, MODES), default=list(MODES), help="batch,objects")
+    p.add_argument("--modes", type=lambda v: _csv(v, MODES), default=["batch", "objects"],
+                   help="batch,objects,inplace (inplace: each transport's own zero-copy send, where it has one)")
     p.add_argument("--workloads", type=lambda v: _csv(v, workloads.WORKLOAD_NAMES), default=list(workloads.WORKLOAD_NAMES),
                    help=f"comma-separated subset of {','.join(workloads.WORKLOAD_NAMES)}")
     p.add_argument("--seconds", type=float, default=None, help="time budget per run (default 2, quick 0.4)")
@@ -74,6 +75,8 @@ def main(argv=None) -> int:
         for w in works:
             for mode in args.modes:
                 for name, cls in available.items():
+                    if mode == "inplace" and not cls.inplace:
+                        continue  # no zero-copy send of its own
                     r = runner.run_throughput(cls, mode, w, args.seconds, args.max_packets)
                     cells.setdefault((name, mode, w.name), []).append(r)
                     figure = f"{r['pps'] / 1e6:8.3f} Mpkt/s" if r["status"] == "ok" else f"FAILED: {r['reason']}"

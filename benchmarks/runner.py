@@ -37,8 +37,8 @@ def _produce(transport, channel, rendezvous, ready, workload, mode, seconds, max
     tx = transport.producer(channel, rendezvous)
     if not ready.wait(60):
         raise TimeoutError("consumer never became ready")
-    pool = workload.batches if mode == "batch" else [b.packets for b in workload.batches]
-    send = tx.send_batch if mode == "batch" else tx.send_packets
+    pool = workload.batches if mode != "objects" else [b.packets for b in workload.batches]
+    send = {"batch": tx.send_batch, "objects": tx.send_packets, "inplace": tx.send_inplace}[mode]
     n = len(pool)
     clock = time.perf_counter_ns
     t0 = clock()
@@ -59,7 +59,7 @@ def _consume(transport, channel, rendezvous, ready, mode):
     rx = transport.consumer(channel, rendezvous)
     digest = verify.StreamDigest()
     ready.set()
-    if mode == "batch":
+    if mode != "objects":  # batch and inplace: the same consumer
         update, recv, release = digest.update_batch, rx.recv_batch, rx.release
         while (b := recv()) is not None:
             update(*b)

@@ -68,7 +68,7 @@ def expected(workload, mode: str, batches_sent: int) -> dict:
     for i in range(batches_sent):
         b = pool[i % len(pool)]
         d.ts.update(b.timestamps)
-        d.lens.update(b.caplens if mode == "batch" else b.caplen_origlen)
+        d.lens.update(b.caplens if mode != "objects" else b.caplen_origlen)
         d.data.update(b.data)
         d.packets += b.count
         d.payload_bytes += len(b.data)

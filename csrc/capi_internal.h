@@ -74,6 +74,14 @@ struct pipc_conn {
     pid_t peer_pid;
     unsigned generation; /* fork generation that created it */
     uint64_t last_alive_check_ns;
+    /* zero-copy send (conn.c: pipc_conn_reserve .. pipc_conn_commit), all under lock; the lock itself is not
+     * held in between: other sends wait for the commit (see conn_lock) */
+    int reserved;
+    const void *reserver; /* the reserving thread's tag: a send on that thread fails rather than wait on itself */
+    size_t res_packets;
+    uint64_t res_bytes;
+    void *res_cols; /* columns of the reservation: ts_ns, then caplen, origlen, ifindex, linktype */
+    size_t res_cap;
     struct pipc_stats stats; /* written under lock, read by pipc_conn_stats from any thread (atomic) */
 };
 

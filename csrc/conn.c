@@ -24,6 +24,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 
 static int conn_fail(pipc_conn *c, int err)
 {
@@ -105,6 +106,41 @@ static int conn_check(pipc_conn *c)
     return 0;
 }
 
+/* This thread's tag: the address of a thread-local byte, distinct among live threads. */
+static _Thread_local char thread_tag;
+
+/* Takes the connection's lock for a send, end or abort, also waiting (up to deadline) while another thread
+ * holds a reservation (pipc_conn_reserve does not keep the lock between reserve and commit, so a commit may
+ * come from any thread). -EBUSY if this very thread holds it: it would wait for itself. */
+static int conn_lock(pipc_conn *c, uint64_t deadline)
+{
+    for (unsigned k = 0;; k++) {
+        int err = pipc_lock_until(&c->lock, deadline, "connection");
+        if (err || !c->reserved)
+            return err;
+        int mine = c->reserver == &thread_tag;
+        pthread_mutex_unlock(&c->lock);
+        if (mine) {
+            pipc_set_error("this thread holds a reservation on the connection: commit it first");
+            return -EBUSY;
+        }
+        if (is_closing(&c->closing)) {
+            pipc_set_error("connection closed by another thread");
+            return -EPIPE;
+        }
+        if (deadline != UINT64_MAX && pipc_now_ns() >= deadline) {
+            pipc_set_error("another thread holds a reservation on the connection past the timeout");
+            return -ETIMEDOUT;
+        }
+        if (k < 64) {
+            sched_yield();
+        } else {
+            struct timespec ts = {0, 20000}; /* 20 us: a reservation is held while its packets are built */
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
 static long conn_send_locked(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline,
                              size_t *written_out);
 
@@ -121,7 +157,7 @@ long pipc_conn_send(pipc_conn *c, const struct pipc_packet *pk, size_t n, int ti
 int pipc_conn_send_until(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline, size_t *written)
 {
     *written = 0;
-    int err = pipc_lock_until(&c->lock, deadline, "connection");
+    int err = conn_lock(c, deadline);
     if (err)
         return err;
     long r = conn_send_locked(c, pk, n, deadline, written);
@@ -188,11 +224,149 @@ static long conn_send_locked(pipc_conn *c, const struct pipc_packet *pk, size_t 
     return err;
 }
 
+/* ---------------- zero-copy send: reserve, build in place, commit ---------------- */
+
+int pipc_conn_reserve(pipc_conn *c, size_t n_packets, uint64_t n_bytes, int timeout_ms, struct pipc_reservation *res)
+{
+    uint64_t deadline = pipc_deadline(timeout_ms);
+    memset(res, 0, sizeof(*res));
+    int err = conn_lock(c, deadline);
+    if (err)
+        return err;
+    if ((err = conn_check(c)))
+        goto out;
+    /* At most half the ring, as for one take (pipc_ring_half): a consumer holding its previous batch never
+     * keeps the space from us. */
+    uint64_t max_slots = pipc_ring_half(c->ring.slot_count), max_bytes = pipc_ring_half(c->ring.payload_bytes);
+    if (n_packets == 0 || n_packets > max_slots || n_bytes > max_bytes) {
+        pipc_set_error("a reservation takes 1 to %llu packets and at most %llu bytes (half the ring)",
+                       (unsigned long long)max_slots, (unsigned long long)max_bytes);
+        err = n_packets == 0 ? -EINVAL : -EMSGSIZE;
+        goto out;
+    }
+    if (c->res_cap < n_packets) {
+        void *cols = realloc(c->res_cols, n_packets * (sizeof(uint64_t) + 4 * sizeof(uint32_t)));
+        if (!cols) {
+            err = -ENOMEM;
+            goto out;
+        }
+        c->res_cols = cols;
+        c->res_cap = n_packets;
+    }
+    uint64_t fs, fb;
+    if ((err = pipc_ring_space(&c->ring, &fs, &fb)) < 0) {
+        err = conn_fail(c, err);
+        goto out;
+    }
+    if (fs < n_packets || fb < n_bytes) {
+        if (c->overflow == PIPC_OVERFLOW_DROP) { /* never waits: what the caller had to send is dropped */
+            pipc_ring_count_drop(&c->ring, n_packets, n_bytes);
+            count(&c->stats.dropped_packets, n_packets);
+            count(&c->stats.dropped_bytes, n_bytes);
+            pipc_set_error("ring full: the reservation's %zu packets were counted as dropped", n_packets);
+            err = -ENOBUFS;
+            goto out;
+        }
+        err = conn_wait_space(c, n_packets, n_bytes, deadline);
+        if (err == -ETIMEDOUT)
+            pipc_set_error("ring full: no space within the timeout");
+        else if (err && err != -EINTR && err != -EPIPE)
+            err = conn_fail(c, err);
+        if (err)
+            goto out;
+    }
+    /* Columns start as "nothing set": zero times, lengths and interfaces, the server's linktype. */
+    uint64_t *ts = c->res_cols;
+    uint32_t *cols = (uint32_t *)(ts + c->res_cap);
+    memset(ts, 0, n_packets * sizeof(*ts));
+    memset(cols, 0, 3 * c->res_cap * sizeof(*cols));
+    memset(cols + 3 * c->res_cap, 0xff, n_packets * sizeof(*cols)); /* PIPC_LINKTYPE_DEFAULT */
+    res->n_packets = n_packets;
+    res->n_bytes = n_bytes;
+    res->data = pipc_ring_write_ptr(&c->ring);
+    res->ts_ns = ts;
+    res->caplen = cols;
+    res->origlen = cols + c->res_cap;
+    res->ifindex = cols + 2 * c->res_cap;
+    res->linktype = cols + 3 * c->res_cap;
+    c->reserved = 1;
+    c->reserver = &thread_tag;
+    c->res_packets = n_packets;
+    c->res_bytes = n_bytes;
+out:
+    pthread_mutex_unlock(&c->lock);
+    return err;
+}
+
+long pipc_conn_commit(pipc_conn *c, size_t n)
+{
+    pthread_mutex_lock(&c->lock);
+    long r;
+    if (!c->reserved) {
+        pipc_set_error("no reservation is open on this connection");
+        r = -EINVAL;
+        goto out;
+    }
+    if (n == 0) { /* abandoned: nothing was published, the bytes written are overwritten by the next send */
+        c->reserved = 0;
+        r = 0;
+        goto out;
+    }
+    uint64_t *ts = c->res_cols;
+    uint32_t *cols = (uint32_t *)(ts + c->res_cap);
+    const uint32_t *caplen = cols, *linktype = cols + 3 * c->res_cap;
+    if (n > c->res_packets) {
+        pipc_set_error("commit of %zu packets, the reservation holds %zu", n, c->res_packets);
+        r = -EINVAL;
+        goto out;
+    }
+    /* Checked as a send checks its packets; the reservation stays open when they fail (fix, or commit 0). */
+    uint64_t limit = pipc_ring_max_packet_bytes(c->ring.payload_bytes, c->snaplen), bytes = 0;
+    uint32_t largest = 0, wide = 0;
+    for (size_t i = 0; i < n; i++) { /* branch-free: vectorises */
+        bytes += caplen[i];
+        largest = caplen[i] > largest ? caplen[i] : largest;
+        wide |= (linktype[i] > 0xffff) & (linktype[i] != PIPC_LINKTYPE_DEFAULT);
+    }
+    if (wide || largest > limit || bytes > c->res_bytes) {
+        struct pipc_packet p;
+        for (size_t i = 0; i < n; i++) {
+            p = (struct pipc_packet){.caplen = caplen[i], .linktype = linktype[i]};
+            if ((r = pipc_ring_check_packets(&p, 1, c->ring.payload_bytes, c->snaplen)) < 0) {
+                char why[256];
+                snprintf(why, sizeof(why), "%s", pipc_last_error());
+                pipc_set_error("reserved packet %zu: %s", i, why + (strncmp(why, "packet 0 ", 9) ? 0 : 9));
+                goto out;
+            }
+        }
+        pipc_set_error("the %zu packets hold %llu bytes, the reservation %llu", n, (unsigned long long)bytes,
+                       (unsigned long long)c->res_bytes);
+        r = -EMSGSIZE;
+        goto out;
+    }
+    c->reserved = 0;
+    if ((r = conn_check(c)) < 0) /* shut down, ended or failed meanwhile: abandoned */
+        goto out;
+    pipc_ring_put_columns(&c->ring, n, ts, caplen, cols + c->res_cap, cols + 2 * c->res_cap, linktype, c->linktype);
+    if (pipc_ring_publish(&c->ring))
+        pipc_wake(c->ev_data);
+    count(&c->stats.packets, n);
+    count(&c->stats.bytes, bytes);
+    r = (long)n;
+out:
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
 /* End of stream (PIPC_STATE_END) or abort: after the sends in progress on other threads. */
 static int conn_finish(pipc_conn *c, uint32_t state)
 {
-    pipc_lock_until(&c->lock, UINT64_MAX, "connection");
-    int err = sticky_error(&c->error);
+    int err = conn_lock(c, UINT64_MAX);
+    if (err == -EBUSY)
+        return err;
+    if (err) /* -EPIPE: shut down while another thread held a reservation; the close ends the stream */
+        pipc_lock_until(&c->lock, UINT64_MAX, "connection");
+    err = sticky_error(&c->error);
     if (!err && !c->ended) { /* after end of stream, an abort is too late to say otherwise */
         pipc_store_relaxed_int(&c->ended, 1); /* SYNC:ended - read by pipc_conn_info from any thread */
         if (pipc_ring_set_state(&c->ring, state))
@@ -274,6 +448,9 @@ static void conn_release_resources(pipc_conn *c)
     pipc_close_fd(&c->memfd);
     pipc_close_fd(&c->ev_data);
     pipc_close_fd(&c->ev_space);
+    free(c->res_cols);
+    c->res_cols = NULL;
+    c->res_cap = 0;
 }
 
 void pipc_conn_close(pipc_conn *c)
@@ -283,6 +460,7 @@ void pipc_conn_close(pipc_conn *c)
     /* A send waiting for space on it (a server-level send, say) gives up at once rather than hold us. */
     pipc_conn_shutdown(c);
     pipc_lock_until(&c->lock, UINT64_MAX, "connection");
+    c->reserved = 0; /* an open reservation is abandoned: nothing of it was published */
     /* A close without send(None) still ends the stream cleanly: the client drains, then sees the end. A
      * forked child's copy must not end its parent's stream. */
     if (c->ring.hdr && !sticky_error(&c->error) && !c->ended && c->generation == pipc_fork_generation() &&

@@ -225,34 +225,98 @@ int pipc_ring_space(struct pipc_ring *ring, uint64_t *free_slots, uint64_t *free
     return 0;
 }
 
+/* Copies n bytes; up to 64 without a call (two overlapping fixed-size moves, reading only [src, src + n)): the
+ * libc call and its size dispatch cost as much as the copy of a small packet. */
+static inline void copy_bytes(uint8_t *restrict dst, const uint8_t *restrict src, size_t n)
+{
+    typedef struct { uint64_t a, b; } b16;
+    if (n > 64) {
+        memcpy(dst, src, n);
+    } else if (n > 32) {
+        b16 x0, x1, y0, y1;
+        memcpy(&x0, src, 16), memcpy(&x1, src + 16, 16), memcpy(&y0, src + n - 32, 16), memcpy(&y1, src + n - 16, 16);
+        memcpy(dst, &x0, 16), memcpy(dst + 16, &x1, 16), memcpy(dst + n - 32, &y0, 16), memcpy(dst + n - 16, &y1, 16);
+    } else if (n >= 16) {
+        b16 x, y;
+        memcpy(&x, src, 16), memcpy(&y, src + n - 16, 16);
+        memcpy(dst, &x, 16), memcpy(dst + n - 16, &y, 16);
+    } else if (n >= 8) {
+        uint64_t x, y;
+        memcpy(&x, src, 8), memcpy(&y, src + n - 8, 8);
+        memcpy(dst, &x, 8), memcpy(dst + n - 8, &y, 8);
+    } else {
+        for (size_t k = 0; k < n; k++)
+            dst[k] = src[k];
+    }
+}
+
 void pipc_ring_put(struct pipc_ring *ring, const struct pipc_packet *packets, size_t n, uint32_t default_linktype)
 {
     uint64_t mask = ring->payload_bytes - 1, smask = ring->slot_count - 1;
     uint64_t pos = ring->p_write_payload, seq = ring->p_write_slot;
-    size_t i = 0;
-    while (i < n) {
-        /* Copy runs of packets whose bytes are adjacent in our memory (a columnar batch) with one memcpy;
-         * the mirror mapping makes the destination contiguous across the wrap. */
+    /* Descriptors first, in one plain loop per part of the slot ring before and after its wrap. */
+    uint64_t p = pos;
+    for (size_t i = 0; i < n;) {
+        size_t first = (size_t)(seq & smask), run = n - i;
+        if (run > ring->slot_count - first)
+            run = (size_t)(ring->slot_count - first);
+        struct pipc_desc *restrict d = ring->slots + first;
+        const struct pipc_packet *restrict pk = packets + i;
+        for (size_t k = 0; k < run; k++) {
+            uint32_t len = pk[k].caplen, lt = pk[k].linktype;
+            d[k].ts_ns = pk[k].ts_ns;
+            d[k].payload_pos = p;
+            d[k].caplen = len;
+            d[k].origlen = pk[k].origlen;
+            d[k].ifindex = pk[k].ifindex;
+            d[k].linktype = (uint16_t)(lt == PIPC_LINKTYPE_DEFAULT ? default_linktype : lt);
+            d[k].flags = 0;
+            p += len;
+        }
+        i += run;
+        seq += run;
+    }
+    /* Then the bytes: runs of packets adjacent in our memory (a columnar batch) with one copy; the mirror
+     * mapping makes the destination contiguous across the wrap. */
+    for (size_t i = 0; i < n;) {
         const uint8_t *src = packets[i].data;
         size_t run = packets[i].caplen, j = i + 1;
-        while (j < n && packets[j].data == src + run) {
-            run += packets[j].caplen;
-            j++;
-        }
+        while (j < n && packets[j].data == src + run)
+            run += packets[j++].caplen;
         if (run)
-            memcpy(ring->payload + (pos & mask), src, run);
-        for (; i < j; i++) {
-            struct pipc_desc *d = &ring->slots[seq & smask];
-            d->ts_ns = packets[i].ts_ns;
-            d->payload_pos = pos;
-            d->caplen = packets[i].caplen;
-            d->origlen = packets[i].origlen;
-            d->ifindex = packets[i].ifindex;
-            d->linktype = (uint16_t)(packets[i].linktype == PIPC_LINKTYPE_DEFAULT ? default_linktype : packets[i].linktype);
-            d->flags = 0;
-            pos += packets[i].caplen;
-            seq++;
+            copy_bytes(ring->payload + (pos & mask), src, run);
+        pos += run;
+        i = j;
+    }
+    ring->p_write_payload = pos;
+    ring->p_write_slot = seq;
+}
+
+void pipc_ring_put_columns(struct pipc_ring *ring, size_t n, const uint64_t *restrict ts_ns,
+                           const uint32_t *restrict caplen, const uint32_t *restrict origlen,
+                           const uint32_t *restrict ifindex, const uint32_t *restrict linktype,
+                           uint32_t default_linktype)
+{
+    uint64_t smask = ring->slot_count - 1, pos = ring->p_write_payload, seq = ring->p_write_slot;
+    /* Split at the slot ring's wrap so each part is a plain array loop (no masking inside it). */
+    size_t i = 0;
+    while (i < n) {
+        size_t first = (size_t)(seq & smask), run = n - i;
+        if (run > ring->slot_count - first)
+            run = (size_t)(ring->slot_count - first);
+        struct pipc_desc *restrict d = ring->slots + first;
+        for (size_t k = 0; k < run; k++, i++) {
+            uint32_t len = caplen[i], lt = linktype[i];
+            d[k].ts_ns = ts_ns[i];
+            d[k].payload_pos = pos;
+            d[k].caplen = len;
+            d[k].origlen = origlen[i] ? origlen[i] : len;
+            d[k].ifindex = ifindex[i];
+            d[k].linktype = (uint16_t)(lt == PIPC_LINKTYPE_DEFAULT ? default_linktype : lt);
+            d[k].flags = 0;
+            pos += len;
         }
+        seq += run;
     }
     ring->p_write_payload = pos;
     ring->p_write_slot = seq;
@@ -367,17 +431,21 @@ long pipc_ring_take(struct pipc_ring *ring, struct pipc_packet *out, size_t max)
         n = (size_t)max_slots;
     uint64_t smask = ring->slot_count - 1, mask = ring->payload_bytes - 1;
     uint64_t seq = ring->c_next_slot, pos = ring->c_next_payload, start = pos;
+    /* A packet must end within one ring's worth of bytes after what we released (stops reads of unwritten or
+     * foreign areas; pos only ever grew by validated caplens, so pos + caplen cannot wrap), and after the
+     * first packet within max_bytes of the batch's start. */
+    uint64_t hard = ring->c_released_payload + ring->payload_bytes, soft = start + max_bytes;
+    uint8_t *base = ring->payload + (start & mask);
     for (size_t i = 0; i < n; i++, seq++) {
         /* Copy first, then validate the copy: the producer may rewrite shared memory under us. */
         struct pipc_desc d;
         memcpy(&d, &ring->slots[seq & smask], sizeof(d));
-        /* payload_pos must continue where the previous packet ended (stops pointing anywhere else), flags
-         * are reserved, and the packet must lie within the one ring's worth of bytes after what we released
-         * (stops reads of unwritten or foreign areas and caplen overflows). */
-        if (d.flags != 0 || d.payload_pos != pos || d.caplen > ring->payload_bytes ||
-            pos + d.caplen - ring->c_released_payload > ring->payload_bytes)
+        uint64_t end = pos + d.caplen;
+        /* payload_pos must continue where the previous packet ended (stops pointing anywhere else); flags
+         * are reserved. */
+        if ((d.flags | (d.payload_pos ^ pos)) != 0 || end > hard)
             return -EPROTO;
-        if (i > 0 && pos + d.caplen - start > max_bytes) {
+        if (end > soft && i > 0) {
             n = i;
             break;
         }
@@ -389,10 +457,10 @@ long pipc_ring_take(struct pipc_ring *ring, struct pipc_packet *out, size_t max)
         /* Relative to the batch's first byte in the mirrored mapping, not pos & mask: a batch that crosses
          * the wrap stays one contiguous region (start & mask plus at most one ring's worth stays inside the
          * double mapping). */
-        out[i].data = ring->payload + (start & mask) + (pos - start);
+        out[i].data = base + (pos - start);
         out[i].id = seq;
-        pos += d.caplen;
-        ring->c_released[seq & smask] = 0;
+        pos = end;
+        /* c_released of this slot is 0 already: pipc_ring_publish_release clears each flag it passes */
         ring->c_payload_end[seq & smask] = pos;
     }
     ring->c_next_slot = seq;

@@ -141,6 +141,17 @@ void pipc_ring_destroy(struct pipc_ring *ring);
 int pipc_ring_space(struct pipc_ring *ring, uint64_t *free_slots, uint64_t *free_bytes);
 /* Writes packets [0, n) into the ring (space must have been checked); not visible until published. */
 void pipc_ring_put(struct pipc_ring *ring, const struct pipc_packet *packets, size_t n, uint32_t default_linktype);
+/* Zero-copy producer: where the next packet's bytes go. Any run of up to half the ring from here is contiguous
+ * (the mirror), and is not the consumer's until published. */
+static inline uint8_t *pipc_ring_write_ptr(const struct pipc_ring *ring)
+{
+    return ring->payload + (ring->p_write_payload & (ring->payload_bytes - 1));
+}
+/* Writes the descriptors of n packets whose bytes already lie back to back at pipc_ring_write_ptr, from
+ * columns (origlen 0 meaning caplen); not visible until published. The caller checked space and sizes. */
+void pipc_ring_put_columns(struct pipc_ring *ring, size_t n, const uint64_t *ts_ns, const uint32_t *caplen,
+                           const uint32_t *origlen, const uint32_t *ifindex, const uint32_t *linktype,
+                           uint32_t default_linktype);
 /* Publishes what was put; returns 1 if the consumer asked to be woken. */
 int pipc_ring_publish(struct pipc_ring *ring);
 /* Sets the state word (end of stream, aborted); returns 1 if the consumer asked to be woken. */

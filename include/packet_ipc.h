@@ -209,6 +209,29 @@ PIPC_API void pipc_server_close(pipc_server *server);
  * written, returns that count, and otherwise -ETIMEDOUT / -EINTR. -ECONNRESET: the client is gone.
  * -EMSGSIZE (nothing sent): a packet is larger than the ring or the snaplen. */
 PIPC_API long pipc_conn_send(pipc_conn *conn, const struct pipc_packet *packets, size_t n, int timeout_ms);
+/* Zero-copy send: the packets are built in place, in the ring, and each byte is written once.
+ * pipc_conn_reserve waits (as pipc_conn_send) until n_packets descriptors and n_bytes payload bytes are free,
+ * at most half the ring, and fills *res: data (n_bytes writable bytes in the ring; packet i's bytes start where
+ * packet i-1's end) and the columns ts_ns, caplen, origlen (0: caplen), ifindex, linktype
+ * (PIPC_LINKTYPE_DEFAULT: the server's), n_packets entries each, preset to 0 / PIPC_LINKTYPE_DEFAULT. Nothing is
+ * visible to the client until pipc_conn_commit(conn, n) publishes the first n packets (n == 0 abandons the
+ * reservation). One reservation per connection at a time; other sends wait for its commit, which any thread
+ * may make. Returns 0, or -ETIMEDOUT/-EINTR/-ECONNRESET/-EPIPE/-EPROTO as pipc_conn_send, -EMSGSIZE (more
+ * than half the ring), -EINVAL (n_packets 0), -ENOBUFS (PIPC_OVERFLOW_DROP and no room: counted as dropped),
+ * -EBUSY (this thread already holds one). */
+struct pipc_reservation {
+    size_t n_packets;   /* entries of each column */
+    uint64_t n_bytes;   /* writable bytes at data */
+    uint8_t *data;      /* in the ring: valid until the commit (or the connection's close) */
+    uint64_t *ts_ns;
+    uint32_t *caplen, *origlen, *ifindex, *linktype;
+};
+PIPC_API int pipc_conn_reserve(pipc_conn *conn, size_t n_packets, uint64_t n_bytes, int timeout_ms,
+                               struct pipc_reservation *res);
+/* Publishes the first n packets of the open reservation and closes it; returns n. -EINVAL (no reservation, or
+ * n larger than it), -EMSGSIZE (a caplen above the snaplen or half the ring, or the packets' bytes beyond
+ * n_bytes) leave it open; -EPIPE/-ECONNRESET/-EPROTO (the connection ended or failed meanwhile) abandon it. */
+PIPC_API long pipc_conn_commit(pipc_conn *conn, size_t n);
 /* Signals end of stream: the client drains what was sent, then receives 0. */
 PIPC_API int pipc_conn_end(pipc_conn *conn);
 /* Aborts the stream (the server failed mid-way): the client drains what was sent, then gets -ECONNRESET with

@@ -37,6 +37,10 @@ class Producer:
     def send_batch(self, batch) -> None:
         raise NotImplementedError
 
+    def send_inplace(self, batch) -> None:
+        """The batch written straight into the transport's own shared memory (its zero-copy send)."""
+        raise NotImplementedError
+
     def send_packets(self, packets) -> None:
         raise NotImplementedError
 
@@ -72,6 +76,8 @@ class Transport:
     label = "?"
     # Short note on how it is driven, printed in the docs and JSON.
     method = ""
+    # Has a zero-copy send (a loan or a reservation in its shared memory): runs in the "inplace" mode.
+    inplace = False
 
     def __init__(self, mode: str, max_batch_bytes: int, max_packet_bytes: int) -> None:
         self.mode = mode
@@ -81,7 +87,7 @@ class Transport:
     @property
     def max_message_bytes(self) -> int:
         """Largest message this run can send in its mode, framing included."""
-        if self.mode == "batch":
+        if self.mode != "objects":
             return BATCH_HEADER.size + 12 * 256 + self.max_batch_bytes
         return PACKET_HEADER.size + self.max_packet_bytes
 

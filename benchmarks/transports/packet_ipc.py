@@ -4,7 +4,9 @@ Batch mode wraps each pre-built batch with ``PacketBatch.from_buffers`` (part of
 sends it with ``Connection.send_batch``; the consumer takes batches of up to 256 packets with
 ``Client.receive_batch`` and reads the columns and the contiguous payload view in place before
 releasing the batch. Objects mode sends lists of 256 packet objects with ``Connection.send`` and
-receives them with ``Client.receive_packets(256)``. The ring is 8 MiB, the budget every peer gets.
+receives them with ``Client.receive_packets(256)``. Inplace mode (zero-copy send) reserves the batch's
+descriptors and bytes in the ring with ``Connection.reserve``, writes the columns and the payload into its
+views and commits; the consumer is batch mode's. The ring is 8 MiB, the budget every peer gets.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ class _Producer(Producer):
 
     def send_batch(self, batch) -> None:
         self.conn.send_batch(self._from_buffers(batch.timestamps, batch.caplens, batch.data))
+
+    def send_inplace(self, batch) -> None:
+        n = batch.count
+        r = self.conn.reserve(n, len(batch.data), _TIMEOUT)
+        r.ts_ns[:] = memoryview(batch.timestamps).cast("Q")
+        r.caplen[:] = memoryview(batch.caplens).cast("I")
+        r.data[:] = batch.data
+        r.commit(n)
 
     def send_packets(self, packets) -> None:
         self.conn.send(packets)
@@ -66,6 +76,7 @@ class _Consumer(Consumer):
 class PacketIpcTransport(Transport):
     name = "packet_ipc"
     label = "packet-ipc"
+    inplace = True
     method = "8 MiB SPSC ring in a memfd, send_batch/receive_batch or send/receive_packets, spin then eventfd"
 
     def producer(self, channel, rendezvous):

@@ -25,7 +25,7 @@ from .errors import (
     TimeoutError,
 )
 from .packet import AsIpcPacket, Packet
-from .server import Connection, Server, transfer_ipc
+from .server import Connection, Reservation, Server, transfer_ipc
 from .stats import Stats
 
 # The release comes from the installed metadata, which setup.py took from PACKET_IPC_VERSION in packet_ipc.h.
@@ -39,6 +39,7 @@ __all__ = [
     "ClosedError",
     "ConnectError",
     "Connection",
+    "Reservation",
     "ConnectionLostError",
     "Packet",
     "PacketBatch",

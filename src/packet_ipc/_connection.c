@@ -272,6 +272,8 @@ static PyObject *conn_get_closed(ConnectionObject *self, void *c)
 static PyMethodDef conn_methods[] = {
     {"send", (PyCFunction)conn_send, METH_VARARGS, "send(packets | None, timeout=None) -> int"},
     {"send_batch", (PyCFunction)conn_send_batch, METH_VARARGS, "send_batch(batch, timeout=None) -> int"},
+    {"reserve", (PyCFunction)conn_reserve, METH_VARARGS,
+     "reserve(n_packets, n_bytes, timeout=None) -> Reservation | None (zero-copy send)"},
     {"close", (PyCFunction)conn_close, METH_NOARGS, "Closes (the client sees end of stream after draining)."},
     {"alive", (PyCFunction)conn_alive, METH_NOARGS, "True while the client is connected."},
     {"abort", (PyCFunction)conn_abort, METH_NOARGS, "Aborts the stream: the client drains, then ConnectionLostError."},

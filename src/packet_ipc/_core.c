@@ -168,6 +168,8 @@ static int core_exec(PyObject *m)
         add_type(m, &server_spec, &st->ServerType, "Server") < 0 ||
         add_type(m, &conn_spec, &st->ConnectionType, "Connection") < 0 ||
         add_type(m, &client_spec, &st->ClientType, "Client") < 0 ||
+        add_type(m, &region_spec, &st->RegionType, "_ReservedRegion") < 0 ||
+        add_type(m, &reservation_spec, &st->ReservationType, "Reservation") < 0 ||
         add_named_tuple(m, &stats_desc, &st->StatsType, "StatsValues") < 0 ||
         add_named_tuple(m, &conn_info_desc, &st->ConnInfoType, "ConnectionInfo") < 0 ||
         add_named_tuple(m, &client_info_desc, &st->ClientInfoType, "ClientInfo") < 0)
@@ -208,6 +210,8 @@ static int core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->StatsType);
     Py_VISIT(st->ConnInfoType);
     Py_VISIT(st->ClientInfoType);
+    Py_VISIT(st->RegionType);
+    Py_VISIT(st->ReservationType);
     return 0;
 }
 
@@ -231,6 +235,8 @@ static int core_clear(PyObject *m)
     Py_CLEAR(st->StatsType);
     Py_CLEAR(st->ConnInfoType);
     Py_CLEAR(st->ClientInfoType);
+    Py_CLEAR(st->RegionType);
+    Py_CLEAR(st->ReservationType);
     return 0;
 }
 

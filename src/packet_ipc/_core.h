@@ -25,7 +25,8 @@ typedef struct {
     PyObject *PacketIpcError, *ConnectError, *ConnectionLostError, *ProtocolError, *TimeoutError,
         *PermissionDeniedError, *ClosedError;
     PyObject *error_from_code; /* packet_ipc.errors.from_code */
-    PyTypeObject *PacketType, *LeaseType, *BatchType, *ServerType, *ConnectionType, *ClientType;
+    PyTypeObject *PacketType, *LeaseType, *BatchType, *ServerType, *ConnectionType, *ClientType,
+        *RegionType, *ReservationType;
     /* named tuples (struct sequences): fields by name, still indexable */
     PyTypeObject *StatsType, *ConnInfoType, *ClientInfoType;
 } core_state;
@@ -135,6 +136,11 @@ PyObject *stats_tuple(core_state *st, const struct pipc_stats *s);
 /* a named tuple of `type` from n unsigned values */
 PyObject *named_tuple(PyTypeObject *type, const unsigned long long *values, Py_ssize_t n);
 extern PyType_Spec conn_spec;
+
+/* _reserve.c: Connection.reserve and its Reservation */
+extern PyType_Spec region_spec;
+extern PyType_Spec reservation_spec;
+PyObject *conn_reserve(ConnectionObject *self, PyObject *args);
 
 /* _fastpath.c */
 extern PyMethodDef core_fastpath_methods[];

@@ -24,9 +24,12 @@ from .errors import ClosedError, ConnectionLostError
 from .packet import AsIpcPacket
 from .stats import Stats
 
+Reservation = _core.Reservation
+
 __all__ = [
     "Server",
     "Connection",
+    "Reservation",
     "ServerStats",
     "transfer_ipc",
     "Overflow",
@@ -111,6 +114,20 @@ class Connection:
     def send_batch_indices(self, batch: PacketBatch, indices: bytes | None, timeout: float | None = None) -> int:
         """Writes the packets of ``batch`` at ``indices`` (uint32 values, in that order); as :meth:`send`."""
         return int(self._c.send_batch(batch, timeout, indices))
+
+    def reserve(self, n_packets: int, n_bytes: int, timeout: float | None = None) -> Reservation | None:
+        """Zero-copy send: reserves ``n_packets`` descriptors and ``n_bytes`` payload bytes in the client's ring.
+
+        Build the packets in place through the returned :class:`Reservation`'s writable memoryviews: ``data``
+        (packet i's bytes right after packet i-1's) and the columns ``ts_ns``, ``caplen``, ``origlen`` (0:
+        ``caplen``), ``ifindex``, ``linktype`` (``0xffffffff``: the server's), then ``commit(n)`` publishes the
+        first ``n`` packets; the client sees nothing before. ``abandon()``, leaving a ``with`` block without a
+        commit, dropping the object, closing the connection or dying leave the ring as it was. At most half
+        the ring; other sends (any thread) wait for the commit. Waits for space as :meth:`send` (``timeout``);
+        under ``overflow="drop"`` it never waits and returns ``None`` when the ring is full (the packets and
+        bytes are counted as dropped). Errors as :meth:`send`; ``ValueError`` for more than half the ring.
+        """
+        return self._c.reserve(n_packets, n_bytes, timeout)
 
     def end(self) -> None:
         """Ends the stream (same as ``send(None)``): the client drains, then receives ``None``."""

@@ -10,8 +10,10 @@
  * sides block and wake each other all the time. Sizes are random from a seeded generator both threads run:
  * 0-byte packets, typical ones, and large ones up to the largest accepted (half the ring), so packets
  * straddle the wrap through the mirror mapping. The producer mixes scattered packets with batches whose
- * payloads lie back to back (the one-memcpy run path) and finite timeouts with partial sends. The consumer
- * mixes blocking receives with the pollable-fd protocol (prepare_wait + poll + receive with timeout 0),
+ * payloads lie back to back (the one-memcpy run path) and finite timeouts with partial sends, and builds a third
+ * of its batches in place (pipc_conn_reserve / pipc_conn_commit of a random prefix, the rest abandoned with
+ * junk in it). The consumer mixes blocking receives with the pollable-fd protocol (prepare_wait + poll +
+ * receive with timeout 0),
  * releases every batch in a random order in random chunks, and sometimes takes another batch (without
  * blocking) while part of the previous one is still held.
  *
@@ -119,6 +121,40 @@ static void *producer_thread(void *arg)
         static const int timeouts[] = {-1, -1, 0, 1, 5};
         int timeout_ms = timeouts[(r >> 9) % 5];
         size_t done = 0;
+        /* A third of the batches go zero-copy: reserve, build in place, commit a random prefix (0 abandons),
+         * with junk written past it that must never show; what a reservation does not take is sent. */
+        while ((r >> 12) % 3 == 0 && done < n) {
+            uint64_t need = 0;
+            for (size_t i = done; i < n; i++)
+                need += batch[i].caplen;
+            struct pipc_reservation res;
+            int err = pipc_conn_reserve(conn, n - done, need, timeout_ms, &res);
+            if (err == -EMSGSIZE)
+                break; /* more than half the ring: sent below */
+            if (err == -ETIMEDOUT && timeout_ms >= 0)
+                continue;
+            if (err)
+                FAIL("reserve at packet %" PRIu64 " failed: %s", seq + done, pipc_strerror(err));
+            if (res.n_packets != n - done || res.n_bytes != need)
+                FAIL("reservation of %zu packets / %" PRIu64 " bytes", res.n_packets, res.n_bytes);
+            size_t k = (size_t)(xorshift(&choices) % (n - done + 1)), off = 0;
+            for (size_t i = 0; i < n - done; i++) {
+                const struct pipc_packet *p = &batch[done + i];
+                if (i < k)
+                    memcpy(res.data + off, p->data, p->caplen);
+                else
+                    memset(res.data + off, 0xa5, p->caplen);
+                off += p->caplen;
+                res.ts_ns[i] = p->ts_ns;
+                res.caplen[i] = p->caplen;
+                res.origlen[i] = p->origlen;
+                res.ifindex[i] = p->ifindex;
+            }
+            long committed = pipc_conn_commit(conn, k);
+            if (committed != (long)k)
+                FAIL("commit of %zu returned %ld", k, committed);
+            done += k;
+        }
         while (done < n) {
             long sent = pipc_conn_send(conn, batch + done, n - done, timeout_ms);
             if (sent == -ETIMEDOUT && timeout_ms >= 0)
