@@ -136,7 +136,8 @@ static int core_exec(PyObject *m)
         add_type(m, &batch_spec, &st->BatchType, "PacketBatch") < 0 ||
         add_type(m, &server_spec, &st->ServerType, "Server") < 0 ||
         add_type(m, &conn_spec, &st->ConnectionType, "Connection") < 0 ||
-        add_type(m, &client_spec, &st->ClientType, "Client") < 0)
+        add_type(m, &client_spec, &st->ClientType, "Client") < 0 ||
+        add_type(m, &pending_spec, &st->PendingType, "PendingClient") < 0)
         return -1;
     if (PyModule_AddIntConstant(m, "ABI_VERSION", PACKET_IPC_ABI_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "WIRE_VERSION", pipc_wire_version()) < 0 ||
@@ -171,6 +172,7 @@ static int core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->ServerType);
     Py_VISIT(st->ConnectionType);
     Py_VISIT(st->ClientType);
+    Py_VISIT(st->PendingType);
     return 0;
 }
 
@@ -191,6 +193,7 @@ static int core_clear(PyObject *m)
     Py_CLEAR(st->ServerType);
     Py_CLEAR(st->ConnectionType);
     Py_CLEAR(st->ClientType);
+    Py_CLEAR(st->PendingType);
     return 0;
 }
 

@@ -25,7 +25,7 @@ typedef struct {
     PyObject *PacketIpcError, *ConnectError, *ConnectionLostError, *ProtocolError, *TimeoutError,
         *PermissionDeniedError, *ClosedError;
     PyObject *error_from_code; /* packet_ipc.errors.from_code */
-    PyTypeObject *PacketType, *LeaseType, *BatchType, *ServerType, *ConnectionType, *ClientType;
+    PyTypeObject *PacketType, *LeaseType, *BatchType, *ServerType, *ConnectionType, *ClientType, *PendingType;
 } core_state;
 
 typedef struct {
@@ -106,6 +106,7 @@ int remaining(uint64_t deadline);
 /* _client.c */
 extern PyType_Spec lease_spec;
 extern PyType_Spec client_spec;
+extern PyType_Spec pending_spec;
 
 /* _packet.c */
 PyObject *packet_new_view(core_state *st, PyObject *owner, const struct pipc_packet *p);
