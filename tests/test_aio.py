@@ -11,6 +11,9 @@ import hashlib
 import os
 import random
 import signal
+import socket
+import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,7 +22,7 @@ import pytest
 
 import packet_ipc as pipc
 from packet_ipc import aio
-from peers import connect_and_idle, digest, make_packets, receive_all, serve_packets, serve_then_hang
+from peers import collect, connect_and_idle, digest, make_packets, receive_all, serve_packets, serve_then_hang
 
 try:
     import uvloop
@@ -271,27 +274,166 @@ def test_sends_cancelled_at_random_points_report_exact_progress_and_resume_witho
     assert outcomes["cancelled"] > 10 and outcomes["partial"] > 10, outcomes
 
 
+HELLO = struct.pack("<QIII12x", 0x4F4C454843504950, pipc.WIRE_VERSION, pipc.ABI_VERSION, 0)  # docs/wire-format.md
+
+
 def test_cancelled_accept_does_not_lose_the_client(run):
     async def main() -> None:
         async with aio.Server() as server:
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.05):
                     await server.accept()
-            connecting = asyncio.create_task(aio.Client.connect(server.name, timeout=10))
-            accepting = asyncio.create_task(server.accept())
-            while server._handshake is None:  # until the client knocked and its handshake runs
-                await asyncio.sleep(0)
-            accepting.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await accepting
-            conn = await server.accept(timeout=10)  # the handshake finished anyway: this client is not lost
-            async with await connecting as client:
-                await conn.send([pipc.Packet(1, b"hello")])
+            # A client whose HELLO comes late: accept() waits on its socket (the C core keeps the half-done
+            # handshake), is cancelled meanwhile, and the next accept() resumes that handshake.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as raw:
+                raw.connect(server.name)
+                accepting = asyncio.create_task(server.accept())
+                await asyncio.sleep(0.05)
+                assert not accepting.done()
+                accepting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await accepting
+                raw.send(HELLO)
+                conn = await server.accept(timeout=10)
+                assert conn.peer_pid == os.getpid()
+                welcome, fds, _, _ = socket.recv_fds(raw, 256, 3)
+                assert len(welcome) == 256 and struct.unpack_from("<i", welcome, 12)[0] == 0 and len(fds) == 3
+                for fd in fds:
+                    os.close(fd)
                 conn.close()
-                assert [p.tobytes() for p in await client.receive_packets()] == [b"hello"]
-                assert await client.receive_packets() is None
+            # An accept cancelled at any point while a real client connects: the client is accepted next time.
+            for delay in range(8):
+                connecting = asyncio.create_task(aio.Client.connect(server.name, timeout=10))
+                accepting = asyncio.create_task(server.accept())
+                for _ in range(delay):
+                    await asyncio.sleep(0)
+                accepting.cancel()
+                try:
+                    conn = await accepting
+                except asyncio.CancelledError:
+                    conn = await server.accept(timeout=10)
+                async with await connecting as client:
+                    await conn.send([pipc.Packet(1, b"hello")])
+                    conn.close()
+                    assert [p.tobytes() for p in await client.receive_packets()] == [b"hello"]
+                    assert await client.receive_packets() is None
 
     run(main())
+
+
+def test_accept_and_connect_start_no_thread(run):
+    async def main() -> None:
+        async with aio.Server(stats_socket=False) as server:
+            before = {t.ident for t in threading.enumerate()}
+            seen = set(before)
+            stop = False
+
+            async def watch() -> None:  # every loop iteration: which threads exist
+                while not stop:
+                    seen.update(t.ident for t in threading.enumerate())
+                    await asyncio.sleep(0)
+
+            watcher = asyncio.create_task(watch())
+            for _ in range(5):
+                accepting = asyncio.create_task(server.accept(timeout=10))
+                await asyncio.sleep(0.01)  # accept waits on the listening socket first
+                async with aio.Client.connect(server.name, timeout=10) as client:
+                    conn = await accepting
+                    await conn.send([pipc.Packet(7, b"x")])
+                    assert [p.timestamp for p in await client.receive_packets()] == [7]
+                    conn.close()
+            with pytest.raises(pipc.TimeoutError):  # nobody accepts: the connect times out on the loop
+                await aio.Client.connect(server.name, timeout=0.05)
+            stop = True
+            await watcher
+            assert seen == before  # no thread started (threads of earlier tests may have ended)
+
+    run(main())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# server-level sends (many workers) from the loop
+
+
+def test_async_server_send_spreads_flows_over_two_workers_exactly_once(run, ctx):
+    from test_distribution import assert_flow_affinity, synthetic_flows
+
+    packets = synthetic_flows(400, 6)
+
+    async def main() -> list[Any]:
+        # Small rings and a slow worker: sends stall on full rings, wait on that worker's fds, and resume.
+        async with aio.Server(capacity=1 << 14, distribution="flow") as server:
+            result_q = ctx.Queue()
+            procs = [ctx.Process(target=collect, args=(server.name, result_q)) for _ in range(2)]
+            for p in procs:
+                p.start()
+            assert len(await server.wait_for_clients(2, timeout=30)) == 2
+            sent = 0
+            for i in range(0, len(packets), 500):
+                part = packets[i : i + 500]
+                if i // 500 % 2:
+                    sent += await server.send_batch(pipc.PacketBatch.from_packets(part), timeout=30)
+                else:
+                    sent += await server.send(part, timeout=30)
+            assert sent == len(packets) and server.last_send_unsent == []
+            assert await server.send(None) == 0
+            results = [result_q.get(timeout=60) for _ in procs]
+            for p in procs:
+                p.join(30)
+            stats = server.stats()
+            assert stats.sent_packets == len(packets) and stats.lost_packets == 0
+            server.close_connections()
+            return results
+
+    results = run(main())
+    assert_flow_affinity(packets, results, 2)
+
+
+def test_cancelled_server_sends_resume_with_the_unsent_packets_exactly_once(run, ctx):
+    from test_distribution import synthetic_flows
+
+    packets = synthetic_flows(300, 10)
+
+    async def main() -> list[Any]:
+        async with aio.Server(capacity=1 << 13, distribution="flow") as server:
+            result_q = ctx.Queue()
+            procs = [ctx.Process(target=collect, args=(server.name, result_q), kwargs={"delay": 0.002}) for _ in range(2)]
+            for p in procs:
+                p.start()
+            await server.wait_for_clients(2, timeout=30)
+            rng = random.Random(7)
+            todo = list(packets)
+            cancelled = 0
+            while todo:  # round 1: cancelled at random points, resumed with exactly the unsent packets
+                task = asyncio.create_task(server.send(todo, timeout=60))
+                for _ in range(rng.randrange(20)):
+                    await asyncio.sleep(0)
+                task.cancel()
+                try:
+                    await task
+                    todo = []
+                except asyncio.CancelledError:
+                    cancelled += 1
+                    assert server.last_send_progress + len(server.last_send_unsent) == len(todo)
+                    todo = [todo[i] for i in server.last_send_unsent]
+            assert cancelled > 3
+            big = asyncio.create_task(server.send_batch(pipc.PacketBatch.from_packets(packets), timeout=60))
+            while server.last_send_progress == 0 and not big.done():  # round 2: a send that stalls on full rings
+                await asyncio.sleep(0.001)
+            assert not big.done()  # the slow workers keep it waiting for space
+            with pytest.raises(RuntimeError):  # one server-level send at a time
+                await server.send(packets[:1])
+            assert await big == len(packets)
+            await server.send(None)
+            results = [result_q.get(timeout=60) for _ in procs]
+            for p in procs:
+                p.join(30)
+            return results
+
+    results = run(main())
+    assert all(error is None and dropped == 0 for _, _, dropped, error in results)
+    stamps = sorted(ts for _, got, _, _ in results for ts, _ in got)
+    assert stamps == sorted(list(range(len(packets))) * 2)  # every packet once per round: none lost, none twice
 
 
 # ------------------------------------------------------------------------------------------------------------
