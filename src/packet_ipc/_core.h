@@ -121,6 +121,9 @@ int batch_live(BatchObject *b);
 /* The descriptors of batch[idx[k]] (or batch[k]) for k < n, in `local` when it has room (256), else in memory
  * the caller frees with PyMem_Free; NULL with MemoryError. */
 struct pipc_packet *batch_to_packets(BatchObject *b, const uint32_t *idx, Py_ssize_t n, struct pipc_packet *local);
+/* An optional selection: None (*idx = NULL), or a buffer of uint32 packet positions (*idx, *n), held in view
+ * (PyBuffer_Release it when *idx is set). -1 with an exception for a buffer that is not uint32 values. */
+int indices_from(PyObject *sel, Py_buffer *view, const uint32_t **idx, Py_ssize_t *n);
 extern PyType_Spec batch_spec;
 
 /* _server.c */

@@ -434,19 +434,10 @@ static PyObject *server_send_nowait(ServerObject *self, PyObject *args)
         return NULL;
     core_state *st = state_of_type(Py_TYPE(self));
     Py_buffer sv = {0};
-    const uint32_t *idx = NULL;
+    const uint32_t *idx;
     Py_ssize_t n_idx = 0, n = 0;
-    if (sel != Py_None) {
-        if (PyObject_GetBuffer(sel, &sv, PyBUF_SIMPLE) < 0)
-            return NULL;
-        if (sv.len % 4) {
-            PyBuffer_Release(&sv);
-            PyErr_SetString(PyExc_ValueError, "indices must be uint32 values");
-            return NULL;
-        }
-        idx = sv.buf;
-        n_idx = sv.len / 4;
-    }
+    if (indices_from(sel, &sv, &idx, &n_idx) < 0)
+        return NULL;
     Py_buffer *views = NULL;
     struct pipc_packet *pk = select_packets(st, items, idx, n_idx, &n, &views, &hold);
     uint32_t *unsent = pk ? PyMem_Malloc((size_t)(n ? n : 1) * sizeof(uint32_t)) : NULL;

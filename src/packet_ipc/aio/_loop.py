@@ -91,9 +91,12 @@ class Waiter:
             self.timer = None
 
 
-async def wait_readable(owner: Any, loop: asyncio.AbstractEventLoop, fd: int, deadline: float | None) -> str:
-    """Waits until ``fd`` is readable (DATA), the deadline (TIMEOUT) or ``owner._waiter.wake(CLOSED)``."""
-    waiter = Waiter(loop, ((fd, DATA),), deadline)
+async def sleep_on(
+    owner: Any, loop: asyncio.AbstractEventLoop, fds: Sequence[tuple[int, str]], deadline: float | None
+) -> str:
+    """Waits until one of ``fds`` is readable (its reason), the deadline (TIMEOUT) or ``owner._waiter.wake(CLOSED)``
+    (``close()`` calls it: the readers go before the fds are closed)."""
+    waiter = Waiter(loop, fds, deadline)
     owner._waiter = waiter
     try:
         return await waiter.future
@@ -150,13 +153,9 @@ class Pacer:
         deadline: float | None,
         finish_wait: Callable[[], None],
     ) -> str:
-        waiter = Waiter(loop, fds, deadline)
-        self._waiter = waiter
         try:
-            return await waiter.future
+            return await sleep_on(self, loop, fds, deadline)
         finally:
-            waiter.disarm()
-            self._waiter = None
             finish_wait()  # disarms the waiting flag and drains the eventfd, on every path (cancellation too)
             self._ran_since = _monotonic()
 

@@ -15,7 +15,7 @@ from ..client import _Handshake
 from ..packet import Packet
 from ..stats import Stats
 from ._loop import AWAITABLE, DATA, PEER, TIMEOUT, Pacer, mirrors, peer_sent_data, settings, timeout_error
-from ._loop import _monotonic, wait_readable
+from ._loop import _monotonic, sleep_on
 
 _T = TypeVar("_T")
 _RECEIVE_NOTE = AWAITABLE + (
@@ -243,7 +243,7 @@ class _Connecting(Coroutine[Any, Any, Client]):
                     raise timeout_error(f"server at {self._name} did not accept in time")
                 await asyncio.sleep(0.01)
             while (client := handshake.finish()) is None:
-                if await wait_readable(self, loop, handshake.fileno(), deadline) == TIMEOUT:
+                if await sleep_on(self, loop, ((handshake.fileno(), DATA),), deadline) == TIMEOUT:
                     raise timeout_error(f"server at {self._name} did not accept in time")
             handshake = None  # finished: it belongs to the client now
             return self._cls(client)

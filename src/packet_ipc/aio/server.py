@@ -17,7 +17,7 @@ from ..server import Connection as _SyncConnection
 from ..server import Server as _SyncServer
 from ..stats import Stats
 from ._loop import AWAITABLE, CLOSED, DATA, PEER, TIMEOUT, Pacer, Waiter, mirrors, peer_sent_data, settings
-from ._loop import _monotonic, timeout_error, wait_readable
+from ._loop import _monotonic, sleep_on, timeout_error
 
 _CANCEL_NOTE = (
     "When cancelled, ``last_send_progress`` packets were written: the first ones of the input. (A plain method "
@@ -383,9 +383,9 @@ class Server:
                 fd = self._sync._pending_handshake_fd()
                 if fd >= 0:  # wake when its HELLO arrives, and look again after the core's bound at the latest
                     bound = loop.time() + _core.HANDSHAKE_MS / 1000
-                    why = await wait_readable(self, loop, fd, bound if deadline is None else min(deadline, bound))
+                    why = await sleep_on(self, loop, ((fd, DATA),), bound if deadline is None else min(deadline, bound))
                 else:
-                    why = await wait_readable(self, loop, self._sync.fileno(), deadline)
+                    why = await sleep_on(self, loop, ((self._sync.fileno(), DATA),), deadline)
                 if why == TIMEOUT and deadline is not None and loop.time() >= deadline:
                     raise timeout_error("no client connected in time")
 
