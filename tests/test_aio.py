@@ -389,6 +389,54 @@ def test_async_server_send_spreads_flows_over_two_workers_exactly_once(run, ctx)
     assert_flow_affinity(packets, results, 2)
 
 
+def test_broadcast_timeouts_abort_and_worker_checks_from_the_loop(run):
+    async def drain(client: aio.Client) -> tuple[list[int], str | None]:
+        got: list[int] = []
+        try:
+            async for batch in client:
+                got.extend(p.timestamp for p in batch)
+                batch.release()
+        except pipc.ConnectionLostError as e:
+            return got, str(e)
+        return got, None
+
+    async def main() -> None:
+        async with aio.Server(capacity=1 << 13, distribution="broadcast") as server:
+            accepting = asyncio.create_task(server.wait_for_clients(2, timeout=10))
+            clients = [await aio.Client.connect(server.name, timeout=10) for _ in range(2)]
+            conns = await accepting
+            assert [c.index for c in conns] == [0, 1] and server.connections == conns
+            packets = make_packets(500, max_len=200)
+            readers = [asyncio.create_task(drain(c)) for c in clients]
+            assert await server.send(packets, timeout=30) == 500  # rings of 8 KiB: both waits happen
+            assert server.last_send_unsent is None and server.last_send_progress == 500
+            await server.send(None)
+            for got, error in await asyncio.gather(*readers):
+                assert got == [p.timestamp for p in packets] and error is None
+            for c in clients:
+                c.close()
+            assert server.check_workers() == conns and server.connections == []  # both clients left
+            server.close_connections()
+
+        async with aio.Server(capacity=1 << 13) as server:  # flow: timeout=0 never waits
+            accepting = asyncio.create_task(server.accept(timeout=10))
+            client = await aio.Client.connect(server.name, timeout=10)
+            conn = await accepting
+            with pytest.raises(pipc.TimeoutError) as e:
+                await server.send(make_packets(500, max_len=200), timeout=0)
+            assert 0 < e.value.sent == server.last_send_progress < 500
+            assert len(server.last_send_unsent) == 500 - e.value.sent
+            server.abort_connections()  # the client drains what was sent, then learns the server failed
+            got, error = await drain(client)
+            assert len(got) == e.value.sent and error and "aborted" in error
+            client.close()
+            conn.close()
+            with pytest.raises(pipc.ConnectionLostError):  # no worker left
+                await server.send(make_packets(1))
+
+    run(main())
+
+
 def test_cancelled_server_sends_resume_with_the_unsent_packets_exactly_once(run, ctx):
     from test_distribution import synthetic_flows
 
