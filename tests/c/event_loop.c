@@ -86,6 +86,13 @@ int main(int argc, char **argv)
     memset(w, 0, sizeof(w));
     pipc_conn *conns[2] = {NULL, NULL};
     int accepted = 0, connected = 0;
+    pipc_client_pending *dropped;
+    if ((r = pipc_client_connect_start("/nonexistent-dir/packet-ipc", NULL, &dropped)) != -ENOENT)
+        return fail("connect_start to no server gave", r);
+    /* A connect dropped before the server answered: the server counts a failed handshake and goes on. */
+    if ((r = pipc_client_connect_start(pipc_server_name(s), NULL, &dropped)) < 0)
+        return fail("connect_start", r);
+    pipc_client_connect_cancel(dropped);
     for (int i = 0; i < 2; i++)
         if ((r = pipc_client_connect_start(pipc_server_name(s), NULL, &w[i].pending)) < 0)
             return fail("connect_start", r);
@@ -114,6 +121,10 @@ int main(int argc, char **argv)
                 return fail("connect_finish", r);
         }
     }
+    struct pipc_server_stats ss = {.struct_bytes = sizeof(ss)};
+    pipc_server_stats(s, &ss);
+    if (ss.accepted != 2 || ss.handshake_failures != 1)
+        return fail("the dropped connect was not counted as one failed handshake", -EINVAL);
     struct pipc_packet *pk = calloc(n, sizeof(*pk));
     uint8_t *frames = calloc(n, FRAME), *seen = calloc(n, 1);
     uint32_t *unsent = calloc(n, sizeof(uint32_t)), *todo = calloc(n, sizeof(uint32_t));
