@@ -431,8 +431,9 @@ def test_broadcast_timeouts_abort_and_worker_checks_from_the_loop(run):
             assert len(got) == e.value.sent and error and "aborted" in error
             client.close()
             conn.close()
-            with pytest.raises(pipc.ConnectionLostError):  # no worker left
-                await server.send(make_packets(1))
+            with pytest.raises(pipc.ConnectionLostError):  # no worker left: nothing written
+                await server.send(make_packets(3))
+            assert server.last_send_progress == 0 and server.last_send_unsent == [0, 1, 2]
 
     run(main())
 

@@ -426,7 +426,8 @@ static struct pipc_packet *select_packets(core_state *st, PyObject *items, const
 
 /* send_nowait(items, indices=None) -> (sent, unsent, stalled, need_bytes); see pipc_server_send_nowait. unsent
  * is a bytes of uint32 positions in items (pass it back as indices to go on); stalled is the acceptance index
- * of the worker whose full ring stopped the call (-1: none). Errors carry `sent` and `unsent` attributes. */
+ * of the worker whose full ring stopped the call (-1: none). Errors carry `sent`, and `unsent` when some packets
+ * were written before the error. */
 static PyObject *server_send_nowait(ServerObject *self, PyObject *args)
 {
     PyObject *items, *sel = Py_None, *hold = NULL, *res = NULL;
@@ -460,7 +461,8 @@ static PyObject *server_send_nowait(ServerObject *self, PyObject *args)
             PyObject *et, *ev, *tb;
             PyErr_Fetch(&et, &ev, &tb);
             PyErr_NormalizeException(&et, &ev, &tb);
-            if (ev && PyObject_SetAttrString(ev, "unsent", left) < 0)
+            /* listed only when some were written (every worker died mid-call); else none was written */
+            if (ev && n_unsent && PyObject_SetAttrString(ev, "unsent", left) < 0)
                 PyErr_Clear();
             PyErr_Restore(et, ev, tb);
         }

@@ -326,7 +326,8 @@ class Server:
         """One try at distributing ``items`` (those at ``indices``, uint32 positions): never waits.
 
         Returns (packets written, positions not written as uint32 bytes, the connection whose full ring
-        stopped it or None, the bytes its next packet needs). Errors carry ``sent`` and ``unsent``. Not under
+        stopped it or None, the bytes its next packet needs). Errors carry ``sent`` (and ``unsent`` when some
+        were written: every worker died mid-call; without it none was). Not under
         broadcast (a part of a broadcast cannot be resumed).
         """
         self._check_open()
