@@ -438,6 +438,29 @@ def test_broadcast_timeouts_abort_and_worker_checks_from_the_loop(run):
     run(main())
 
 
+def test_server_send_fails_with_exact_progress_when_the_only_worker_dies_while_it_waits(run, ctx):
+    async def main() -> None:
+        async with aio.Server(capacity=1 << 13) as server:
+            stall, result_q = ctx.Event(), ctx.Queue()
+            worker = ctx.Process(target=collect, args=(server.name, result_q), kwargs={"stall": stall})
+            worker.start()
+            await server.accept(timeout=30)
+            sending = asyncio.create_task(server.send(make_packets(2000, max_len=200), timeout=60))
+            while server.last_send_progress == 0:  # it filled the ring and waits for space now
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.05)
+            assert not sending.done()
+            os.kill(worker.pid, signal.SIGKILL)  # the wait wakes on the worker's socket, not on a timeout
+            with pytest.raises(pipc.ConnectionLostError) as e:
+                await sending
+            assert e.value.sent == server.last_send_progress > 0
+            assert server.last_send_progress + len(server.last_send_unsent) == 2000
+            assert server.stats().lost_packets == server.last_send_progress  # all of it sat unread in its ring
+            await asyncio.to_thread(worker.join, 30)
+
+    run(main())
+
+
 def test_cancelled_server_sends_resume_with_the_unsent_packets_exactly_once(run, ctx):
     from test_distribution import synthetic_flows
 
