@@ -1,5 +1,6 @@
 /*
- * client.c - the consumer: connecting (the client half of the handshake), receiving packets with no copy,
+ * client.c - the consumer: connecting (the client half of the handshake: in one blocking call, or in steps that
+ * never block for an event loop), receiving packets with no copy,
  * releasing them in any order, waiting (spin, then the eventfd; or an external event loop), counters.
  */
 #define _GNU_SOURCE
