@@ -7,6 +7,7 @@ import asyncio
 import errno
 import inspect
 import socket
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -44,7 +45,7 @@ def mirrors(sync: Any, note: str = "") -> Callable[[_F], _F]:
 
     def apply(fn: _F) -> _F:
         doc = inspect.cleandoc(sync.__doc__ or "")
-        fn.__doc__ = doc + ("\n\n" + note if note else "")
+        fn.__doc__ = doc + ("\n\n" + textwrap.fill(note, 110) if note else "")
         fn.__mirrors__ = sync  # type: ignore[attr-defined]  # for tests/test_aio_contract.py
         return fn
 
