@@ -22,7 +22,7 @@ import pytest
 
 import packet_ipc as pipc
 from packet_ipc import aio
-from peers import collect, connect_and_idle, digest, make_packets, receive_all, serve_packets, serve_then_hang
+from helpers.peers import collect, connect_and_idle, digest, make_packets, receive_all, serve_packets, serve_then_hang
 
 try:
     import uvloop

@@ -21,8 +21,6 @@ import pytest
 
 import packet_ipc as pipc
 from packet_ipc import aio
-from packet_ipc import client as sync_client_module
-from packet_ipc import server as sync_server_module
 
 SRC = Path(pipc.__file__).parent
 AIO_FILES = sorted((SRC / "aio").glob("*.py"))

@@ -7,7 +7,7 @@ import array
 import pytest
 
 import packet_ipc as pipc
-from peers import batch_columns, connected_pair, serve_batches
+from helpers.peers import batch_columns, connected_pair, serve_batches
 
 
 def pair(capacity: int = 1 << 20, **kw) -> tuple[pipc.Server, pipc.Connection, pipc.Client]:

@@ -397,7 +397,7 @@ FLOW_CAPTURES = [p for p in REPO_CAPTURES if p.suffix == ".pcap"] + [
 @pytest.mark.parametrize("capture", FLOW_CAPTURES, ids=lambda p: p.name)
 def test_c_flow_producer_serves_a_capture_to_four_python_workers_by_flow(examples, capture, ctx):
     """examples/c/flow_producer.c: every packet exactly once over 4 Python workers, each flow on one worker."""
-    from peers import canonical_flow, collect
+    from helpers.peers import canonical_flow, collect
 
     producer = subprocess.Popen([str(examples["flow_producer"]), "--workers", "4", "--batch", "64", str(capture)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -11,7 +11,7 @@ import pytest
 
 import packet_ipc as pipc
 from packet_ipc.pcap import open_capture
-from peers import canonical_flow, collect
+from helpers.peers import canonical_flow, collect
 
 
 def synthetic_flows(n_flows: int = 600, per_flow: int = 6) -> list[pipc.Packet]:
@@ -265,7 +265,7 @@ def test_last_worker_dying_mid_call_raises_with_what_was_written_never_a_short_c
     ConnectionLostError saying how many packets it wrote, and those are exactly what its ring held (lost)."""
     import threading
 
-    from peers import connect_and_idle, make_packets
+    from helpers.peers import connect_and_idle, make_packets
 
     ready_q = ctx.Queue()
     with pipc.Server(capacity=1 << 14, distribution=distribution, stats_socket=False) as server:

@@ -15,7 +15,7 @@ import pytest
 
 import packet_ipc as pipc
 from conftest import open_fds
-from peers import connect_and_idle, connected_pair, make_packets, serve_then_hang
+from helpers.peers import connect_and_idle, connected_pair, make_packets, serve_then_hang
 
 HELLO = struct.Struct("<QIII12x")
 WELCOME = struct.Struct("<QIi240s")

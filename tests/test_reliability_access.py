@@ -17,7 +17,7 @@ import threading
 import pytest
 
 import packet_ipc as pipc
-from crashers import connect_as
+from helpers.crashers import connect_as
 
 NOBODY = 65534
 pytestmark = [

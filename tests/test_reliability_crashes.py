@@ -21,7 +21,7 @@ import time
 import pytest
 
 import packet_ipc as pipc
-from crashers import (
+from helpers.crashers import (
     assert_nothing_leaked,
     connect_and_report,
     connect_raw_and_idle,
@@ -32,7 +32,7 @@ from crashers import (
     serve_until_a_client_waits,
     snapshot,
 )
-from peers import connect_and_idle, digest, make_packets, receive_all
+from helpers.peers import connect_and_idle, digest, make_packets, receive_all
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -340,7 +340,7 @@ def test_files_of_a_killed_server_are_swept_and_a_live_servers_are_not(ctx):
     from pathlib import Path
 
     from packet_ipc.server import sweep_stale_endpoints
-    from peers import connected_pair, serve_then_hang
+    from helpers.peers import connected_pair, serve_then_hang
 
     name_q, done_q = ctx.Queue(), ctx.Queue()
     child = ctx.Process(target=serve_then_hang, args=(name_q, done_q, 0))

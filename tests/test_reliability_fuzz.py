@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from crashers import run_fuzz, storm_reader, storm_writer
+from helpers.crashers import run_fuzz, storm_reader, storm_writer
 
 SECONDS = float(os.environ.get("PACKET_IPC_FUZZ_SECONDS", "20"))
 GRACE = 60  # start-up, the committed seeds, and one last hypothesis round (shrinking a failure included)

@@ -13,7 +13,7 @@ from collections import defaultdict
 import pytest
 
 import packet_ipc as pipc
-from crashers import assert_nothing_leaked, connect_and_report, hold_many_clients, serve_under_limit, snapshot
+from helpers.crashers import assert_nothing_leaked, connect_and_report, hold_many_clients, serve_under_limit, snapshot
 
 pytestmark = pytest.mark.timeout(120)
 

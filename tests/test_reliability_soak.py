@@ -1,6 +1,6 @@
-"""The soak (tests/soak.py) for PACKET_IPC_SOAK_SECONDS (15 by default; CI sets 60): client processes
+"""The soak (tests/helpers/soak.py) for PACKET_IPC_SOAK_SECONDS (15 by default; CI sets 60): client processes
 connecting, closing and being killed against one server process, with exactly-once in-order delivery and
-a flat server (RSS, fds) checked by the soak itself. Run it longer by hand: python tests/soak.py --seconds 600.
+a flat server (RSS, fds) checked by the soak itself. Run it longer by hand: python tests/helpers/soak.py --seconds 600.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 SECONDS = float(os.environ.get("PACKET_IPC_SOAK_SECONDS", "15"))
-SOAK = Path(__file__).resolve().parent / "soak.py"
+SOAK = Path(__file__).resolve().parent / "helpers" / "soak.py"
 
 
 @pytest.mark.timeout(SECONDS + 180)

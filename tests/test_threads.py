@@ -14,7 +14,7 @@ import pytest
 import packet_ipc as pipc
 from packet_ipc.errors import ClosedError
 
-from peers import connected_pair
+from helpers.peers import connected_pair
 
 SMALL_RING = 1 << 16  # the ring: 64 KiB, so the senders spend most of their time waiting for space
 PER_THREAD = 100_000

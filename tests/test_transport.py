@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import packet_ipc as pipc
-from peers import connected_pair, digest, make_packets, receive_all, serve_packets
+from helpers.peers import connected_pair, digest, make_packets, receive_all, serve_packets
 
 
 def test_packets_arrive_in_order_and_intact_across_processes(ctx):

@@ -286,7 +286,7 @@ static PyObject *client_stats(ClientObject *self, PyObject *unused)
     (void)unused;
     struct pipc_stats s;
     pipc_client_stats(self->c, &s);
-    return stats_tuple(&s);
+    return stats_tuple(state_of_type(Py_TYPE(self)), &s);
 }
 
 static PyObject *client_fds(ClientObject *self, PyObject *unused)
@@ -313,8 +313,9 @@ static PyObject *client_get_info(ClientObject *self, void *c)
     (void)c;
     struct pipc_stats st;
     pipc_client_stats(self->c, &st);
-    return Py_BuildValue("(IIKK)", pipc_client_linktype(self->c), pipc_client_snaplen(self->c),
-                         (unsigned long long)st.ring_bytes, (unsigned long long)st.ring_slots);
+    const unsigned long long v[] = {pipc_client_linktype(self->c), pipc_client_snaplen(self->c), st.ring_bytes,
+                                    st.ring_slots};
+    return named_tuple(state_of_type(Py_TYPE(self))->ClientInfoType, v, 4);
 }
 
 static PyObject *client_get_closed(ClientObject *self, void *c)

@@ -187,13 +187,25 @@ static PyObject *conn_alive(ConnectionObject *self, PyObject *unused)
     return PyBool_FromLong(self->c && !self->close_pending && pipc_conn_alive(self->c));
 }
 
-PyObject *stats_tuple(const struct pipc_stats *s)
+PyObject *named_tuple(PyTypeObject *type, const unsigned long long *values, Py_ssize_t n)
 {
-    return Py_BuildValue("(KKKKKKKKK)", (unsigned long long)s->packets, (unsigned long long)s->bytes,
-                         (unsigned long long)s->dropped_packets, (unsigned long long)s->dropped_bytes,
-                         (unsigned long long)s->blocked_ns, (unsigned long long)s->ring_used_bytes,
-                         (unsigned long long)s->ring_bytes, (unsigned long long)s->ring_used_slots,
-                         (unsigned long long)s->ring_slots);
+    PyObject *t = PyStructSequence_New(type);
+    for (Py_ssize_t i = 0; t && i < n; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(values[i]);
+        if (!v)
+            Py_CLEAR(t);
+        else
+            PyStructSequence_SetItem(t, i, v);
+    }
+    return t;
+}
+
+PyObject *stats_tuple(core_state *st, const struct pipc_stats *s)
+{
+    const unsigned long long v[] = {s->packets,         s->bytes,      s->dropped_packets,
+                                    s->dropped_bytes,   s->blocked_ns, s->ring_used_bytes,
+                                    s->ring_bytes,      s->ring_used_slots, s->ring_slots};
+    return named_tuple(st->StatsType, v, 9);
 }
 
 static PyObject *conn_stats(ConnectionObject *self, PyObject *unused)
@@ -203,7 +215,7 @@ static PyObject *conn_stats(ConnectionObject *self, PyObject *unused)
         return NULL;
     struct pipc_stats s;
     pipc_conn_stats(self->c, &s);
-    return stats_tuple(&s);
+    return stats_tuple(state_of_type(Py_TYPE(self)), &s);
 }
 
 static PyObject *conn_fds(ConnectionObject *self, PyObject *unused)
@@ -239,8 +251,9 @@ static PyObject *conn_get_info(ConnectionObject *self, void *c)
     struct pipc_stats st;
     pipc_conn_info(self->c, &info);
     pipc_conn_stats(self->c, &st);
-    return Py_BuildValue("(iiiKK)", (int)info.peer_pid, info.overflow, info.ended, (unsigned long long)st.ring_bytes,
-                         (unsigned long long)st.ring_slots);
+    const unsigned long long v[] = {(unsigned long long)info.peer_pid, (unsigned long long)info.overflow,
+                                    (unsigned long long)info.ended, st.ring_bytes, st.ring_slots};
+    return named_tuple(state_of_type(Py_TYPE(self))->ConnInfoType, v, 5);
 }
 
 static PyObject *conn_get_closed(ConnectionObject *self, void *c)

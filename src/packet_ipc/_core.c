@@ -110,6 +110,37 @@ static int add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **slot, const c
     return 0;
 }
 
+/* Named tuples of the counters and of the objects' facts: read by name (or index, as plain tuples were). */
+static PyStructSequence_Field stats_fields[] = {
+    {"packets", NULL},    {"bytes", NULL},      {"dropped_packets", NULL}, {"dropped_bytes", NULL},
+    {"blocked_ns", NULL}, {"ring_used_bytes", NULL}, {"ring_bytes", NULL}, {"ring_used_slots", NULL},
+    {"ring_slots", NULL}, {NULL, NULL},
+};
+static PyStructSequence_Desc stats_desc = {"packet_ipc._core.StatsValues", "Counters of one side of a connection.",
+                                           stats_fields, 9};
+static PyStructSequence_Field conn_info_fields[] = {
+    {"peer_pid", NULL}, {"overflow", NULL}, {"ended", NULL}, {"ring_bytes", NULL}, {"ring_slots", NULL}, {NULL, NULL},
+};
+static PyStructSequence_Desc conn_info_desc = {"packet_ipc._core.ConnectionInfo",
+                                               "Who and what an accepted connection is.", conn_info_fields, 5};
+static PyStructSequence_Field client_info_fields[] = {
+    {"linktype", NULL}, {"snaplen", NULL}, {"ring_bytes", NULL}, {"ring_slots", NULL}, {NULL, NULL},
+};
+static PyStructSequence_Desc client_info_desc = {"packet_ipc._core.ClientInfo", "The server's defaults and the ring.",
+                                                 client_info_fields, 4};
+
+static int add_named_tuple(PyObject *m, PyStructSequence_Desc *desc, PyTypeObject **slot, const char *name)
+{
+    if (!(*slot = PyStructSequence_NewType(desc)))
+        return -1;
+    Py_INCREF(*slot);
+    if (PyModule_AddObject(m, name, (PyObject *)*slot) < 0) {
+        Py_DECREF(*slot);
+        return -1;
+    }
+    return 0;
+}
+
 static int core_exec(PyObject *m)
 {
     core_state *st = (core_state *)PyModule_GetState(m);
@@ -137,7 +168,10 @@ static int core_exec(PyObject *m)
         add_type(m, &server_spec, &st->ServerType, "Server") < 0 ||
         add_type(m, &conn_spec, &st->ConnectionType, "Connection") < 0 ||
         add_type(m, &client_spec, &st->ClientType, "Client") < 0 ||
-        add_type(m, &pending_spec, &st->PendingType, "PendingClient") < 0)
+        add_type(m, &pending_spec, &st->PendingType, "PendingClient") < 0 ||
+        add_named_tuple(m, &stats_desc, &st->StatsType, "StatsValues") < 0 ||
+        add_named_tuple(m, &conn_info_desc, &st->ConnInfoType, "ConnectionInfo") < 0 ||
+        add_named_tuple(m, &client_info_desc, &st->ClientInfoType, "ClientInfo") < 0)
         return -1;
     if (PyModule_AddIntConstant(m, "ABI_VERSION", PACKET_IPC_ABI_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "WIRE_VERSION", pipc_wire_version()) < 0 ||
@@ -173,6 +207,9 @@ static int core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->ConnectionType);
     Py_VISIT(st->ClientType);
     Py_VISIT(st->PendingType);
+    Py_VISIT(st->StatsType);
+    Py_VISIT(st->ConnInfoType);
+    Py_VISIT(st->ClientInfoType);
     return 0;
 }
 
@@ -194,6 +231,9 @@ static int core_clear(PyObject *m)
     Py_CLEAR(st->ConnectionType);
     Py_CLEAR(st->ClientType);
     Py_CLEAR(st->PendingType);
+    Py_CLEAR(st->StatsType);
+    Py_CLEAR(st->ConnInfoType);
+    Py_CLEAR(st->ClientInfoType);
     return 0;
 }
 

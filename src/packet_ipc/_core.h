@@ -26,6 +26,8 @@ typedef struct {
         *PermissionDeniedError, *ClosedError;
     PyObject *error_from_code; /* packet_ipc.errors.from_code */
     PyTypeObject *PacketType, *LeaseType, *BatchType, *ServerType, *ConnectionType, *ClientType, *PendingType;
+    /* named tuples (struct sequences): fields by name, still indexable */
+    PyTypeObject *StatsType, *ConnInfoType, *ClientInfoType;
 } core_state;
 
 typedef struct {
@@ -132,7 +134,10 @@ void conn_leave(ConnectionObject *self);
 extern PyType_Spec server_spec;
 
 /* _connection.c */
-PyObject *stats_tuple(const struct pipc_stats *s);
+/* struct pipc_stats as the named tuple _core.StatsValues */
+PyObject *stats_tuple(core_state *st, const struct pipc_stats *s);
+/* a named tuple of `type` from n unsigned values */
+PyObject *named_tuple(PyTypeObject *type, const unsigned long long *values, Py_ssize_t n);
 extern PyType_Spec conn_spec;
 
 /* _fastpath.c */

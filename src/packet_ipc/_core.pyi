@@ -18,7 +18,37 @@ DEFAULT_SNAPLEN: int
 HANDSHAKE_MS: int
 SPIN_NS: int
 
-StatsTuple = tuple[int, int, int, int, int, int, int, int, int]
+class StatsValues(tuple[int, ...]):
+    """Counters of one side of a connection (a named tuple)."""
+
+    packets: int
+    bytes: int
+    dropped_packets: int
+    dropped_bytes: int
+    blocked_ns: int
+    ring_used_bytes: int
+    ring_bytes: int
+    ring_used_slots: int
+    ring_slots: int
+
+class ConnectionInfo(tuple[int, ...]):
+    """Who and what an accepted connection is (a named tuple)."""
+
+    peer_pid: int
+    overflow: int
+    ended: int
+    ring_bytes: int
+    ring_slots: int
+
+class ClientInfo(tuple[int, ...]):
+    """The server's defaults and the ring (a named tuple)."""
+
+    linktype: int
+    snaplen: int
+    ring_bytes: int
+    ring_slots: int
+
+StatsTuple = StatsValues
 
 @final
 class Packet:
@@ -109,7 +139,7 @@ class Server:
     def pending_fd(self) -> int: ...
 
 class Connection:
-    info: tuple[int, int, int, int, int]
+    info: ConnectionInfo
     closed: bool
     def send(self, packets: Sequence[Any] | None, timeout: float | None = None) -> int: ...
     def send_batch(self, batch: PacketBatch, timeout: float | None = None, indices: Buffer | None = None) -> int: ...
@@ -123,7 +153,7 @@ class Connection:
 
 class Client:
     def __init__(self, name: str, timeout: float | None = None, busy_poll: bool = False, overflow: int = -1) -> None: ...
-    info: tuple[int, int, int, int]
+    info: ClientInfo
     closed: bool
     def receive_batch(self, max_packets: int = 1024, timeout: float | None = None) -> PacketBatch | None: ...
     def receive_packets(self, max_packets: int = 1024, timeout: float | None = None) -> list[Packet] | None: ...

@@ -51,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+from .nats.command import add_publish, add_subscribe  # noqa: E402 - the NATS commands (packet_ipc/nats/)
+
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [  # type: ignore[type-arg]
     demo.add_parser, replay.add_parser, capture.add_parser, dump.add_parser, stats.add_parser,
-    tools.add_bench_parser, tools.add_config_parser,
+    tools.add_bench_parser, tools.add_config_parser, add_publish, add_subscribe,
 ]
 
 def main(argv: Sequence[str] | None = None) -> int:

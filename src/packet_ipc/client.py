@@ -105,12 +105,12 @@ class Client:
     @property
     def linktype(self) -> int:
         """The server's default linktype (each packet also carries its own)."""
-        return int(self._c.info[0])
+        return int(self._c.info.linktype)
 
     @property
     def snaplen(self) -> int:
         """The server's snaplen."""
-        return int(self._c.info[1])
+        return int(self._c.info.snaplen)
 
     @property
     def closed(self) -> bool:

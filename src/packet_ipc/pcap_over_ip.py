@@ -546,6 +546,7 @@ def replay_from_tcp(args: argparse.Namespace) -> int:
     :func:`open_stream`) and the workers have connected. A record cut short or a reset connection aborts
     the workers' streams and exits 1; the summary says how many packets went out before.
     """
+    from .commands.common import drain_wait
     from .errors import ClosedError
     from .server import Server
 
@@ -595,7 +596,7 @@ def replay_from_tcp(args: argparse.Namespace) -> int:
                 raise
             seconds = time.monotonic() - start
             _log(f"packet-ipc replay: {name} ended the stream after {packets:,} packets")
-            _drain(server)
+            drain_wait(server)  # the workers drain: their counters are then final
             stats = server.stats()
             server.close_connections()
     summary = {"source": name, "packets": packets, "bytes": nbytes, "seconds": seconds,
@@ -609,11 +610,3 @@ def replay_from_tcp(args: argparse.Namespace) -> int:
              f"peers refused: {allow.refused}")
     return 0
 
-
-def _drain(server: Any, seconds: float = 5.0) -> None:
-    """After the end of stream, give the workers a moment to drain (their counters are then final)."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if all(c.stats().ring_used_slots == 0 or not c.alive for c in server.connections):
-            return
-        time.sleep(0.02)

@@ -86,7 +86,7 @@ class Connection:
 
     def __init__(self, core: _core.Connection, index: int = 0) -> None:
         self._c = core
-        self.overflow: Overflow = _OVERFLOW_NAME[core.info[1]]
+        self.overflow: Overflow = _OVERFLOW_NAME[core.info.overflow]
         self.index = index  # order of acceptance on its server
 
     def send(self, packets: Sequence[AsIpcPacket] | None, timeout: float | None = None) -> int:
@@ -130,12 +130,12 @@ class Connection:
     @property
     def peer_pid(self) -> int:
         """Process id of the client (from ``SO_PEERCRED`` at accept time)."""
-        return int(self._c.info[0])
+        return int(self._c.info.peer_pid)
 
     @property
     def ring_bytes(self) -> int:
         """Payload capacity of this connection's ring."""
-        return int(self._c.info[3])
+        return int(self._c.info.ring_bytes)
 
     @property
     def closed(self) -> bool:

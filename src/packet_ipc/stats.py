@@ -29,8 +29,9 @@ class Stats:
     ring_slots: int = 0
 
     @classmethod
-    def _from_tuple(cls, values: tuple[int, ...]) -> Stats:
-        return cls(*values)
+    def _from_tuple(cls, values: Any) -> Stats:
+        """From the C core's named tuple (``_core.StatsValues``), field by field."""
+        return cls(**{name: getattr(values, name) for name in cls.__dataclass_fields__})
 
     @property
     def ring_fill(self) -> float:

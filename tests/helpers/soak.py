@@ -1,7 +1,7 @@
 """Soak: one server process, client processes coming and going (clean closes, kill -9s, ends of stream)
 on 4 slots, random batch sizes on both sides; checks exactly-once in-order delivery and a flat server.
 
-Run: python tests/soak.py --seconds 600 [--clients 4] [--seed N]. Exit status 0 when every check held.
+Run: python tests/helpers/soak.py --seconds 600 [--clients 4] [--seed N]. Exit status 0 when every check held.
 
 The server gives each client its own Connection and its own sequence (packet i carries the client's pid,
 i, and bytes derived from i); a stream either ends after a random length or runs until the client goes.

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import packet_ipc as pipc
-from peers import make_packets
+from helpers.peers import make_packets
 
-CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "fuzz_corpus"  # tests/fuzz_corpus
 
 # Ring layout (csrc/ring.h): the header page, then the descriptors, then the payload.
 HEADER_BYTES = 4096

@@ -1,0 +1,313 @@
+"""``Subscriber``: a packet-ipc server for local workers, fed from durable pull consumers of partition streams.
+
+One task per partition fetches that partition's messages one at a time (the consumer has
+``max_ack_pending=1``, so a partition is delivered strictly in order), parses each strictly, writes its packets
+into the local rings through the server's distribution (flow, round robin or broadcast; the server's own flow
+hash and fragment table) and only then acknowledges it (``ack_sync``: the ack is confirmed before the next
+message). A crash between the commit and the ack leaves exactly that one message to be delivered again after
+``ack_wait``: a restart with the same durable resumes there, and counts the packets of every redelivered
+message (``redelivered_packets``). A message that is not a valid packet-ipc message is counted, terminated on
+the server (never redelivered) and never reaches a worker.
+
+Without ``follow`` the local stream ends once every partition read has delivered the end-of-stream marker of
+``publishers`` publishers; with ``follow`` it runs until :meth:`Subscriber.stop`. With ``group`` the partitions
+are shared with the other subscribers of that group through leases (see :mod:`packet_ipc.nats.group`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from ..aio import Server as AioServer
+from ..server import DEFAULT_CAPACITY
+from .common import NatsError, PartitionError, connect, stream_name, stream_partitions, subject_name, check_prefix
+from .wire import KIND_END, WireFormatError, decode
+
+__all__ = ["Subscriber", "SubscribeSummary", "parse_partitions", "DEFAULT_ACK_WAIT_S"]
+
+DEFAULT_ACK_WAIT_S = 10.0
+FETCH_WAIT_S = 1.0
+STREAM_WAIT_S = 30.0
+
+
+def parse_partitions(text: str | Sequence[int] | None) -> list[int] | None:
+    """``"all"``/None -> None (every partition); ``"0,2,5"`` or a list -> sorted distinct ints. Raises
+    :class:`PartitionError` for anything else."""
+    if text is None or text == "all":
+        return None
+    if isinstance(text, str):
+        try:
+            items = [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise PartitionError(f"partitions must be 'all' or numbers like 0,2,5, not {text!r}") from None
+    else:
+        items = [int(x) for x in text]
+    if not items or any(x < 0 for x in items):
+        raise PartitionError(f"partitions must be 'all' or non-negative numbers, not {text!r}")
+    return sorted(set(items))
+
+
+@dataclass
+class SubscribeSummary:
+    """What a :class:`Subscriber` did (totals and per partition)."""
+
+    name: str
+    packets: int = 0
+    bytes: int = 0
+    messages: int = 0
+    redelivered_messages: int = 0
+    redelivered_packets: int = 0
+    corrupt_messages: int = 0
+    partition_packets: dict[int, int] = field(default_factory=dict)
+    ended_partitions: list[int] = field(default_factory=list)
+    taken_over: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as a plain dict (JSON-friendly)."""
+        return asdict(self)
+
+
+class Subscriber:
+    """A local packet-ipc server (``name``; ``workers`` clients awaited) fed from partition streams.
+
+    ``nats``: URL(s); ``stream``: the prefix; ``partitions``: ``"all"``, a list, or ``"0,3"``; ``durable``:
+    the consumer name to resume from (None: an ephemeral consumer, starting at the beginning); ``follow``:
+    keep running after the end-of-stream markers; ``group``: share the partitions with other subscribers of
+    that group; ``publishers``: end-of-stream markers (from distinct publishers) that end a partition.
+    ``await subscriber.run()`` returns a :class:`SubscribeSummary`. Raises :class:`NatsUnreachableError`,
+    :class:`PartitionError`, :class:`StreamMismatchError`, :class:`NatsError`, and the local server's errors.
+    """
+
+    def __init__(
+        self,
+        *,
+        nats: str | list[str],
+        stream: str,
+        partitions: str | Sequence[int] | None = "all",
+        name: str | None = None,
+        workers: int = 1,
+        distribution: Literal["flow", "round_robin", "broadcast"] = "flow",
+        durable: str | None = None,
+        follow: bool = False,
+        group: str | None = None,
+        publishers: int = 1,
+        capacity: int = DEFAULT_CAPACITY,
+        ack_wait: float = DEFAULT_ACK_WAIT_S,
+        lease: float = 6.0,
+        connect_timeout: float = 5.0,
+        accept_timeout: float | None = 60.0,
+        stream_wait: float = STREAM_WAIT_S,
+    ) -> None:
+        check_prefix(stream)
+        if workers < 1 or publishers < 1:
+            raise ValueError("workers and publishers must be >= 1")
+        if distribution not in ("flow", "round_robin", "broadcast"):
+            raise ValueError(f"distribution must be 'flow', 'round_robin' or 'broadcast', not {distribution!r}")
+        if durable is not None:
+            check_prefix(durable)
+        if group is not None:
+            check_prefix(group)
+        if ack_wait <= 0 or lease <= 0:
+            raise ValueError("ack_wait and lease must be > 0")
+        self.nats, self.stream, self.workers, self.distribution = nats, stream, workers, distribution
+        self.wanted = parse_partitions(partitions)
+        self.durable = durable or group
+        self.follow, self.group, self.publishers = follow, group, publishers
+        self.capacity, self.ack_wait, self.lease = capacity, ack_wait, lease
+        self.connect_timeout, self.accept_timeout, self.stream_wait = connect_timeout, accept_timeout, stream_wait
+        self.server = AioServer(name, capacity=capacity, distribution=distribution)
+        self.name = self.server.name
+        self.summary = SubscribeSummary(self.name)
+        self.partitions: list[int] = []
+        self._send_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._done: set[int] = set()
+        self._eos: dict[int, set[str]] = {}
+        self._js: Any = None
+        self.on_ready: Any = None  # optional callable(subscriber) once workers are connected
+        self.on_partition_end: Any = None  # optional coroutine function(k), awaited before the marker's ack
+
+    def stop(self) -> None:
+        """Asks :meth:`run` to finish: stop fetching, end the local stream, return the summary."""
+        self._stopping.set()
+
+    async def run(self) -> SubscribeSummary:
+        """Connects, waits for the workers, forwards until done (see the class), ends the local stream."""
+        started = time.monotonic()
+        nc = await connect(self.nats, self.connect_timeout, f"packet-ipc subscribe {self.name}")
+        clean = False
+        try:
+            self._js = nc.jetstream(timeout=5.0)
+            total = await self._partition_count()
+            bad = [k for k in (self.wanted or []) if k >= total]
+            if bad:
+                raise PartitionError(f"partition {bad[0]} is out of range: stream {self.stream} has {total} "
+                                     f"partitions (0..{total - 1})")
+            self.partitions = self.wanted if self.wanted is not None else list(range(total))
+            await self.server.wait_for_clients(self.workers, timeout=self.accept_timeout)
+            if self.on_ready is not None:
+                self.on_ready(self)
+            if self.group is not None:
+                from .group import GroupMember
+
+                await GroupMember(self, nc).run()
+            else:
+                tasks = [asyncio.create_task(self.consume(k), name=f"consume {k}") for k in self.partitions]
+                await self._until_done(tasks)
+            clean = True
+            return self.summary
+        finally:
+            self.summary.seconds = time.monotonic() - started
+            if clean:
+                self.server.sync.send(None)  # end of the local stream: every worker drains and sees the end
+            else:
+                self.server.sync.abort_connections()  # workers must not take a cut stream for the whole one
+            self.server.close()
+            try:
+                await nc.close()
+            except Exception:  # noqa: BLE001 - closing a connection that already failed
+                pass
+
+    async def _until_done(self, tasks: list[asyncio.Task[None]]) -> None:
+        stop = asyncio.create_task(self._stopping.wait())
+        try:
+            pending: set[asyncio.Future[Any]] = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending | {stop}, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t is not stop:
+                        t.result()
+                pending.discard(stop)
+                if stop.done():
+                    return
+        finally:
+            stop.cancel()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _partition_count(self) -> int:
+        deadline = time.monotonic() + self.stream_wait
+        while True:
+            total = await stream_partitions(self._js, self.stream)
+            if total is not None:
+                return total
+            if time.monotonic() >= deadline:
+                raise NatsError(f"no stream {stream_name(self.stream, 0)} on the NATS cluster (nothing published "
+                                f"to {self.stream} yet?)")
+            await asyncio.sleep(0.2)  # waiting for a publisher to create the streams
+
+    async def subscribe(self, k: int) -> Any:
+        """The pull subscription of partition ``k`` (its durable consumer is created if missing)."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                                ack_wait=self.ack_wait, max_ack_pending=1, max_deliver=-1)
+        import nats.js.errors
+
+        deadline = time.monotonic() + self.stream_wait
+        while True:
+            try:
+                return await self._js.pull_subscribe(subject_name(self.stream, k), durable=self.durable,
+                                                     stream=stream_name(self.stream, k), config=config)
+            except nats.js.errors.NotFoundError:
+                if time.monotonic() >= deadline:
+                    raise NatsError(f"no stream {stream_name(self.stream, k)} for partition {k}") from None
+                await asyncio.sleep(0.2)  # the publisher creates the streams one after the other
+            except Exception as e:  # nats errors: one line naming the partition
+                raise NatsError(f"cannot consume partition {k} ({stream_name(self.stream, k)}): {e}") from None
+
+    def partition_done(self, k: int) -> bool:
+        """True once partition ``k`` delivered its end-of-stream marker(s)."""
+        return k in self._done
+
+    async def consume(self, k: int, keep_going: Any = None) -> None:
+        """Forwards partition ``k`` until its end of stream (or forever with ``follow``, or while
+        ``keep_going()`` is true)."""
+        import nats.errors
+        import nats.js.errors
+
+        sub = await self.subscribe(k)
+        try:
+            while not self._stopping.is_set() and (keep_going is None or keep_going()):
+                if k in self._done and not self.follow:
+                    return
+                try:
+                    msgs = await sub.fetch(1, timeout=FETCH_WAIT_S)
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                        nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+                    await asyncio.sleep(0.1)  # the cluster is electing or we are reconnecting
+                    continue
+                except nats.js.errors.APIError as e:
+                    if e.code not in (408, 409, 503, None):
+                        raise NatsError(f"cannot fetch from partition {k}: {e}") from None
+                    await asyncio.sleep(0.1)  # a leader change or a request that expired on the server
+                    continue
+                for msg in msgs:
+                    await self._handle(k, msg)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - the connection may be gone
+                pass
+
+    async def _handle(self, k: int, msg: Any) -> None:
+        s = self.summary
+        try:
+            m = decode(msg.data, self.server.sync.linktype)
+            if m.partition != k:
+                raise WireFormatError(f"message for partition {m.partition} on partition {k}'s subject")
+        except WireFormatError:
+            s.corrupt_messages += 1
+            await _settle(msg.term())
+            return
+        if m.kind == KIND_END:
+            assert m.end is not None
+            self._eos.setdefault(k, set()).add(m.end.publisher)
+            if len(self._eos[k]) >= self.publishers and k not in self._done:
+                if self.on_partition_end is not None:  # recorded before the ack: a crash cannot lose the end
+                    await self.on_partition_end(k)
+                self._done.add(k)
+                s.ended_partitions.append(k)
+            await _settle(msg.ack_sync())
+            return
+        assert m.batch is not None
+        redelivered = msg.metadata.num_delivered > 1
+        n = len(m.batch)
+        async with self._send_lock:
+            work = asyncio.ensure_future(asyncio.to_thread(self.server.sync.send_batch, m.batch))
+            while True:  # workers may be slow: keep the message ours (in_progress) while the rings are full
+                done, _ = await asyncio.wait((work,), timeout=self.ack_wait / 3)
+                if done:
+                    break
+                await _settle(msg.in_progress())
+            work.result()
+        s.bytes += m.batch.nbytes
+        m.batch.release()
+        s.packets += n
+        s.messages += 1
+        s.partition_packets[k] = s.partition_packets.get(k, 0) + n
+        if redelivered:
+            s.redelivered_messages += 1
+            s.redelivered_packets += n
+        for _ in range(5):  # confirmed, so that a crash from here on cannot bring this message back
+            try:
+                await msg.ack_sync(timeout=2.0)
+                return
+            except Exception:  # noqa: BLE001 - a reconnect or an election: try again; else it is redelivered
+                await asyncio.sleep(0.1)
+
+
+async def _settle(coro: Any) -> None:
+    """Awaits a term/in_progress/ack; a lost one only means the message comes again (counted there)."""
+    try:
+        await coro
+    except Exception:  # noqa: BLE001 - timeouts, reconnects: JetStream redelivers after ack_wait
+        pass

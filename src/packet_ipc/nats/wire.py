@@ -1,0 +1,243 @@
+"""The NATS message format of partitioned packet streams (version 1; documented in ``docs/wire-format.md``).
+
+A message carries either a batch of packet records or one partition's end-of-stream marker. Everything is
+little-endian. The 32-byte header::
+
+    0  magic      4 bytes  b"PIPN"
+    4  version    u8       1
+    5  kind       u8       1 = packets, 2 = end of stream
+    6  hdr_len    u16      32 (readers skip what lies beyond the fields they know)
+    8  count      u32      records in the message (0 for end of stream)
+    12 partition  u32      the partition (stream) it was published to
+    16 seq        u64      the publisher's message sequence, from 1 (its Nats-Msg-Id is "<publisher id>-<seq>")
+    24 body_len   u32      bytes after the header
+    28 crc32      u32      CRC-32 (IEEE, zlib) of those bytes
+
+A packets body is columnar (a reader takes each column with one copy): ``ts_ns`` u64[count], ``caplen``
+u32[count], ``origlen`` u32[count], ``linktype`` u32[count], ``ifindex`` u32[count], then every packet's
+captured bytes back to back (``sum(caplen)`` bytes). An end-of-stream body: packets u64, bytes u64 and
+messages u64 (what that publisher published to this partition before the marker), then the publisher id
+(UTF-8, the rest of the body).
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import struct
+import sys
+import zlib
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from .. import _core
+from ..batch import PacketBatch
+from ..errors import ProtocolError
+
+__all__ = [
+    "MAGIC", "VERSION", "KIND_PACKETS", "KIND_END", "HEADER", "RECORD_OVERHEAD", "MAX_CAPLEN",
+    "WireFormatError", "Message", "EndOfStream", "Columns", "RecordBuilder", "encode_end", "decode",
+]
+
+MAGIC = b"PIPN"
+VERSION = 1
+KIND_PACKETS = 1
+KIND_END = 2
+HEADER = struct.Struct("<4sBBHIIQII")
+"""The 32-byte message header (see the module docstring)."""
+RECORD_OVERHEAD = 24
+"""Bytes per record besides its data (ts_ns 8 + caplen 4 + origlen 4 + linktype 4 + ifindex 4)."""
+MAX_CAPLEN = 262144
+"""Largest caplen a reader accepts (packet-ipc's own snaplen bound)."""
+_END = struct.Struct("<QQQ")
+
+if sys.byteorder != "little":  # the columns are copied as native arrays
+    raise ImportError("packet_ipc.nats needs a little-endian machine")
+
+
+class WireFormatError(ProtocolError):
+    """A message on a partition subject is not a packet-ipc message of a known version, or is corrupt."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EPROTO, message)
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """One publisher's end-of-stream marker for one partition, with what it published there before."""
+
+    publisher: str
+    packets: int
+    bytes: int
+    messages: int
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded message: ``batch`` (packets) or ``end`` (end of stream) is set."""
+
+    kind: int
+    partition: int
+    seq: int
+    batch: PacketBatch | None = None
+    end: EndOfStream | None = None
+
+
+class Columns:
+    """A received batch as plain lists and one bytes copy (so the ring space can go back at once)."""
+
+    __slots__ = ("ts", "caplen", "origlen", "linktype", "ifindex", "offsets", "data")
+
+    def __init__(self, batch: PacketBatch) -> None:
+        self.ts: list[int] = batch.timestamps.tolist()
+        self.caplen: list[int] = batch.caplens.tolist()
+        self.origlen: list[int] = batch.origlens.tolist()
+        self.linktype: list[int] = batch.linktypes.tolist()
+        self.ifindex: list[int] = batch.ifindexes.tolist()
+        self.offsets: list[int] = batch.offsets.tolist()
+        self.data = bytes(batch.data)
+
+
+class RecordBuilder:
+    """Accumulates packet records for one partition until :meth:`seal` makes a message of them."""
+
+    __slots__ = ("partition", "ts", "caplen", "origlen", "linktype", "ifindex", "data", "started")
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.ts = array.array("Q")
+        self.caplen = array.array("I")
+        self.origlen = array.array("I")
+        self.linktype = array.array("I")
+        self.ifindex = array.array("I")
+        self.data = bytearray()
+        self.started = 0.0  # monotonic time of the first record (for the linger)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the message :meth:`seal` would make now."""
+        return HEADER.size + RECORD_OVERHEAD * len(self.ts) + len(self.data)
+
+    def add(self, batch: PacketBatch, index: int) -> None:
+        """Appends packet ``index`` of ``batch`` (its data is copied)."""
+        off = batch.offsets[index]
+        cl = batch.caplens[index]
+        self.ts.append(batch.timestamps[index])
+        self.caplen.append(cl)
+        self.origlen.append(batch.origlens[index])
+        self.linktype.append(batch.linktypes[index])
+        self.ifindex.append(batch.ifindexes[index])
+        self.data += batch.data[off:off + cl]
+
+    def extend(self, cols: Columns, chunk: list[int]) -> None:
+        """Appends the packets at ``chunk`` (indices into ``cols``), copying their data."""
+        if len(chunk) == 1:
+            i = chunk[0]
+            self.ts.append(cols.ts[i])
+            self.caplen.append(cols.caplen[i])
+            self.origlen.append(cols.origlen[i])
+            self.linktype.append(cols.linktype[i])
+            self.ifindex.append(cols.ifindex[i])
+            off = cols.offsets[i]
+            self.data += cols.data[off:off + cols.caplen[i]]
+            return
+        get = itemgetter(*chunk)
+        self.ts.extend(get(cols.ts))
+        caps = get(cols.caplen)
+        self.caplen.extend(caps)
+        self.origlen.extend(get(cols.origlen))
+        self.linktype.extend(get(cols.linktype))
+        self.ifindex.extend(get(cols.ifindex))
+        data = cols.data
+        self.data += b"".join([data[o:o + c] for o, c in zip(get(cols.offsets), caps)])
+
+    def seal(self, seq: int) -> tuple[bytes, int, int]:
+        """The message of every record added so far, as ``(payload, packets, data bytes)``; empties the builder."""
+        body = b"".join((self.ts, self.caplen, self.origlen, self.linktype, self.ifindex, self.data))
+        head = HEADER.pack(MAGIC, VERSION, KIND_PACKETS, HEADER.size, len(self.ts), self.partition, seq, len(body),
+                           zlib.crc32(body))
+        n, nbytes = len(self.ts), len(self.data)
+        self.__init__(self.partition)  # type: ignore[misc]
+        return head + body, n, nbytes
+
+
+def encode_end(partition: int, seq: int, publisher: str, packets: int, nbytes: int, messages: int) -> bytes:
+    """The end-of-stream marker of ``publisher`` for ``partition``."""
+    body = _END.pack(packets, nbytes, messages) + publisher.encode()
+    return HEADER.pack(MAGIC, VERSION, KIND_END, HEADER.size, 0, partition, seq, len(body), zlib.crc32(body)) + body
+
+
+def decode(payload: Any, linktype: int = 1) -> Message:
+    """Parses one message strictly. Raises :class:`WireFormatError` for anything that is not a whole,
+    intact message of version 1: wrong magic or version, unknown kind, lengths that do not add up, a CRC
+    mismatch, a caplen above :data:`MAX_CAPLEN` or above its origlen.
+
+    The returned batch views ``payload`` (no copy of packet data); ``linktype`` is unused unless records
+    carry linktype 0xFFFFFFFF (the "server default" value).
+    """
+    view = memoryview(payload).cast("B")
+    if len(view) < HEADER.size:
+        raise WireFormatError(f"message of {len(view)} bytes is shorter than the {HEADER.size}-byte header")
+    magic, version, kind, hdr_len, count, partition, seq, body_len, crc = HEADER.unpack_from(view)
+    if magic != MAGIC:
+        raise WireFormatError(f"not a packet-ipc message (magic {bytes(magic)!r})")
+    if version != VERSION:
+        raise WireFormatError(f"message format version {version} is not supported (this reader knows {VERSION})")
+    if hdr_len < HEADER.size or hdr_len + body_len != len(view):
+        raise WireFormatError(f"lengths do not add up: header {hdr_len} + body {body_len} != {len(view)} bytes")
+    body = view[hdr_len:]
+    if zlib.crc32(body) != crc:
+        raise WireFormatError("CRC mismatch: the message is corrupt")
+    if kind == KIND_END:
+        if count != 0 or body_len < _END.size:
+            raise WireFormatError("malformed end-of-stream marker")
+        packets, nbytes, messages = _END.unpack_from(body)
+        try:
+            publisher = bytes(body[_END.size:]).decode()
+        except UnicodeDecodeError:
+            raise WireFormatError("end-of-stream marker with a publisher id that is not UTF-8") from None
+        return Message(kind, partition, seq, end=EndOfStream(publisher, packets, nbytes, messages))
+    if kind != KIND_PACKETS:
+        raise WireFormatError(f"unknown message kind {kind}")
+    if count == 0 or RECORD_OVERHEAD * count > body_len:
+        raise WireFormatError(f"{count} records cannot fit in a {body_len}-byte body")
+    n8, n4 = 8 * count, 4 * count
+    ts = body[:n8]
+    caplen = body[n8:n8 + n4]
+    origlen = body[n8 + n4:n8 + 2 * n4]
+    lts = body[n8 + 2 * n4:n8 + 3 * n4]
+    ifx = body[n8 + 3 * n4:n8 + 4 * n4]
+    data = body[RECORD_OVERHEAD * count:]
+    caps, origs = _u32(caplen), _u32(origlen)
+    if sum(caps) != len(data):
+        raise WireFormatError(f"caplens add up to {sum(caps)} bytes but the message holds {len(data)}")
+    if max(caps) > MAX_CAPLEN:
+        raise WireFormatError(f"a record's caplen {max(caps)} is above {MAX_CAPLEN}")
+    if any(c > o for c, o in zip(caps, origs)):
+        raise WireFormatError("a record's caplen is above its origlen")
+    lt_bytes = bytes(lts)
+    if any(v > 0xFFFF and v != 0xFFFFFFFF for v in set(_u32(lt_bytes))):
+        raise WireFormatError("a record's linktype is not a 16-bit LINKTYPE value")
+    if lt_bytes == lt_bytes[:4] * count and bytes(ifx).count(0) == n4:  # the usual case: one copy, no objects
+        lt = int.from_bytes(lt_bytes[:4], "little")
+        batch = PacketBatch.from_buffers(ts.cast("Q"), memoryview(caps), data, memoryview(origs), linktype if lt == 0xFFFFFFFF else lt)
+    else:
+        tsa, lta, ifa = array.array("Q"), _u32(lts), _u32(ifx)
+        tsa.frombytes(ts)
+        packets, off = [], 0
+        for i in range(count):
+            lt_i = linktype if lta[i] == 0xFFFFFFFF else lta[i]
+            packets.append(_core.Packet(tsa[i], data[off:off + caps[i]], origs[i], lt_i, ifa[i]))
+            off += caps[i]
+        batch = PacketBatch.from_packets(packets)
+    return Message(kind, partition, seq, batch=batch)
+
+
+def _u32(raw: Any) -> array.array[int]:
+    out = array.array("I")
+    out.frombytes(raw)
+    return out

