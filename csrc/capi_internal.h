@@ -34,6 +34,8 @@ struct pipc_distributor {
     uint64_t rr;              /* round robin: next worker */
     uint64_t lost_packets;    /* left unread in the rings of workers that died (atomic) */
     uint64_t last_check_ns;
+    uint32_t stall_index;     /* the send stopped on this worker's full ring (acceptance index; UINT32_MAX: none) */
+    uint64_t stall_need;      /* and the bytes its next packet needs (pipc_server_send_nowait) */
     /* scratch of one send, grown as needed */
     uint32_t *hash, *todo, *retry;
     uint16_t *owner;

@@ -1,5 +1,6 @@
 /*
- * client.c - the consumer: connecting (the client half of the handshake), receiving packets with no copy,
+ * client.c - the consumer: connecting (the client half of the handshake: in one blocking call, or in steps that
+ * never block for an event loop), receiving packets with no copy,
  * releasing them in any order, waiting (spin, then the eventfd; or an external event loop), counters.
  */
 #define _GNU_SOURCE
@@ -24,15 +25,15 @@
 #include <pthread.h>
 #include <sched.h>
 
-static int client_connect(const char *name, int timeout_ms, uint32_t flags, pipc_client **out);
+/* A connect in steps (pipc_client_connect_start/_fd/_finish): the socket, HELLO sent, WELCOME awaited. */
+struct pipc_client_pending {
+    int sock;
+    int busy_poll;
+    char name[110]; /* for messages: a path (< 108 bytes) or "@" and up to 108 bytes */
+};
 
-int pipc_client_connect(const char *name, int timeout_ms, pipc_client **out)
-{
-    return client_connect(name, timeout_ms, 0, out);
-}
-
-int pipc_client_connect_with(const char *name, int timeout_ms, const struct pipc_client_options *options,
-                             pipc_client **out)
+/* The HELLO flags and busy_poll of a client's options (NULL: the defaults). */
+static int client_options(const struct pipc_client_options *options, uint32_t *flags, int *busy_poll)
 {
     struct pipc_client_options o = {.struct_bytes = sizeof(o), .use_server_overflow = 1};
     if (options) {
@@ -41,22 +42,22 @@ int pipc_client_connect_with(const char *name, int timeout_ms, const struct pipc
             return -EINVAL;
         memcpy(&o, options, n);
     }
-    uint32_t flags = 0; /* the HELLO says which policy this client wants (the server's when it says none) */
+    *flags = 0; /* the HELLO says which policy this client wants (the server's when it says none) */
     if (!o.use_server_overflow && o.overflow == PIPC_OVERFLOW_DROP)
-        flags = PIPC_HELLO_WANT_DROP;
+        *flags = PIPC_HELLO_WANT_DROP;
     else if (!o.use_server_overflow && o.overflow == PIPC_OVERFLOW_BLOCK)
-        flags = PIPC_HELLO_WANT_BLOCK;
+        *flags = PIPC_HELLO_WANT_BLOCK;
     else if (!o.use_server_overflow && o.overflow != -1) {
         pipc_set_error("overflow must be PIPC_OVERFLOW_BLOCK, PIPC_OVERFLOW_DROP or -1, not %d", o.overflow);
         return -EINVAL;
     }
-    int err = client_connect(name, timeout_ms, flags, out);
-    if (!err)
-        (*out)->busy_poll = o.busy_poll != 0;
-    return err;
+    *busy_poll = o.busy_poll != 0;
+    return 0;
 }
 
-static int client_connect(const char *name, int timeout_ms, uint32_t flags, pipc_client **out)
+/* Connects to name and sends the HELLO; the socket in *sock_out. `nowait`: -EAGAIN rather than wait for room in
+ * a full backlog (a unix socket gives no readiness for it). */
+static int connect_begin(const char *name, uint32_t flags, int nowait, int *sock_out)
 {
     struct sockaddr_un addr;
     socklen_t len;
@@ -66,14 +67,22 @@ static int client_connect(const char *name, int timeout_ms, uint32_t flags, pipc
                        name);
         return err;
     }
-    int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | (nowait ? SOCK_NONBLOCK : 0), 0);
     if (sock < 0)
         return -errno;
     while (connect(sock, (struct sockaddr *)&addr, len) < 0) {
         if (errno == EINTR)
             continue;
         err = -errno;
-        pipc_set_error("cannot connect to %s: %s", name, strerror(errno));
+        if (err == -EAGAIN)
+            pipc_set_error("server at %s is busy (its backlog is full): try again", name);
+        else
+            pipc_set_error("cannot connect to %s: %s", name, strerror(errno));
+        close(sock);
+        return err;
+    }
+    if (nowait && fcntl(sock, F_SETFL, 0) < 0) { /* the connection's socket blocks, as the sync path's does */
+        err = -errno;
         close(sock);
         return err;
     }
@@ -84,22 +93,30 @@ static int client_connect(const char *name, int timeout_ms, uint32_t flags, pipc
         close(sock);
         return err == -ECONNRESET ? -ECONNREFUSED : err;
     }
+    *sock_out = sock;
+    return 0;
+}
+
+/* Waits for the WELCOME until deadline and builds the client. -ETIMEDOUT (nothing arrived yet) and -EINTR leave
+ * sock open for the caller; on any other return it is consumed (closed, or the client's). */
+static int connect_end(const char *name, int sock, uint64_t deadline, int busy_poll, pipc_client **out)
+{
     struct pipc_welcome w;
     int fds[3] = {-1, -1, -1};
-    int nfds = pipc_recv_msg(sock, &w, sizeof(w), fds, 3, pipc_deadline(timeout_ms));
+    int nfds = pipc_recv_msg(sock, &w, sizeof(w), fds, 3, deadline);
+    if (nfds == -ETIMEDOUT || nfds == -EINTR)
+        return nfds;
     if (nfds < 0) {
         close(sock);
         if (nfds == -ECONNRESET) {
             pipc_set_error("server at %s closed the connection during the handshake", name);
             return -ECONNREFUSED;
         }
-        if (nfds == -ETIMEDOUT)
-            pipc_set_error("server at %s did not accept in time", name);
-        else if (nfds == -EPROTO)
+        if (nfds == -EPROTO)
             pipc_set_error("server at %s does not speak packet-ipc (bad WELCOME)", name);
         return nfds;
     }
-    err = 0;
+    int err = 0;
     if (w.magic != PIPC_WELCOME_MAGIC) {
         pipc_set_error("server at %s does not speak packet-ipc (bad WELCOME magic)", name);
         err = -EPROTO;
@@ -160,8 +177,80 @@ static int client_connect(const char *name, int timeout_ms, uint32_t flags, pipc
     c->poll_fd = poll_fd;
     c->spin_ns = PIPC_SPIN_NS;
     c->generation = pipc_fork_generation();
+    c->busy_poll = busy_poll;
     *out = c;
     return 0;
+}
+
+static int client_connect(const char *name, int timeout_ms, const struct pipc_client_options *options,
+                          pipc_client **out)
+{
+    uint32_t flags;
+    int busy_poll, sock;
+    int err = client_options(options, &flags, &busy_poll);
+    if (err || (err = connect_begin(name, flags, 0, &sock)))
+        return err;
+    err = connect_end(name, sock, pipc_deadline(timeout_ms), busy_poll, out);
+    if (err == -ETIMEDOUT || err == -EINTR) {
+        close(sock);
+        if (err == -ETIMEDOUT)
+            pipc_set_error("server at %s did not accept in time", name);
+    }
+    return err;
+}
+
+int pipc_client_connect(const char *name, int timeout_ms, pipc_client **out)
+{
+    return client_connect(name, timeout_ms, NULL, out);
+}
+
+int pipc_client_connect_with(const char *name, int timeout_ms, const struct pipc_client_options *options,
+                             pipc_client **out)
+{
+    return client_connect(name, timeout_ms, options, out);
+}
+
+int pipc_client_connect_start(const char *name, const struct pipc_client_options *options,
+                              pipc_client_pending **out)
+{
+    uint32_t flags;
+    int busy_poll, sock;
+    if (strlen(name) >= sizeof((*out)->name)) {
+        pipc_set_error("name too long for a unix socket address: %s", name);
+        return -ENAMETOOLONG;
+    }
+    int err = client_options(options, &flags, &busy_poll);
+    if (err || (err = connect_begin(name, flags, 1, &sock)))
+        return err;
+    pipc_client_pending *p = calloc(1, sizeof(*p));
+    if (!p) {
+        close(sock);
+        return -ENOMEM;
+    }
+    p->sock = sock;
+    p->busy_poll = busy_poll;
+    strcpy(p->name, name);
+    *out = p;
+    return 0;
+}
+
+int pipc_client_connect_fd(const pipc_client_pending *pending) { return pending->sock; }
+
+int pipc_client_connect_finish(pipc_client_pending *pending, pipc_client **out)
+{
+    int err = connect_end(pending->name, pending->sock, pipc_deadline(0), pending->busy_poll, out);
+    if (err == -ETIMEDOUT || err == -EINTR)
+        return -EAGAIN; /* no answer yet: the socket stays open, the caller polls it again */
+    free(pending);
+    return err;
+}
+
+void pipc_client_connect_cancel(pipc_client_pending *pending)
+{
+    if (!pending)
+        return;
+    close(pending->sock);
+    free(pending);
 }
 
 static int client_fail(pipc_client *c, int err)

@@ -248,6 +248,13 @@ static void report_unsent(const uint32_t *todo, size_t from, size_t m, uint32_t 
         unsent[(*n_unsent)++] = todo[k];
 }
 
+/* The worker at `position` has no room for the next packet (caplen bytes): for pipc_server_send_nowait. */
+static void note_stall(struct pipc_distributor *d, size_t position, uint32_t caplen)
+{
+    d->stall_index = d->workers[position]->index;
+    d->stall_need = caplen ? caplen : 1;
+}
+
 static int cmp_u32(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -298,6 +305,8 @@ static long send_flow(struct pipc_distributor *d, uint32_t default_linktype, con
                 err = send_part(d, pos, pk, d->todo + begin, count, deadline, &done, &written, &left);
                 sent += written;
                 if (err) { /* timeout or signal: report everything not written, stop */
+                    if (err == -ETIMEDOUT)
+                        note_stall(d, pos, pk[d->todo[begin + done]].caplen);
                     report_unsent(d->todo, begin + done, m, unsent, n_unsent);
                     report_unsent(d->retry, 0, n_retry, unsent, n_unsent);
                     break;
@@ -345,6 +354,8 @@ static long send_round_robin(struct pipc_distributor *d, const struct pipc_packe
         from += done;
         sent += written;
         if (err) {
+            if (err == -ETIMEDOUT && from < n)
+                note_stall(d, w, pk[from].caplen);
             for (size_t i = from; unsent && i < n; i++)
                 unsent[(*n_unsent)++] = (uint32_t)i;
             return sent ? (long)sent : err;
@@ -373,20 +384,13 @@ static long send_broadcast(struct pipc_distributor *d, const struct pipc_packet 
     return d->n_workers ? (long)n : no_worker();
 }
 
-long pipc_server_send_some(pipc_server *s, const struct pipc_packet *pk, size_t n, int timeout_ms, uint32_t *unsent,
-                           size_t *n_unsent)
+/* The send itself, under d->lock. */
+static long send_locked(pipc_server *s, const struct pipc_packet *pk, size_t n, uint64_t deadline, uint32_t *unsent,
+                        size_t *n_unsent)
 {
     struct pipc_distributor *d = &s->dist;
-    uint64_t deadline = pipc_deadline(timeout_ms);
-    size_t ignored;
-    if (!n_unsent)
-        n_unsent = &ignored;
-    *n_unsent = 0;
-    if (n > UINT32_MAX)
-        return -EINVAL;
-    long r = pipc_lock_until(&d->lock, deadline, "server");
-    if (r)
-        return r;
+    long r;
+    d->stall_index = UINT32_MAX;
     if (pipc_now_ns() - d->last_check_ns >= PIPC_LIVENESS_CHECK_NS)
         check_workers(d);
     if (!d->n_workers)
@@ -402,6 +406,49 @@ long pipc_server_send_some(pipc_server *s, const struct pipc_packet *pk, size_t 
             r = send_round_robin(d, pk, n, deadline, unsent, n_unsent);
         else
             r = send_flow(d, s->opts.linktype, pk, n, deadline, unsent, n_unsent);
+    }
+    return r;
+}
+
+long pipc_server_send_some(pipc_server *s, const struct pipc_packet *pk, size_t n, int timeout_ms, uint32_t *unsent,
+                           size_t *n_unsent)
+{
+    struct pipc_distributor *d = &s->dist;
+    uint64_t deadline = pipc_deadline(timeout_ms);
+    size_t ignored;
+    if (!n_unsent)
+        n_unsent = &ignored;
+    *n_unsent = 0;
+    if (n > UINT32_MAX)
+        return -EINVAL;
+    long r = pipc_lock_until(&d->lock, deadline, "server");
+    if (r)
+        return r;
+    r = send_locked(s, pk, n, deadline, unsent, n_unsent);
+    pthread_mutex_unlock(&d->lock);
+    return r;
+}
+
+long pipc_server_send_nowait(pipc_server *s, const struct pipc_packet *pk, size_t n, uint32_t *unsent,
+                             size_t *n_unsent, uint32_t *stalled, uint64_t *need_bytes)
+{
+    struct pipc_distributor *d = &s->dist;
+    *n_unsent = 0;
+    *stalled = UINT32_MAX;
+    *need_bytes = 0;
+    if (n > UINT32_MAX)
+        return -EINVAL;
+    if (d->policy == PIPC_DISTRIBUTION_BROADCAST) {
+        pipc_set_error("a broadcast cannot be sent in parts: send to each connection instead");
+        return -EOPNOTSUPP;
+    }
+    uint64_t now = pipc_deadline(0);
+    if (pipc_lock_until(&d->lock, now, "server"))
+        return -EBUSY; /* another thread is inside a send, an accept's join or a check on this server */
+    long r = send_locked(s, pk, n, now, unsent, n_unsent);
+    if (d->stall_index != UINT32_MAX && (r == -ETIMEDOUT || (r >= 0 && *n_unsent > 0))) {
+        *stalled = d->stall_index;
+        *need_bytes = d->stall_need;
     }
     pthread_mutex_unlock(&d->lock);
     return r;

@@ -119,6 +119,15 @@ int pipc_server_create(const char *name, const struct pipc_server_options *optio
 const char *pipc_server_name(const pipc_server *server) { return server->name; }
 int pipc_server_fd(const pipc_server *server) { return server->listen_fd; }
 
+int pipc_server_pending_fd(pipc_server *server)
+{
+    if (pthread_mutex_trylock(&server->lock) != 0) /* an accept is running: it owns the pending socket */
+        return -1;
+    int fd = server->pending_sock;
+    pthread_mutex_unlock(&server->lock);
+    return fd;
+}
+
 int pipc_server_allow_peer(pipc_server *server, int64_t uid, int64_t gid)
 {
     if (uid >= 0) {

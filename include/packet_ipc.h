@@ -166,6 +166,11 @@ PIPC_API int pipc_server_allow_peer(pipc_server *server, int64_t uid, int64_t gi
  * -EACCES, ...) leave the server usable: call again. The connection is also one of the server's workers
  * (see pipc_server_send); close it with pipc_conn_close whether or not the server is still open. */
 PIPC_API int pipc_server_accept(pipc_server *server, int timeout_ms, pipc_conn **out);
+/* The socket of a client whose handshake a pipc_server_accept with a short timeout left half done (its HELLO
+ * had not arrived), or -1 (none, or another thread is inside an accept). An event loop polls it (readable when
+ * the HELLO arrives or the client hangs up) instead of the listening socket, then calls pipc_server_accept
+ * with timeout 0 again, which resumes that handshake. Poll it only; valid until that next accept. */
+PIPC_API int pipc_server_pending_fd(pipc_server *server);
 /* ---- Many workers: server-level sends over every live connection ----
  * Every accepted connection is also one of the server's workers until it dies or is closed. A joining
  * worker takes 1/n of each worker's flow buckets; a dead worker's buckets go to the survivors (the other
@@ -184,6 +189,15 @@ PIPC_API long pipc_server_send(pipc_server *server, const struct pipc_packet *pa
  * on, and every packet still arrives exactly once and in its flow's order. */
 PIPC_API long pipc_server_send_some(pipc_server *server, const struct pipc_packet *packets, size_t n,
                                    int timeout_ms, uint32_t *unsent, size_t *n_unsent);
+/* The non-blocking form of pipc_server_send_some, for an event loop: never waits. When a worker's full ring
+ * (block policy) stops it, it returns the count written (or -ETIMEDOUT if none), lists the unsent packets as
+ * pipc_server_send_some does, and sets *stalled to that worker's acceptance index and *need_bytes to what its
+ * next packet needs: wait on that connection (pipc_conn_prepare_wait(conn, *need_bytes), pipc_conn_fd,
+ * pipc_conn_socket, pipc_conn_finish_wait), then call again with the unsent packets. *stalled is UINT32_MAX
+ * when no worker stalled. -EBUSY (nothing sent): another thread is inside a call on this server's workers;
+ * -EOPNOTSUPP under broadcast (a part of a broadcast cannot be resumed: send to each connection). */
+PIPC_API long pipc_server_send_nowait(pipc_server *server, const struct pipc_packet *packets, size_t n,
+                                     uint32_t *unsent, size_t *n_unsent, uint32_t *stalled, uint64_t *need_bytes);
 /* Ends every live worker's stream (after looking for dead workers: what they held is counted as lost). */
 PIPC_API int pipc_server_end(pipc_server *server);
 /* Aborts every live worker's stream (see pipc_conn_abort). */
@@ -264,6 +278,18 @@ PIPC_API int pipc_client_connect(const char *name, int timeout_ms, pipc_client *
 /* As pipc_client_connect, with options (NULL: defaults, as pipc_client_connect). */
 PIPC_API int pipc_client_connect_with(const char *name, int timeout_ms, const struct pipc_client_options *options,
                                       pipc_client **out);
+/* Connecting from an event loop, in steps that never block: pipc_client_connect_start connects and sends the
+ * HELLO (-EAGAIN: the server's backlog is full, try again later; other errors as pipc_client_connect);
+ * pipc_client_connect_fd is the socket to poll (readable when the server answered or went away);
+ * pipc_client_connect_finish returns -EAGAIN while the answer has not arrived (pending is kept: poll again),
+ * and otherwise consumes pending: 0 with *out connected, or the error pipc_client_connect would give.
+ * pipc_client_connect_cancel drops a pending connect (NULL is accepted). The caller keeps the time. */
+typedef struct pipc_client_pending pipc_client_pending;
+PIPC_API int pipc_client_connect_start(const char *name, const struct pipc_client_options *options,
+                                       pipc_client_pending **out);
+PIPC_API int pipc_client_connect_fd(const pipc_client_pending *pending);
+PIPC_API int pipc_client_connect_finish(pipc_client_pending *pending, pipc_client **out);
+PIPC_API void pipc_client_connect_cancel(pipc_client_pending *pending);
 /* Receives up to max packets with no copy. Returns n > 0; 0 at end of stream once everything was drained;
  * -ETIMEDOUT if nothing arrived in time; -ECONNRESET when the server vanished and everything committed
  * was drained; -EPROTO if the ring is corrupt (the connection is then unusable). Received packets stay

@@ -6,11 +6,15 @@ Each test runs its coroutine with ``asyncio.Runner(loop_factory=...)`` (no pytes
 
 from __future__ import annotations
 
+import array
 import asyncio
 import hashlib
 import os
 import random
 import signal
+import socket
+import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,7 +23,7 @@ import pytest
 
 import packet_ipc as pipc
 from packet_ipc import aio
-from helpers.peers import connect_and_idle, digest, make_packets, receive_all, serve_packets, serve_then_hang
+from helpers.peers import collect, connect_and_idle, digest, make_packets, receive_all, serve_packets, serve_then_hang
 
 try:
     import uvloop
@@ -271,27 +275,238 @@ def test_sends_cancelled_at_random_points_report_exact_progress_and_resume_witho
     assert outcomes["cancelled"] > 10 and outcomes["partial"] > 10, outcomes
 
 
+HELLO = struct.pack("<QIII12x", 0x4F4C454843504950, pipc.WIRE_VERSION, pipc.ABI_VERSION, 0)  # docs/wire-format.md
+
+
 def test_cancelled_accept_does_not_lose_the_client(run):
     async def main() -> None:
         async with aio.Server() as server:
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.05):
                     await server.accept()
-            connecting = asyncio.create_task(aio.Client.connect(server.name, timeout=10))
-            accepting = asyncio.create_task(server.accept())
-            while server._handshake is None:  # until the client knocked and its handshake runs
-                await asyncio.sleep(0)
-            accepting.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await accepting
-            conn = await server.accept(timeout=10)  # the handshake finished anyway: this client is not lost
-            async with await connecting as client:
-                await conn.send([pipc.Packet(1, b"hello")])
+            # A client whose HELLO comes late: accept() waits on its socket (the C core keeps the half-done
+            # handshake), is cancelled meanwhile, and the next accept() resumes that handshake.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as raw:
+                raw.connect(server.name)
+                accepting = asyncio.create_task(server.accept())
+                await asyncio.sleep(0.05)
+                assert not accepting.done()
+                accepting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await accepting
+                raw.send(HELLO)
+                conn = await server.accept(timeout=10)
+                assert conn.peer_pid == os.getpid()
+                welcome, fds, _, _ = socket.recv_fds(raw, 256, 3)
+                assert len(welcome) == 256 and struct.unpack_from("<i", welcome, 12)[0] == 0 and len(fds) == 3
+                for fd in fds:
+                    os.close(fd)
                 conn.close()
-                assert [p.tobytes() for p in await client.receive_packets()] == [b"hello"]
-                assert await client.receive_packets() is None
+            # An accept cancelled at any point while a real client connects: the client is accepted next time.
+            for delay in range(8):
+                connecting = asyncio.create_task(aio.Client.connect(server.name, timeout=10))
+                accepting = asyncio.create_task(server.accept())
+                for _ in range(delay):
+                    await asyncio.sleep(0)
+                accepting.cancel()
+                try:
+                    conn = await accepting
+                except asyncio.CancelledError:
+                    conn = await server.accept(timeout=10)
+                async with await connecting as client:
+                    await conn.send([pipc.Packet(1, b"hello")])
+                    conn.close()
+                    assert [p.tobytes() for p in await client.receive_packets()] == [b"hello"]
+                    assert await client.receive_packets() is None
 
     run(main())
+
+
+def test_accept_and_connect_start_no_thread(run):
+    async def main() -> None:
+        async with aio.Server(stats_socket=False) as server:
+            before = {t.ident for t in threading.enumerate()}
+            seen = set(before)
+            stop = False
+
+            async def watch() -> None:  # every loop iteration: which threads exist
+                while not stop:
+                    seen.update(t.ident for t in threading.enumerate())
+                    await asyncio.sleep(0)
+
+            watcher = asyncio.create_task(watch())
+            for _ in range(5):
+                accepting = asyncio.create_task(server.accept(timeout=10))
+                await asyncio.sleep(0.01)  # accept waits on the listening socket first
+                async with aio.Client.connect(server.name, timeout=10) as client:
+                    conn = await accepting
+                    await conn.send([pipc.Packet(7, b"x")])
+                    assert [p.timestamp for p in await client.receive_packets()] == [7]
+                    conn.close()
+            with pytest.raises(pipc.TimeoutError):  # nobody accepts: the connect times out on the loop
+                await aio.Client.connect(server.name, timeout=0.05)
+            stop = True
+            await watcher
+            assert seen == before  # no thread started (threads of earlier tests may have ended)
+
+    run(main())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# server-level sends (many workers) from the loop
+
+
+def test_async_server_send_spreads_flows_over_two_workers_exactly_once(run, ctx):
+    from test_distribution import assert_flow_affinity, synthetic_flows
+
+    packets = synthetic_flows(400, 6)
+
+    async def main() -> list[Any]:
+        # Small rings and a slow worker: sends stall on full rings, wait on that worker's fds, and resume.
+        async with aio.Server(capacity=1 << 14, distribution="flow") as server:
+            result_q = ctx.Queue()
+            procs = [ctx.Process(target=collect, args=(server.name, result_q)) for _ in range(2)]
+            for p in procs:
+                p.start()
+            assert len(await server.wait_for_clients(2, timeout=30)) == 2
+            sent = 0
+            for i in range(0, len(packets), 500):
+                part = packets[i : i + 500]
+                if i // 500 % 2:
+                    sent += await server.send_batch(pipc.PacketBatch.from_packets(part), timeout=30)
+                else:
+                    sent += await server.send(part, timeout=30)
+            assert sent == len(packets) and server.last_send_unsent == []
+            assert await server.send(None) == 0
+            results = [result_q.get(timeout=60) for _ in procs]
+            for p in procs:
+                p.join(30)
+            stats = server.stats()
+            assert stats.sent_packets == len(packets) and stats.lost_packets == 0
+            server.close_connections()
+            return results
+
+    results = run(main())
+    assert_flow_affinity(packets, results, 2)
+
+
+def test_broadcast_timeouts_abort_and_worker_checks_from_the_loop(run):
+    async def drain(client: aio.Client) -> tuple[list[int], str | None]:
+        got: list[int] = []
+        try:
+            async for batch in client:
+                got.extend(p.timestamp for p in batch)
+                batch.release()
+        except pipc.ConnectionLostError as e:
+            return got, str(e)
+        return got, None
+
+    async def main() -> None:
+        async with aio.Server(capacity=1 << 13, distribution="broadcast") as server:
+            accepting = asyncio.create_task(server.wait_for_clients(2, timeout=10))
+            clients = [await aio.Client.connect(server.name, timeout=10) for _ in range(2)]
+            conns = await accepting
+            assert [c.index for c in conns] == [0, 1] and server.connections == conns
+            packets = make_packets(500, max_len=200)
+            readers = [asyncio.create_task(drain(c)) for c in clients]
+            assert await server.send(packets, timeout=30) == 500  # rings of 8 KiB: both waits happen
+            assert server.last_send_unsent is None and server.last_send_progress == 500
+            await server.send(None)
+            for got, error in await asyncio.gather(*readers):
+                assert got == [p.timestamp for p in packets] and error is None
+            for c in clients:
+                c.close()
+            assert server.check_workers() == conns and server.connections == []  # both clients left
+            server.close_connections()
+
+        async with aio.Server(capacity=1 << 13) as server:  # flow: timeout=0 never waits
+            accepting = asyncio.create_task(server.accept(timeout=10))
+            client = await aio.Client.connect(server.name, timeout=10)
+            conn = await accepting
+            with pytest.raises(pipc.TimeoutError) as e:
+                await server.send(make_packets(500, max_len=200), timeout=0)
+            assert 0 < e.value.sent == server.last_send_progress < 500
+            assert len(server.last_send_unsent) == 500 - e.value.sent
+            server.abort_connections()  # the client drains what was sent, then learns the server failed
+            got, error = await drain(client)
+            assert len(got) == e.value.sent and error and "aborted" in error
+            client.close()
+            conn.close()
+            with pytest.raises(pipc.ConnectionLostError):  # no worker left: nothing written
+                await server.send(make_packets(3))
+            assert server.last_send_progress == 0 and server.last_send_unsent == [0, 1, 2]
+
+    run(main())
+
+
+def test_server_send_fails_with_exact_progress_when_the_only_worker_dies_while_it_waits(run, ctx):
+    async def main() -> None:
+        async with aio.Server(capacity=1 << 13) as server:
+            stall, result_q = ctx.Event(), ctx.Queue()
+            worker = ctx.Process(target=collect, args=(server.name, result_q), kwargs={"stall": stall})
+            worker.start()
+            await server.accept(timeout=30)
+            sending = asyncio.create_task(server.send(make_packets(2000, max_len=200), timeout=60))
+            while server.last_send_progress == 0:  # it filled the ring and waits for space now
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.05)
+            assert not sending.done()
+            os.kill(worker.pid, signal.SIGKILL)  # the wait wakes on the worker's socket, not on a timeout
+            with pytest.raises(pipc.ConnectionLostError) as e:
+                await sending
+            assert e.value.sent == server.last_send_progress > 0
+            assert server.last_send_progress + len(server.last_send_unsent) == 2000
+            assert server.stats().lost_packets == server.last_send_progress  # all of it sat unread in its ring
+            await asyncio.to_thread(worker.join, 30)
+
+    run(main())
+
+
+def test_cancelled_server_sends_resume_with_the_unsent_packets_exactly_once(run, ctx):
+    from test_distribution import synthetic_flows
+
+    packets = synthetic_flows(300, 10)
+
+    async def main() -> list[Any]:
+        async with aio.Server(capacity=1 << 13, distribution="flow") as server:
+            result_q = ctx.Queue()
+            procs = [ctx.Process(target=collect, args=(server.name, result_q), kwargs={"delay": 0.002}) for _ in range(2)]
+            for p in procs:
+                p.start()
+            await server.wait_for_clients(2, timeout=30)
+            rng = random.Random(7)
+            todo = list(packets)
+            cancelled = 0
+            while todo:  # round 1: cancelled at random points, resumed with exactly the unsent packets
+                task = asyncio.create_task(server.send(todo, timeout=60))
+                for _ in range(rng.randrange(20)):
+                    await asyncio.sleep(0)
+                task.cancel()
+                try:
+                    await task
+                    todo = []
+                except asyncio.CancelledError:
+                    cancelled += 1
+                    assert server.last_send_progress + len(server.last_send_unsent) == len(todo)
+                    todo = [todo[i] for i in server.last_send_unsent]
+            assert cancelled > 3
+            big = asyncio.create_task(server.send_batch(pipc.PacketBatch.from_packets(packets), timeout=60))
+            while server.last_send_progress == 0 and not big.done():  # round 2: a send that stalls on full rings
+                await asyncio.sleep(0.001)
+            assert not big.done()  # the slow workers keep it waiting for space
+            with pytest.raises(RuntimeError):  # one server-level send at a time
+                await server.send(packets[:1])
+            assert await big == len(packets)
+            await server.send(None)
+            results = [result_q.get(timeout=60) for _ in procs]
+            for p in procs:
+                p.join(30)
+            return results
+
+    results = run(main())
+    assert all(error is None and dropped == 0 for _, _, dropped, error in results)
+    stamps = sorted(ts for _, got, _, _ in results for ts, _ in got)
+    assert stamps == sorted(list(range(len(packets))) * 2)  # every packet once per round: none lost, none twice
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -560,3 +775,39 @@ def test_package_digest_helper_matches_hashlib():  # keeps `digest` honest: the 
     p = [pipc.Packet(5, b"ab", orig_len=3)]
     h = hashlib.sha256((5).to_bytes(8, "little") + (3).to_bytes(4, "little") + b"ab").hexdigest()
     assert digest(p) == h
+
+
+def test_reserve_waits_for_space_on_the_loop_and_commits_in_place(run):
+    """aio Connection.reserve: waits (without blocking the loop) while the ring is full, then builds in place."""
+
+    async def main() -> None:
+        async with aio.Server(capacity=1 << 14) as server:
+            client_task = asyncio.ensure_future(aio.Client.connect(server.name, timeout=10))
+            conn = await server.accept(timeout=10)
+            client = await client_task
+            for n in (8, 4):  # 12 KiB of the 16 KiB ring (a reservation holds at most half of it)
+                r = await conn.reserve(n, n * 1024)
+                assert r is not None
+                r.caplen[:] = array.array("I", [1024] * n)
+                r.commit(n)
+            waiting = asyncio.ensure_future(conn.reserve(8, 8 * 1024, timeout=10))  # 8 KiB more: must wait
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            batch = await client.receive_batch(16, timeout=10)  # a take is at most half the ring: the first 8
+            assert batch is not None and len(batch) == 8
+            batch.release()
+            third = await asyncio.wait_for(waiting, 10)
+            assert third is not None
+            third.caplen[:] = array.array("I", [1024] * 8)
+            third.commit(8)
+            got = 0
+            while got < 12:
+                batch = await client.receive_batch(16, timeout=10)
+                assert batch is not None
+                got += len(batch)
+                batch.release()
+            assert got == 12
+            conn.close()
+            client.close()
+
+    run(main())

@@ -16,7 +16,7 @@ import packet_ipc
 REPO = Path(__file__).resolve().parents[1]
 MODULES = ["packet_ipc", "packet_ipc.server", "packet_ipc.client", "packet_ipc.errors", "packet_ipc.pcap",
            "packet_ipc.replay", "packet_ipc.stats", "packet_ipc.batch", "packet_ipc.packet", "packet_ipc.cli",
-           "packet_ipc.pcap_over_ip", "packet_ipc.endpoint"]
+           "packet_ipc.pcap_over_ip", "packet_ipc.endpoint", "packet_ipc.aio"]
 
 
 def public_callables():

@@ -342,3 +342,20 @@ struct pipc_packet *batch_to_packets(BatchObject *b, const uint32_t *idx, Py_ssi
     }
     return pk;
 }
+
+int indices_from(PyObject *sel, Py_buffer *view, const uint32_t **idx, Py_ssize_t *n)
+{
+    *idx = NULL;
+    if (sel == Py_None)
+        return 0;
+    if (PyObject_GetBuffer(sel, view, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (view->len % 4) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "indices must be uint32 values");
+        return -1;
+    }
+    *idx = view->buf;
+    *n = view->len / 4;
+    return 0;
+}

@@ -40,6 +40,19 @@ typedef struct {
 /* ------------------------------------------------------------------------------------------------------ */
 /* Client */
 
+/* A Client object owning c (closed if the object cannot be made). */
+static PyObject *client_wrap(PyTypeObject *tp, pipc_client *c, int busy_poll)
+{
+    ClientObject *self = (ClientObject *)tp->tp_alloc(tp, 0);
+    if (!self) {
+        pipc_client_close(c);
+        return NULL;
+    }
+    self->c = c;
+    self->busy_poll = busy_poll;
+    return (PyObject *)self;
+}
+
 static PyObject *client_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"name", "timeout", "busy_poll", "overflow", NULL};
@@ -66,14 +79,7 @@ static PyObject *client_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     }
     if (r < 0)
         return raise_code(st, r, "connect");
-    ClientObject *self = (ClientObject *)tp->tp_alloc(tp, 0);
-    if (!self) {
-        pipc_client_close(c);
-        return NULL;
-    }
-    self->c = c;
-    self->busy_poll = busy;
-    return (PyObject *)self;
+    return client_wrap(tp, c, busy);
 }
 
 static void client_dealloc(ClientObject *self)
@@ -338,3 +344,97 @@ static PyType_Slot client_slots[] = {
     {Py_tp_getset, client_getset}, {Py_tp_doc, "Low-level client."}, {0, NULL},
 };
 PyType_Spec client_spec = {"packet_ipc._core.Client", sizeof(ClientObject), 0, Py_TPFLAGS_DEFAULT, client_slots};
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* PendingClient: a connect in steps for an event loop (pipc_client_connect_start/_fd/_finish); never blocks */
+
+typedef struct {
+    PyObject_HEAD
+    pipc_client_pending *p;
+    int busy_poll;
+} PendingObject;
+
+static PyObject *pending_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"name", "busy_poll", "overflow", NULL};
+    const char *name;
+    int busy = 0, overflow = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s|pi:PendingClient", kwlist, &name, &busy, &overflow))
+        return NULL;
+    struct pipc_client_options o = {.struct_bytes = sizeof(o), .overflow = overflow, .busy_poll = busy};
+    o.use_server_overflow = overflow != PIPC_OVERFLOW_BLOCK && overflow != PIPC_OVERFLOW_DROP;
+    pipc_client_pending *p;
+    int r = pipc_client_connect_start(name, &o, &p);
+    if (r == -EAGAIN)
+        Py_RETURN_NONE; /* the server's backlog is full: the caller tries again a little later */
+    if (r < 0)
+        return raise_code(state_of_type(tp), r, "connect");
+    PendingObject *self = (PendingObject *)tp->tp_alloc(tp, 0);
+    if (!self) {
+        pipc_client_connect_cancel(p);
+        return NULL;
+    }
+    self->p = p;
+    self->busy_poll = busy;
+    return (PyObject *)self;
+}
+
+static void pending_dealloc(PendingObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    pipc_client_connect_cancel(self->p);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *pending_fileno(PendingObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!self->p) {
+        PyErr_SetString(state_of_type(Py_TYPE(self))->ClosedError, "this connect has finished");
+        return NULL;
+    }
+    return PyLong_FromLong(pipc_client_connect_fd(self->p));
+}
+
+static PyObject *pending_finish(PendingObject *self, PyObject *unused)
+{
+    (void)unused;
+    core_state *st = state_of_type(Py_TYPE(self));
+    if (!self->p) {
+        PyErr_SetString(st->ClosedError, "this connect has finished");
+        return NULL;
+    }
+    pipc_client *c;
+    int r = pipc_client_connect_finish(self->p, &c);
+    if (r == -EAGAIN)
+        Py_RETURN_NONE;
+    self->p = NULL; /* consumed */
+    if (r < 0)
+        return raise_code(st, r, "connect");
+    return client_wrap(st->ClientType, c, self->busy_poll);
+}
+
+static PyObject *pending_cancel(PendingObject *self, PyObject *unused)
+{
+    (void)unused;
+    pipc_client_connect_cancel(self->p);
+    self->p = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef pending_methods[] = {
+    {"fileno", (PyCFunction)pending_fileno, METH_NOARGS, "The socket to wait on (readable when the server answered)."},
+    {"finish", (PyCFunction)pending_finish, METH_NOARGS, "The connected Client, or None while the answer is not there."},
+    {"cancel", (PyCFunction)pending_cancel, METH_NOARGS, "Drops the connect (closes its socket)."},
+    {NULL, NULL, 0, NULL},
+};
+static PyType_Slot pending_slots[] = {
+    {Py_tp_new, pending_new},
+    {Py_tp_dealloc, pending_dealloc},
+    {Py_tp_methods, pending_methods},
+    {Py_tp_doc, "PendingClient(name, busy_poll=False, overflow=-1): a connect that never blocks (None: retry)."},
+    {0, NULL},
+};
+PyType_Spec pending_spec = {"packet_ipc._core.PendingClient", sizeof(PendingObject), 0, Py_TPFLAGS_DEFAULT,
+                            pending_slots};

@@ -121,18 +121,11 @@ static PyObject *conn_send_batch(ConnectionObject *self, PyObject *args)
         return NULL;
     /* Optional selection: a buffer of uint32 packet indices (the share of one worker, in order). */
     Py_buffer sv = {0};
-    const uint32_t *idx = NULL;
+    const uint32_t *idx;
     Py_ssize_t n = b->n;
-    if (sel != Py_None) {
-        if (PyObject_GetBuffer(sel, &sv, PyBUF_SIMPLE) < 0)
-            return NULL;
-        if (sv.len % 4) {
-            PyBuffer_Release(&sv);
-            PyErr_SetString(PyExc_ValueError, "indices must be uint32 values");
-            return NULL;
-        }
-        idx = sv.buf;
-        n = sv.len / 4;
+    if (indices_from(sel, &sv, &idx, &n) < 0)
+        return NULL;
+    if (idx) {
         for (Py_ssize_t k = 0; k < n; k++)
             if (idx[k] >= (uint64_t)b->n) { /* stops an index past the batch */
                 PyBuffer_Release(&sv);

@@ -170,6 +170,7 @@ static int core_exec(PyObject *m)
         add_type(m, &client_spec, &st->ClientType, "Client") < 0 ||
         add_type(m, &region_spec, &st->RegionType, "_ReservedRegion") < 0 ||
         add_type(m, &reservation_spec, &st->ReservationType, "Reservation") < 0 ||
+        add_type(m, &pending_spec, &st->PendingType, "PendingClient") < 0 ||
         add_named_tuple(m, &stats_desc, &st->StatsType, "StatsValues") < 0 ||
         add_named_tuple(m, &conn_info_desc, &st->ConnInfoType, "ConnectionInfo") < 0 ||
         add_named_tuple(m, &client_info_desc, &st->ClientInfoType, "ClientInfo") < 0)
@@ -207,6 +208,7 @@ static int core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->ServerType);
     Py_VISIT(st->ConnectionType);
     Py_VISIT(st->ClientType);
+    Py_VISIT(st->PendingType);
     Py_VISIT(st->StatsType);
     Py_VISIT(st->ConnInfoType);
     Py_VISIT(st->ClientInfoType);
@@ -232,6 +234,7 @@ static int core_clear(PyObject *m)
     Py_CLEAR(st->ServerType);
     Py_CLEAR(st->ConnectionType);
     Py_CLEAR(st->ClientType);
+    Py_CLEAR(st->PendingType);
     Py_CLEAR(st->StatsType);
     Py_CLEAR(st->ConnInfoType);
     Py_CLEAR(st->ClientInfoType);

@@ -25,7 +25,7 @@ typedef struct {
     PyObject *PacketIpcError, *ConnectError, *ConnectionLostError, *ProtocolError, *TimeoutError,
         *PermissionDeniedError, *ClosedError;
     PyObject *error_from_code; /* packet_ipc.errors.from_code */
-    PyTypeObject *PacketType, *LeaseType, *BatchType, *ServerType, *ConnectionType, *ClientType,
+    PyTypeObject *PacketType, *LeaseType, *BatchType, *ServerType, *ConnectionType, *ClientType, *PendingType,
         *RegionType, *ReservationType;
     /* named tuples (struct sequences): fields by name, still indexable */
     PyTypeObject *StatsType, *ConnInfoType, *ClientInfoType;
@@ -109,6 +109,7 @@ int remaining(uint64_t deadline);
 /* _client.c */
 extern PyType_Spec lease_spec;
 extern PyType_Spec client_spec;
+extern PyType_Spec pending_spec;
 
 /* _packet.c */
 PyObject *packet_new_view(core_state *st, PyObject *owner, const struct pipc_packet *p);
@@ -123,6 +124,9 @@ int batch_live(BatchObject *b);
 /* The descriptors of batch[idx[k]] (or batch[k]) for k < n, in `local` when it has room (256), else in memory
  * the caller frees with PyMem_Free; NULL with MemoryError. */
 struct pipc_packet *batch_to_packets(BatchObject *b, const uint32_t *idx, Py_ssize_t n, struct pipc_packet *local);
+/* An optional selection: None (*idx = NULL), or a buffer of uint32 packet positions (*idx, *n), held in view
+ * (PyBuffer_Release it when *idx is set). -1 with an exception for a buffer that is not uint32 values. */
+int indices_from(PyObject *sel, Py_buffer *view, const uint32_t **idx, Py_ssize_t *n);
 extern PyType_Spec batch_spec;
 
 /* _server.c */

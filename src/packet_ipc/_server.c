@@ -377,7 +377,133 @@ static PyObject *server_stats(ServerObject *self, PyObject *unused)
                          (unsigned long long)st.handshake_failures);
 }
 
+/* ---- for an event loop (packet_ipc.aio): a send that never waits, and the half-done handshake's socket ---- */
+
+/* The packets of `items` (a PacketBatch or a sequence of packet-like objects) at `idx` (or all of them). */
+static struct pipc_packet *select_packets(core_state *st, PyObject *items, const uint32_t *idx, Py_ssize_t n_idx,
+                                          Py_ssize_t *n_out, Py_buffer **views, PyObject **hold)
+{
+    *views = NULL;
+    if (Py_TYPE(items) == st->BatchType) {
+        BatchObject *b = (BatchObject *)items;
+        if (!batch_live(b))
+            return NULL;
+        Py_ssize_t n = idx ? n_idx : b->n;
+        for (Py_ssize_t k = 0; idx && k < n; k++)
+            if (idx[k] >= (uint64_t)b->n) {
+                PyErr_SetString(PyExc_IndexError, "index out of range of the batch");
+                return NULL;
+            }
+        struct pipc_packet *buf = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(*buf)), *pk;
+        if (!buf)
+            return (struct pipc_packet *)PyErr_NoMemory();
+        if (!(pk = batch_to_packets(b, idx, n, buf)) || pk != buf)
+            PyMem_Free(buf); /* more than fit `local`: it made its own (the caller frees pk) */
+        if (pk) {
+            *n_out = n;
+            Py_INCREF(items);
+            *hold = items; /* the batch (and its data) stays alive while its descriptors are in use */
+        }
+        return pk;
+    }
+    PyObject *seq = items;
+    if (idx) { /* the selected items, in that order */
+        PyObject *fast = PySequence_Fast(items, "send takes a sequence of packets or a PacketBatch");
+        if (!fast)
+            return NULL;
+        Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
+        seq = PyList_New(n_idx);
+        for (Py_ssize_t k = 0; seq && k < n_idx; k++) {
+            if (idx[k] >= (uint64_t)len) {
+                PyErr_SetString(PyExc_IndexError, "index out of range of the packets");
+                Py_CLEAR(seq);
+                break;
+            }
+            PyObject *o = PySequence_Fast_GET_ITEM(fast, idx[k]);
+            Py_INCREF(o);
+            PyList_SET_ITEM(seq, k, o);
+        }
+        Py_DECREF(fast);
+        if (!seq)
+            return NULL;
+    } else
+        Py_INCREF(seq);
+    *hold = seq;
+    struct pipc_packet *pk = convert_packets(st, seq, n_out, views);
+    if (!pk)
+        Py_CLEAR(*hold);
+    return pk;
+}
+
+/* send_nowait(items, indices=None) -> (sent, unsent, stalled, need_bytes); see pipc_server_send_nowait. unsent
+ * is a bytes of uint32 positions in items (pass it back as indices to go on); stalled is the acceptance index
+ * of the worker whose full ring stopped the call (-1: none). Errors carry `sent`, and `unsent` when some packets
+ * were written before the error. */
+static PyObject *server_send_nowait(ServerObject *self, PyObject *args)
+{
+    PyObject *items, *sel = Py_None, *hold = NULL, *res = NULL;
+    if (!PyArg_ParseTuple(args, "O|O:send_nowait", &items, &sel) || !server_open(self))
+        return NULL;
+    core_state *st = state_of_type(Py_TYPE(self));
+    Py_buffer sv = {0};
+    const uint32_t *idx;
+    Py_ssize_t n_idx = 0, n = 0;
+    if (indices_from(sel, &sv, &idx, &n_idx) < 0)
+        return NULL;
+    Py_buffer *views = NULL;
+    struct pipc_packet *pk = select_packets(st, items, idx, n_idx, &n, &views, &hold);
+    uint32_t *unsent = pk ? PyMem_Malloc((size_t)(n ? n : 1) * sizeof(uint32_t)) : NULL;
+    if (pk && !unsent)
+        PyErr_NoMemory();
+    if (unsent) {
+        size_t n_unsent = 0;
+        uint32_t stalled;
+        uint64_t need;
+        long r = pipc_server_send_nowait(self->s, pk, (size_t)n, unsent, &n_unsent, &stalled, &need);
+        for (size_t k = 0; idx && k < n_unsent; k++) /* positions in the caller's items */
+            unsent[k] = idx[unsent[k]];
+        PyObject *left = PyBytes_FromStringAndSize((const char *)unsent, (Py_ssize_t)(n_unsent * sizeof(uint32_t)));
+        Py_ssize_t sent = r >= 0 ? r : (n_unsent ? n - (Py_ssize_t)n_unsent : 0);
+        if (left && (r >= 0 || r == -ETIMEDOUT))
+            res = Py_BuildValue("(nOlK)", r >= 0 ? (Py_ssize_t)r : 0, left,
+                                stalled == UINT32_MAX ? -1L : (long)stalled, (unsigned long long)need);
+        else if (left) {
+            raise_with_sent(st, (int)r, sent);
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            PyErr_NormalizeException(&et, &ev, &tb);
+            /* listed only when some were written (every worker died mid-call); else none was written */
+            if (ev && n_unsent && PyObject_SetAttrString(ev, "unsent", left) < 0)
+                PyErr_Clear();
+            PyErr_Restore(et, ev, tb);
+        }
+        Py_XDECREF(left);
+        PyMem_Free(unsent);
+    }
+    if (pk) {
+        if (views)
+            release_views(views, n);
+        PyMem_Free(pk);
+    }
+    Py_XDECREF(hold);
+    if (idx)
+        PyBuffer_Release(&sv);
+    return res;
+}
+
+static PyObject *server_pending_fd(ServerObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!server_open(self))
+        return NULL;
+    return PyLong_FromLong(pipc_server_pending_fd(self->s));
+}
+
 static PyMethodDef server_methods[] = {
+    {"send_nowait", (PyCFunction)server_send_nowait, METH_VARARGS,
+     "send_nowait(items, indices=None) -> (sent, unsent, stalled, need_bytes): never waits."},
+    {"pending_fd", (PyCFunction)server_pending_fd, METH_NOARGS,
+     "The socket of a client whose HELLO an accept(0) is waiting for, or -1."},
     {"accept", (PyCFunction)server_accept, METH_VARARGS, "accept(timeout=None) -> Connection"},
     {"send", (PyCFunction)server_send, METH_VARARGS, "send(packets, timeout=None) -> int: distributes"},
     {"send_batch", (PyCFunction)server_send_batch, METH_VARARGS, "send_batch(batch, timeout=None) -> int"},

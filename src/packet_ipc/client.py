@@ -43,11 +43,41 @@ class Client:
         busy_poll: bool = False,
         overflow: Literal["block", "drop"] | None = None,
     ) -> None:
-        if overflow not in (None, "block", "drop"):
-            raise ValueError(f"overflow must be None, 'block' or 'drop', not {overflow!r}")
         self.name = str(name)
-        code = -1 if overflow is None else (_core.OVERFLOW_DROP if overflow == "drop" else _core.OVERFLOW_BLOCK)
-        self._c = _core.Client(self.name, timeout, busy_poll, code)
+        self._c = _core.Client(self.name, timeout, busy_poll, _overflow_code(overflow))
+
+    @classmethod
+    def _from_core(cls, name: str, core: _core.Client) -> Client:
+        """A client over an already connected core (see :meth:`_start_connect`)."""
+        self = cls.__new__(cls)
+        self.name = name
+        self._c = core
+        return self
+
+    @classmethod
+    def _start_connect(
+        cls, name: str, *, busy_poll: bool = False, overflow: Literal["block", "drop"] | None = None
+    ) -> _Handshake | None:
+        """Starts connecting without blocking (for an event loop): the HELLO is sent; None when the server's
+        backlog is full (try again a little later). Raises as the constructor."""
+        name = str(name)
+        pending = _core.PendingClient(name, busy_poll, _overflow_code(overflow))
+        return None if pending is None else _Handshake(cls, name, pending)
+
+    # ---- for an event loop (packet_ipc.aio), which waits for packets itself: see pipc_client_prepare_wait ----
+
+    def _prepare_wait(self) -> bool:
+        """Arms the data wake-up; True: the caller may sleep on :meth:`_wait_fds`."""
+        return bool(self._c.prepare_wait())
+
+    def _wait_fds(self) -> tuple[int, int]:
+        """(data eventfd, control socket): readable when packets may be waiting, or the server has gone."""
+        data_fd, sock_fd, _ = self._c.fds()
+        return data_fd, sock_fd
+
+    def _finish_wait(self) -> None:
+        """Disarms the wake-up and drains the eventfd."""
+        self._c.finish_wait()
 
     def receive_batch(self, max_packets: int = 1024, timeout: float | None = None) -> PacketBatch | None:
         """Waits for at least one packet and returns a batch of at most ``max_packets``, viewing the ring.
@@ -107,3 +137,35 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<packet_ipc.Client name={self.name!r}{' closed' if self.closed else ''}>"
+
+
+def _overflow_code(overflow: Literal["block", "drop"] | None) -> int:
+    if overflow not in (None, "block", "drop"):
+        raise ValueError(f"overflow must be None, 'block' or 'drop', not {overflow!r}")
+    return -1 if overflow is None else (_core.OVERFLOW_DROP if overflow == "drop" else _core.OVERFLOW_BLOCK)
+
+
+class _Handshake:
+    """A connect in progress that never blocks (``Client._start_connect``): poll :meth:`fileno` for
+    readability, then :meth:`finish`; :meth:`cancel` drops it (so does garbage collection)."""
+
+    __slots__ = ("_cls", "_name", "_pending")
+
+    def __init__(self, cls: type[Client], name: str, pending: _core.PendingClient) -> None:
+        self._cls = cls
+        self._name = name
+        self._pending = pending
+
+    def fileno(self) -> int:
+        """The socket: readable when the server answered (or went away)."""
+        return self._pending.fileno()
+
+    def finish(self) -> Client | None:
+        """The connected :class:`Client`, or None while the server has not answered. Raises as the
+        constructor; after a result or an error the handshake is over."""
+        core = self._pending.finish()
+        return None if core is None else self._cls._from_core(self._name, core)
+
+    def cancel(self) -> None:
+        """Drops the connect (closes its socket; the server counts a failed handshake)."""
+        self._pending.cancel()

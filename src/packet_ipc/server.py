@@ -167,6 +167,20 @@ class Connection:
         """Closes the connection. Without a prior ``send(None)`` it still ends the stream cleanly."""
         self._c.close()
 
+    # ---- for an event loop (packet_ipc.aio), which waits for ring space itself: see pipc_conn_prepare_wait ----
+
+    def _prepare_wait(self, need_bytes: int) -> bool:
+        """Arms the space wake-up for ``need_bytes``; True: the caller may sleep on :meth:`_wait_fds`."""
+        return bool(self._c.prepare_wait(need_bytes))
+
+    def _wait_fds(self) -> tuple[int, int]:
+        """(space eventfd, control socket): readable when the client freed space, or has gone."""
+        return self._c.fds()
+
+    def _finish_wait(self) -> None:
+        """Disarms the wake-up and drains the eventfd (after the wait, whatever woke it)."""
+        self._c.finish_wait()
+
     def __enter__(self) -> Connection:
         return self
 
@@ -320,6 +334,26 @@ class Server:
         self._s.check_workers()
         after = set(self._s.workers())
         return [self._all[i] for i in before if i not in after]
+
+    # ---- for an event loop (packet_ipc.aio): calls that never wait --------------------------------------
+
+    def _send_nowait(
+        self, items: Sequence[AsIpcPacket] | PacketBatch, indices: bytes | None = None
+    ) -> tuple[int, bytes, Connection | None, int]:
+        """One try at distributing ``items`` (those at ``indices``, uint32 positions): never waits.
+
+        Returns (packets written, positions not written as uint32 bytes, the connection whose full ring
+        stopped it or None, the bytes its next packet needs). Errors carry ``sent`` (and ``unsent`` when some
+        were written: every worker died mid-call; without it none was). Not under
+        broadcast (a part of a broadcast cannot be resumed).
+        """
+        self._check_open()
+        sent, unsent, stalled, need = self._s.send_nowait(items, indices)
+        return int(sent), unsent, (self._all[stalled] if stalled >= 0 else None), int(need)
+
+    def _pending_handshake_fd(self) -> int:
+        """The socket of a client whose HELLO an ``accept(0)`` is waiting for (readable when it arrives), or -1."""
+        return int(self._s.pending_fd()) if not self._s.closed else -1
 
     def stats(self) -> ServerStats:
         """Totals and per-connection counters (live and dead connections)."""

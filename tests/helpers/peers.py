@@ -96,11 +96,12 @@ def canonical_flow(linktype: int, data: bytes) -> tuple | None:
 
 
 def collect(
-    name: str, result_q: Any, overflow: str | None = None, started: Any = None, stall: Any = None
+    name: str, result_q: Any, overflow: str | None = None, started: Any = None, stall: Any = None, delay: float = 0.0
 ) -> None:
     """Worker: receives until end of stream, reports (pid, [(timestamp, flow)], dropped, error).
 
-    `started` (an Event) is set after the first packet; `stall` (an Event) makes it stop reading until set.
+    `started` (an Event) is set after the first packet; `stall` (an Event) makes it stop reading until set;
+    `delay` makes it a slow consumer (a pause after each batch).
     """
     client = pipc.Client(name, timeout=30, overflow=overflow)
     got: list = []
@@ -114,6 +115,8 @@ def collect(
                     got.append((p.timestamp, canonical_flow(p.linktype, p.tobytes())))
             if started is not None and not started.is_set():
                 started.set()
+            if delay:
+                time.sleep(delay)  # a deliberately slow consumer, not synchronisation
     except pipc.PacketIpcError as e:
         error = type(e).__name__
     result_q.put((os.getpid(), got, client.stats().dropped_packets, error))
