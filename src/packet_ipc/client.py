@@ -31,6 +31,11 @@ class Client:
     :class:`~packet_ipc.errors.PermissionDeniedError` (credentials refused), ``TimeoutError``,
     :class:`~packet_ipc.errors.ProtocolError` (version mismatch or not a packet-ipc server), ``ValueError``
     (a name too long for a unix socket).
+
+    Threads: safe to use from several threads. Receives are serialised (each packet received once); received
+    packets may be released from any thread. Each receiving thread must let go of its previous packets before
+    it receives again (a receive takes at most half the ring, so two threads holding theirs could hold all of
+    it). :meth:`close` from another thread wakes a blocked receive with ``ClosedError``.
     """
 
     __slots__ = ("_c", "name", "__weakref__")

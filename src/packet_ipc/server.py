@@ -83,7 +83,11 @@ class ServerStats:
 
 
 class Connection:
-    """The server's side of one client: its own ring. Created by :meth:`Server.accept`."""
+    """The server's side of one client: its own ring. Created by :meth:`Server.accept`.
+
+    Threads: safe to use from several threads. Sends are serialised (each packet written once, each thread's
+    packets in order); :meth:`close` from another thread wakes a blocked send with ``ClosedError``.
+    """
 
     __slots__ = ("_c", "overflow", "index", "__weakref__")
 
@@ -194,6 +198,9 @@ class Connection:
 
 class Server:
     """A packet-ipc endpoint. ``server.name`` is all a client needs to connect.
+
+    Threads: safe to use from several threads. Server-level sends are serialised, and so are accepts;
+    :meth:`close` from another thread wakes a blocked :meth:`accept` with ``ClosedError``.
 
     Parameters: ``name`` (``None``: a fresh private path; a path; or ``"@name"`` for the abstract namespace),
     ``capacity`` (payload bytes of each client's ring, rounded up to a power of two), ``max_packets``
