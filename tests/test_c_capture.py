@@ -19,22 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers.cbuild import build_c_program
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler")
-    flags = subprocess.run([sys.executable, "-m", "packet_ipc.cli", "config", "--cflags", "--libs"], check=True,
-                           capture_output=True, text=True).stdout
-    out = tmp_path_factory.mktemp("capture") / "capture_check"
-    built = subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-o", str(out),
-                            str(REPO / "tests" / "c" / "capture_check.c"), *shlex.split(flags)],
-                           capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr
-    return out
+    return build_c_program("capture_check", tmp_path_factory.mktemp("capture"))
 
 
 def free_udp_port() -> int:

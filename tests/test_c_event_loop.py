@@ -6,30 +6,19 @@ arrives exactly once, each flow in order, and that a stalled send names the work
 from __future__ import annotations
 
 import re
-import shlex
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers.cbuild import build_c_program
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler (cc) on PATH")
-    flags = subprocess.run([sys.executable, "-m", "packet_ipc.cli", "config", "--cflags", "--libs"], check=True,
-                           capture_output=True, text=True).stdout
-    out = tmp_path_factory.mktemp("event-loop") / "event_loop"
-    built = subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-o", str(out),
-                            str(REPO / "tests" / "c" / "event_loop.c"), *shlex.split(flags)],
-                           capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr
-    return out
+    return build_c_program("event_loop", tmp_path_factory.mktemp("event-loop"))
 
 
 @pytest.mark.parametrize("packets", [1, 5000, 40000])

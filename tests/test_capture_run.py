@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import struct
 import subprocess
@@ -22,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from helpers.cbuild import build_c_program
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_MAC = bytes.fromhex("020000000b14")
@@ -101,17 +102,7 @@ def veth() -> Iterator[tuple[str, str, str]]:
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler")
-    flags = subprocess.run([sys.executable, "-m", "packet_ipc.cli", "config", "--cflags", "--libs"], check=True,
-                           capture_output=True, text=True).stdout
-    out = tmp_path_factory.mktemp("capture_run") / "capture_run_check"
-    built = subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", str(out),
-                            str(REPO / "tests" / "c" / "capture_run_check.c"), *shlex.split(flags)],
-                           capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr
-    return out
+    return build_c_program("capture_run_check", tmp_path_factory.mktemp("capture_run"), "-pthread")
 
 
 def test_capture_run_delivers_each_frame_once_by_flow_and_breakloop_stops_it(
