@@ -28,20 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCE_MAC = bytes.fromhex("020000000b14")
 FLOWS = 12
 
-SENDER = textwrap.dedent(
-    """
-    import socket, struct, sys
-    iface, path = sys.argv[1], sys.argv[2]
-    blob = open(path, "rb").read()
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
-        s.bind((iface, 0))
-        pos = 0
-        while pos < len(blob):
-            (n,) = struct.unpack_from("<I", blob, pos)
-            s.send(blob[pos + 4 : pos + 4 + n])
-            pos += 4 + n
-    """
-)
+SENDER = Path(__file__).resolve().parent / "helpers" / "send_frames.py"  # frames into an interface, in order
 
 WORKER = textwrap.dedent(
     """
@@ -124,10 +111,9 @@ def test_capture_run_delivers_each_frame_once_by_flow_and_breakloop_stops_it(
                                     stderr=subprocess.PIPE, text=True) for _ in range(2)]
         line = check.stdout.readline()
         assert line == "ready\n", line + check.stdout.read()
-        (tmp_path / "send.py").write_text(SENDER)
         blob = tmp_path / "frames.bin"
         blob.write_bytes(b"".join(len(f).to_bytes(4, "little") + f for f in sent))
-        sender = subprocess.run(["ip", "netns", "exec", netns, sys.executable, str(tmp_path / "send.py"), inside,
+        sender = subprocess.run(["ip", "netns", "exec", netns, sys.executable, str(SENDER), inside,
                                  str(blob)], capture_output=True, text=True, timeout=60)
         assert sender.returncode == 0, sender.stderr
         out, err = check.communicate(timeout=60)
@@ -184,10 +170,9 @@ def test_live_capture_run_from_python_serves_workers_and_stops_on_breakloop(
         threads = [threading.Thread(target=worker, args=(k, c)) for k, c in enumerate(clients)]
         for t in threads:
             t.start()
-        (tmp_path / "send.py").write_text(SENDER)
         blob = tmp_path / "frames.bin"
         blob.write_bytes(b"".join(len(f).to_bytes(4, "little") + f for f in sent))
-        sender = subprocess.run(["ip", "netns", "exec", netns, sys.executable, str(tmp_path / "send.py"), inside,
+        sender = subprocess.run(["ip", "netns", "exec", netns, sys.executable, str(SENDER), inside,
                                  str(blob)], capture_output=True, text=True, timeout=60)
         assert sender.returncode == 0, sender.stderr
         done = cap.run(server, count=count, batch=100)

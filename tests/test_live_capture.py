@@ -19,7 +19,6 @@ import socket
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,20 +34,7 @@ ETHERTYPE = 0x88B5  # IEEE 802 local experimental: nothing else on the link uses
 OTHER_ETHERTYPE = 0x88B6
 SOURCE_MAC = bytes.fromhex("020000000001")
 
-SENDER = textwrap.dedent(
-    """
-    import socket, struct, sys
-    iface, path = sys.argv[1], sys.argv[2]
-    blob = open(path, "rb").read()
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
-        s.bind((iface, 0))
-        pos = 0
-        while pos < len(blob):
-            (n,) = struct.unpack_from("<I", blob, pos)
-            s.send(blob[pos + 4 : pos + 4 + n])
-            pos += 4 + n
-    """
-)
+SENDER = Path(__file__).resolve().parent / "helpers" / "send_frames.py"  # frames into an interface, in order
 
 
 def frames(count: int, ethertype: int = ETHERTYPE, tag: int = 0) -> list[bytes]:
@@ -83,13 +69,12 @@ class Net:
 
     def __init__(self, netns: str, inside: list[str], outside: list[str], tmp: Path) -> None:
         self.netns, self.inside, self.outside, self.tmp = netns, inside, outside, tmp
-        (tmp / "send.py").write_text(SENDER)
 
     def send(self, pair: int, packets: list[bytes]) -> None:
         """Writes packets, in order, into the namespace's end of pair `pair` (they arrive on outside[pair])."""
         path = self.tmp / f"frames-{pair}.bin"
         path.write_bytes(b"".join(len(f).to_bytes(4, "little") + f for f in packets))
-        sent = subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, str(self.tmp / "send.py"),
+        sent = subprocess.run(["ip", "netns", "exec", self.netns, sys.executable, str(SENDER),
                                self.inside[pair], str(path)], capture_output=True, text=True, timeout=60)
         assert sent.returncode == 0, sent.stderr
 
