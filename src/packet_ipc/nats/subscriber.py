@@ -131,6 +131,7 @@ class Subscriber:
         self._js: Any = None
         self.on_ready: Any = None  # optional callable(subscriber) once workers are connected
         self.on_partition_end: Any = None  # optional coroutine function(k), awaited before the marker's ack
+        self.on_marker: Any = None  # optional coroutine function(k, publisher) -> publishers whose marker k had
 
     def stop(self) -> None:
         """Asks :meth:`run` to finish: stop fetching, end the local stream, return the summary."""
@@ -270,7 +271,13 @@ class Subscriber:
             return
         if m.kind == KIND_END:
             assert m.end is not None
-            self._eos.setdefault(k, set()).add(m.end.publisher)
+            seen = self._eos.setdefault(k, set())
+            seen.add(m.end.publisher)
+            if self.on_marker is not None:  # a group: the markers every member saw on k, recorded before the ack
+                try:
+                    seen |= await self.on_marker(k, m.end.publisher)
+                except Exception:  # noqa: BLE001 - the bucket is electing a leader: unacked, it comes again
+                    return
             if len(self._eos[k]) >= self.publishers and k not in self._done:
                 if self.on_partition_end is not None:  # recorded before the ack: a crash cannot lose the end
                     await self.on_partition_end(k)
