@@ -43,6 +43,10 @@ DEFAULT_BUFFER_BYTES = 64 << 20
 DEFAULT_WINDOW = 4
 PUBLISH_TIMEOUT_S = 2.0
 RETRY_BACKOFF_MAX_S = 0.5
+STREAM_CHECK_EVERY = 3
+"""After this many failed attempts in a row (and as many again), the publisher asks whether its stream still
+exists: a deleted stream is a clear error, not an endless retry."""
+IDLE_CHECK_S = 0.5
 
 
 @dataclass
@@ -163,6 +167,19 @@ class Publisher:
             headers["Nats-Expected-Last-Msg-Id"] = expect
         return await self._js.publish(subject, item[0], timeout=PUBLISH_TIMEOUT_S, stream=stream, headers=headers)
 
+    async def _stream_gone(self, stream: str) -> bool:
+        """True only when JetStream answers that ``stream`` does not exist (an election answers nothing, or
+        something else: the publisher keeps retrying then)."""
+        import nats.js.errors
+
+        try:
+            await self._js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return True
+        except Exception:  # noqa: BLE001 - no answer (an election, a reconnect): not a verdict
+            return False
+        return False
+
     async def _sender(self, k: int) -> None:
         """Publishes partition k's messages in order, each until acknowledged; ends after the None sentinel.
 
@@ -227,6 +244,10 @@ class Publisher:
                 self.summary.retries += 1
                 if attempt == 1:
                     first_fail = time.monotonic()
+                if attempt % STREAM_CHECK_EVERY == 0 and await self._stream_gone(stream):
+                    held = sum(1 for it in queue if it is not None)
+                    raise NatsError(f"stream {stream} was deleted while publishing: {held:,} message(s) of "
+                                    f"partition {k} cannot be published")
                 await asyncio.sleep(min(RETRY_BACKOFF_MAX_S, 0.02 * (2 ** min(attempt, 5))))
                 continue
             inflight.popleft()
@@ -318,9 +339,9 @@ class Publisher:
         try:
             while True:
                 pending = [b for b in builders if len(b)]
-                timeout = None
+                timeout = IDLE_CHECK_S  # an idle local stream still looks at the senders (a failure ends the run)
                 if pending:
-                    timeout = max(0.0, min(b.started for b in pending) + self.linger - time.monotonic())
+                    timeout = min(timeout, max(0.0, min(b.started for b in pending) + self.linger - time.monotonic()))
                 idle = lost = False
                 batch = None
                 try:
