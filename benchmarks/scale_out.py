@@ -53,6 +53,10 @@ async def raw_rate(cluster: NatsCluster, prefix: str, partitions: int, replicas:
     for k in range(partitions):
         await js.add_stream(StreamConfig(name=f"{prefix}-{k}", subjects=[f"{prefix}.{k}"], num_replicas=replicas,
                                          storage=StorageType(storage)))
+    deadline = time.monotonic() + 30
+    while any(cluster.stream_leader(f"{prefix}-{k}") is None for k in range(partitions)):
+        assert time.monotonic() < deadline, "the raw streams got no leader"
+        await asyncio.sleep(0.05)  # a stream takes no publish before its leader is elected
     payload = os.urandom(size)
 
     async def one(k: int, n: int) -> None:
