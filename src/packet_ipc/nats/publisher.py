@@ -21,7 +21,9 @@ import errno
 import os
 import time
 import uuid
+from bisect import bisect_right
 from collections import deque
+from itertools import accumulate
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -372,22 +374,23 @@ class Publisher:
                             continue
                         b = builders[k]
                         idx = memoryview(part).cast("I").tolist()
-                        self.summary.partition_packets[k] += len(idx)
-                        start, room = 0, self.max_message - b.size
-                        for j, i in enumerate(idx):  # cut where the message would outgrow max_message
-                            need = RECORD_OVERHEAD + caplen[i]
-                            if need > room and (j > start or len(b)):
-                                if j > start:
-                                    if not len(b):
-                                        b.started = now
-                                    b.extend(cols, idx[start:j])
+                        n = len(idx)
+                        self.summary.partition_packets[k] += n
+                        # cum[j]: bytes records idx[0..j] take; cut where a message would outgrow max_message
+                        cum = list(accumulate(map(RECORD_OVERHEAD.__add__, map(caplen.__getitem__, idx))))
+                        start, base, room = 0, 0, self.max_message - b.size
+                        while start < n:
+                            j = bisect_right(cum, base + room, start)  # idx[start:j] fit
+                            if j == start and not len(b):
+                                j = start + 1  # one record above max_message on its own: it goes alone
+                            if j > start:
+                                if not len(b):
+                                    b.started = now
+                                b.extend(cols, idx[start:j])
+                                base, start = cum[j - 1], j
+                            if start < n:
                                 full.append(_take(b))
-                                start, room = j, self.max_message - HEADER.size
-                            room -= need
-                        if start < len(idx):
-                            if not len(b):
-                                b.started = now
-                            b.extend(cols, idx[start:])
+                                room = self.max_message - HEADER.size
                     for f in full:
                         await self._seal(f)
                 now = time.monotonic()
