@@ -277,3 +277,37 @@ def test_stream_deleted_while_publishing(cluster: NatsCluster, tmp_path: Path) -
     lines = [x for x in log.read_text().splitlines() if x.strip()]
     assert code == 1, lines
     assert len(lines) == 1 and "sd-0 was deleted" in lines[0] and "Traceback" not in lines[0], lines
+
+
+def test_consumer_leader_killed_while_subscribing(cluster: NatsCluster, tmp_path: Path) -> None:
+    """A subscriber without --durable whose consumer's leader is killed (-9) mid-stream: its consumer is
+    replicated like the stream, so the partition goes on from a new leader, nothing lost."""
+    import nats
+
+    total, partitions = 20_000, 2
+    _publish(cluster, tmp_path, "ck", partitions, total, batch=2000)
+    sub, name = _subscribe(cluster, tmp_path, "a", "ck", "--ack-wait", "2", "--capacity", "1M")
+    out = tmp_path / "out.pcapng"
+    worker = spawn([sys.executable, WORKER, "worker", name, str(out), "0.002"], tmp_path / "w.log")
+    _wait_sent(name, 2000, sub)
+
+    async def consumer_leader() -> str | None:
+        nc = await nats.connect(cluster.urls)
+        try:
+            consumers = await nc.jetstream(timeout=5).consumers_info("ck-0")
+            return consumers[0].cluster.leader if consumers and consumers[0].cluster else None
+        finally:
+            await nc.close()
+
+    leader = asyncio.run(consumer_leader())
+    node = next(n for n in cluster.nodes if n.name == leader)
+    node.kill(signal.SIGKILL)
+    try:
+        assert sub.wait(120) == 0, (tmp_path / "sub-a.log").read_text()
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the subscriber never ended after {leader}, its consumer's leader, was killed") from None
+    assert worker.wait(30) == 0
+    seqs = _seqs([out])
+    assert set(seqs) == set(range(total))  # nothing lost
+    dups = sum(seqs.values()) - total
+    assert dups <= partitions * PER_MESSAGE and int(_summary(tmp_path / "sub-a.log")["redelivered_packets"]) >= dups
