@@ -230,12 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     if baseline:
         print(f"\nBaseline ({args.baseline}), same clusters, run just before:\n")
         print("| replicas | storage | raw JetStream MB/s | end to end packets/s | end to end MB/s (messages) | of raw | "
-              "publish alone MB/s (messages) | lost |")
-        print("|---|---|---|---|---|---|---|---|")
+              "publish alone MB/s (messages) | lost | CPU ms/MB: servers | publish | subscribe | pipeline total |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for replicas, storage, raw, p in baseline:
             pub_rate = p["pub"]["message_bytes"] / p["pub"]["seconds"] / 1e6
+            c = {k: v / (p["pub"]["message_bytes"] / 1e6) * 1e3 for k, v in p["cpu"].items()}
             print(f"| {replicas} | {storage} | {raw:.1f} | {p['pps']:,.0f} | {p['msg_mbps']:.1f} | "
-                  f"{100 * p['msg_mbps'] / raw:.0f} % | {pub_rate:.1f} | {p['packets'] - p['received']} |")
+                  f"{100 * p['msg_mbps'] / raw:.0f} % | {pub_rate:.1f} | {p['packets'] - p['received']} | "
+                  f"{c['servers']:.2f} | {c['publish']:.2f} | {c['subscribe']:.2f} | {sum(c.values()):.2f} |")
     pub = fo["pub"]
     held = pub["max_buffered_bytes"]
     print(f"\nFailover (replicas 3, file, leader of stream 0 killed with -9: {fo['killed']}): longest publish stall "
