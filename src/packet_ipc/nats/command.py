@@ -63,6 +63,15 @@ def _err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _report(args: argparse.Namespace, summary: Any, line: str) -> int:
+    """Prints a command's summary (JSON on stdout with ``--json``, else ``line`` on stderr); returns 0."""
+    if args.json:
+        print(json.dumps(summary.as_dict()), flush=True)
+    else:
+        _err(line)
+    return 0
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     """Publishes the stream of the local server NAME into partition streams (see ``packet_ipc.nats``)."""
     _need_nats()
@@ -75,14 +84,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
         local_timeout=args.timeout,
     )
     s = _run(pub.run())
-    if args.json:
-        print(json.dumps(s.as_dict()), flush=True)
-    else:
-        rate = s.bytes / s.seconds / 1e6 if s.seconds else 0.0
-        _err(f"packet-ipc publish: {s.packets:,} packets, {s.bytes:,} bytes in {s.messages:,} messages to "
-             f"{args.partitions} partition(s) of {args.stream} in {s.seconds:.2f} s ({rate:.1f} MB/s); "
-             f"retries {s.retries:,}, dropped {s.dropped_packets:,} packets; end-of-stream sent")
-    return 0
+    rate = s.bytes / s.seconds / 1e6 if s.seconds else 0.0
+    return _report(args, s, f"packet-ipc publish: {s.packets:,} packets, {s.bytes:,} bytes in {s.messages:,} "
+                   f"messages to {args.partitions} partition(s) of {args.stream} in {s.seconds:.2f} s ({rate:.1f} "
+                   f"MB/s); retries {s.retries:,}, dropped {s.dropped_packets:,} packets; end-of-stream sent")
 
 
 def add_publish(sub: Any) -> None:
@@ -134,12 +139,9 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
         return await sub.run()
 
     s = _run(main())
-    if args.json:
-        print(json.dumps(s.as_dict()), flush=True)
-    else:
-        _err(f"packet-ipc subscribe: {s.packets:,} packets, {s.bytes:,} bytes from {s.messages:,} messages; "
-             f"redelivered {s.redelivered_packets:,} packets, corrupt messages skipped {s.corrupt_messages:,}")
-    return 0
+    return _report(args, s, f"packet-ipc subscribe: {s.packets:,} packets, {s.bytes:,} bytes from {s.messages:,} "
+                   f"messages; redelivered {s.redelivered_packets:,} packets, corrupt messages skipped "
+                   f"{s.corrupt_messages:,}")
 
 
 def add_subscribe(sub: Any) -> None:

@@ -31,38 +31,37 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class NatsError(PacketIpcError):
-    """A NATS / JetStream operation failed (the message says which and why)."""
+    """A NATS / JetStream operation failed (the message says which and why). Each subclass sets its errno in
+    ``errno_code``; ``code`` overrides it."""
 
-    def __init__(self, message: str, code: int = errno.EIO) -> None:
-        super().__init__(code, message)
+    errno_code = errno.EIO
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(self.errno_code if code is None else code, message)
 
 
 class NatsUnreachableError(NatsError, ConnectError):
     """No NATS server answered at the URLs given."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, errno.ECONNREFUSED)
+    errno_code = errno.ECONNREFUSED
 
 
 class StreamMismatchError(NatsError, ValueError):
     """A partition stream exists with other settings (subjects, replicas, storage, partition count)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, errno.EEXIST)
+    errno_code = errno.EEXIST
 
 
 class MessageTooLargeError(NatsError, ValueError):
     """The message size asked for is above the server's ``max_payload``."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, errno.EMSGSIZE)
+    errno_code = errno.EMSGSIZE
 
 
 class PartitionError(NatsError, ValueError):
     """A partition number out of range, or a malformed partition list."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, errno.EINVAL)
+    errno_code = errno.EINVAL
 
 
 def partition_table(partitions: int) -> bytes:

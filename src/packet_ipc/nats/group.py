@@ -11,12 +11,15 @@ between two messages. So a member that dies loses its partitions ``lease`` secon
 and another member claims them within one more renewal interval; it resumes from the group's durable
 consumer, where the unacknowledged message (at most one per partition) is delivered again after
 ``ack_wait``. Bucket ``pipc-<PREFIX>-<GROUP>-done`` (no expiry) records finished partitions (``d.<k>``), so
-every member ends once all of them are finished (unless ``follow``).
+every member ends once all of them are finished (unless ``follow``), and, before each end-of-stream marker is
+acknowledged, the publisher that sent it (``e.<k>.<hash>``): with several publishers, the member that owns a
+partition when its last marker arrives counts the markers its predecessors saw there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import os
 import uuid
@@ -69,6 +72,7 @@ class GroupMember:
 
         await self._buckets()
         self.sub.on_partition_end = self._finished
+        self.sub.on_marker = self._marker
         interval = self.sub.lease / 3
         held_by_others: set[int] = set()
         try:
@@ -134,6 +138,18 @@ class GroupMember:
                                        name=f"consume {k}")
             self.owned[k] = (task, rev)
         held_by_others.update(held - set(self.owned))  # ever held by another member: a claim is a take-over
+
+    async def _marker(self, k: int, publisher: str) -> set[str]:
+        """Records ``publisher``'s end-of-stream marker on partition ``k`` (``e.<k>.<hash of its id>`` in the
+        done bucket) and returns every publisher whose marker a member of the group saw there: a partition that
+        changes owner between two publishers' markers still ends after the last one."""
+        await self.state.put(f"e.{k}.{hashlib.sha256(publisher.encode()).hexdigest()[:24]}", publisher.encode())
+        seen = set()
+        for key in await self._keys(self.state):
+            if key.startswith(f"e.{k}."):
+                entry = await self.state.get(key)
+                seen.add(bytes(entry.value or b"").decode())
+        return seen
 
     async def _finished(self, k: int) -> None:
         await self.state.put(f"d.{k}", self.id.encode())

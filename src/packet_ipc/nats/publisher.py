@@ -21,7 +21,9 @@ import errno
 import os
 import time
 import uuid
+from bisect import bisect_right
 from collections import deque
+from itertools import accumulate
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -43,6 +45,10 @@ DEFAULT_BUFFER_BYTES = 64 << 20
 DEFAULT_WINDOW = 4
 PUBLISH_TIMEOUT_S = 2.0
 RETRY_BACKOFF_MAX_S = 0.5
+STREAM_CHECK_EVERY = 3
+"""After this many failed attempts in a row (and as many again), the publisher asks whether its stream still
+exists: a deleted stream is a clear error, not an endless retry."""
+IDLE_CHECK_S = 0.5
 
 
 @dataclass
@@ -163,6 +169,19 @@ class Publisher:
             headers["Nats-Expected-Last-Msg-Id"] = expect
         return await self._js.publish(subject, item[0], timeout=PUBLISH_TIMEOUT_S, stream=stream, headers=headers)
 
+    async def _stream_gone(self, stream: str) -> bool:
+        """True only when JetStream answers that ``stream`` does not exist (an election answers nothing, or
+        something else: the publisher keeps retrying then)."""
+        import nats.js.errors
+
+        try:
+            await self._js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return True
+        except Exception:  # noqa: BLE001 - no answer (an election, a reconnect): not a verdict
+            return False
+        return False
+
     async def _sender(self, k: int) -> None:
         """Publishes partition k's messages in order, each until acknowledged; ends after the None sentinel.
 
@@ -227,6 +246,10 @@ class Publisher:
                 self.summary.retries += 1
                 if attempt == 1:
                     first_fail = time.monotonic()
+                if attempt % STREAM_CHECK_EVERY == 0 and await self._stream_gone(stream):
+                    held = sum(1 for it in queue if it is not None)
+                    raise NatsError(f"stream {stream} was deleted while publishing: {held:,} message(s) of "
+                                    f"partition {k} cannot be published")
                 await asyncio.sleep(min(RETRY_BACKOFF_MAX_S, 0.02 * (2 ** min(attempt, 5))))
                 continue
             inflight.popleft()
@@ -318,9 +341,9 @@ class Publisher:
         try:
             while True:
                 pending = [b for b in builders if len(b)]
-                timeout = None
+                timeout = IDLE_CHECK_S  # an idle local stream still looks at the senders (a failure ends the run)
                 if pending:
-                    timeout = max(0.0, min(b.started for b in pending) + self.linger - time.monotonic())
+                    timeout = min(timeout, max(0.0, min(b.started for b in pending) + self.linger - time.monotonic()))
                 idle = lost = False
                 batch = None
                 try:
@@ -351,22 +374,23 @@ class Publisher:
                             continue
                         b = builders[k]
                         idx = memoryview(part).cast("I").tolist()
-                        self.summary.partition_packets[k] += len(idx)
-                        start, room = 0, self.max_message - b.size
-                        for j, i in enumerate(idx):  # cut where the message would outgrow max_message
-                            need = RECORD_OVERHEAD + caplen[i]
-                            if need > room and (j > start or len(b)):
-                                if j > start:
-                                    if not len(b):
-                                        b.started = now
-                                    b.extend(cols, idx[start:j])
+                        n = len(idx)
+                        self.summary.partition_packets[k] += n
+                        # cum[j]: bytes records idx[0..j] take; cut where a message would outgrow max_message
+                        cum = list(accumulate(map(RECORD_OVERHEAD.__add__, map(caplen.__getitem__, idx))))
+                        start, base, room = 0, 0, self.max_message - b.size
+                        while start < n:
+                            j = bisect_right(cum, base + room, start)  # idx[start:j] fit
+                            if j == start and not len(b):
+                                j = start + 1  # one record above max_message on its own: it goes alone
+                            if j > start:
+                                if not len(b):
+                                    b.started = now
+                                b.extend(cols, idx[start:j])
+                                base, start = cum[j - 1], j
+                            if start < n:
                                 full.append(_take(b))
-                                start, room = j, self.max_message - HEADER.size
-                            room -= need
-                        if start < len(idx):
-                            if not len(b):
-                                b.started = now
-                            b.extend(cols, idx[start:])
+                                room = self.max_message - HEADER.size
                     for f in full:
                         await self._seal(f)
                 now = time.monotonic()

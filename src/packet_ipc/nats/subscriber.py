@@ -1,13 +1,15 @@
 """``Subscriber``: a packet-ipc server for local workers, fed from durable pull consumers of partition streams.
 
-One task per partition fetches that partition's messages one at a time (the consumer has
-``max_ack_pending=1``, so a partition is delivered strictly in order), parses each strictly, writes its packets
-into the local rings through the server's distribution (flow, round robin or broadcast; the server's own flow
-hash and fragment table) and only then acknowledges it (``ack_sync``: the ack is confirmed before the next
-message). A crash between the commit and the ack leaves exactly that one message to be delivered again after
-``ack_wait``: a restart with the same durable resumes there, and counts the packets of every redelivered
-message (``redelivered_packets``). A message that is not a valid packet-ipc message is counted, terminated on
-the server (never redelivered) and never reaches a worker.
+One task per partition handles that partition's messages strictly in order (the consumer has
+``max_ack_pending=1``): it parses each strictly, writes its packets into the local rings through the server's
+distribution (flow, round robin or broadcast; the server's own flow hash and fragment table) and only then
+acknowledges it. The request for the next message is already waiting on the server, which answers it once the
+ack is processed: no round trip per message besides the delivery. A crash between a commit and its ack leaves
+exactly that one message to be delivered again after ``ack_wait``: a restart with the same durable resumes
+there, and counts the packets of every redelivered message (``redelivered_packets``); a message whose ack was
+lost, delivered again to the subscriber that committed it, is acknowledged again and skipped. A message that
+is not a valid packet-ipc message is counted, terminated on the server (never redelivered) and never reaches a
+worker.
 
 Without ``follow`` the local stream ends once every partition read has delivered the end-of-stream marker of
 ``publishers`` publishers; with ``follow`` it runs until :meth:`Subscriber.stop`. With ``group`` the partitions
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -32,6 +35,8 @@ __all__ = ["Subscriber", "SubscribeSummary", "parse_partitions", "DEFAULT_ACK_WA
 DEFAULT_ACK_WAIT_S = 10.0
 FETCH_WAIT_S = 1.0
 STREAM_WAIT_S = 30.0
+INACTIVE_S = 300.0
+"""A consumer of a subscriber without ``durable`` is deleted by the server after this long without use."""
 
 
 def parse_partitions(text: str | Sequence[int] | None) -> list[int] | None:
@@ -116,7 +121,11 @@ class Subscriber:
             raise ValueError("ack_wait and lease must be > 0")
         self.nats, self.stream, self.workers, self.distribution = nats, stream, workers, distribution
         self.wanted = parse_partitions(partitions)
-        self.durable = durable or group
+        # Without a durable, a private consumer name all the same: a named consumer is replicated like its
+        # stream and outlives the loss of a server (an ephemeral one is R1 and would vanish with its node,
+        # leaving its partition stuck); it is deleted on exit, and by the server after INACTIVE_S otherwise.
+        self.durable = durable or group or f"pipc-{uuid.uuid4().hex[:16]}"
+        self._private = durable is None and group is None
         self.follow, self.group, self.publishers = follow, group, publishers
         self.capacity, self.ack_wait, self.lease = capacity, ack_wait, lease
         self.connect_timeout, self.accept_timeout, self.stream_wait = connect_timeout, accept_timeout, stream_wait
@@ -128,9 +137,11 @@ class Subscriber:
         self._stopping = asyncio.Event()
         self._done: set[int] = set()
         self._eos: dict[int, set[str]] = {}
+        self._committed: dict[int, int] = {}  # stream sequence of the last message committed, per partition
         self._js: Any = None
         self.on_ready: Any = None  # optional callable(subscriber) once workers are connected
         self.on_partition_end: Any = None  # optional coroutine function(k), awaited before the marker's ack
+        self.on_marker: Any = None  # optional coroutine function(k, publisher) -> publishers whose marker k had
 
     def stop(self) -> None:
         """Asks :meth:`run` to finish: stop fetching, end the local stream, return the summary."""
@@ -192,9 +203,14 @@ class Subscriber:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _partition_count(self) -> int:
+        import nats.errors
+
         deadline = time.monotonic() + self.stream_wait
         while True:
-            total = await stream_partitions(self._js, self.stream)
+            try:
+                total = await stream_partitions(self._js, self.stream)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError):
+                total = None  # no answer: an election (e.g. the meta leader was killed); ask again
             if total is not None:
                 return total
             if time.monotonic() >= deadline:
@@ -207,7 +223,8 @@ class Subscriber:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-                                ack_wait=self.ack_wait, max_ack_pending=1, max_deliver=-1)
+                                ack_wait=self.ack_wait, max_ack_pending=1, max_deliver=-1,
+                                inactive_threshold=INACTIVE_S if self._private else None)
         import nats.js.errors
 
         deadline = time.monotonic() + self.stream_wait
@@ -228,17 +245,25 @@ class Subscriber:
 
     async def consume(self, k: int, keep_going: Any = None) -> None:
         """Forwards partition ``k`` until its end of stream (or forever with ``follow``, or while
-        ``keep_going()`` is true)."""
+        ``keep_going()`` is true).
+
+        The request for the next message goes out before the current one is committed: it waits on the server
+        (``max_ack_pending=1``) and is answered as soon as the ack arrives, which saves a fetch round trip and
+        an ack confirmation per message while the partition stays strictly in order with at most one committed
+        message unacknowledged."""
         import nats.errors
         import nats.js.errors
 
         sub = await self.subscribe(k)
+        fetch: asyncio.Future[Any] | None = None
         try:
             while not self._stopping.is_set() and (keep_going is None or keep_going()):
                 if k in self._done and not self.follow:
                     return
+                if fetch is None:
+                    fetch = asyncio.ensure_future(sub.fetch(1, timeout=FETCH_WAIT_S))
                 try:
-                    msgs = await sub.fetch(1, timeout=FETCH_WAIT_S)
+                    msgs = await asyncio.shield(fetch)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
@@ -250,12 +275,27 @@ class Subscriber:
                         raise NatsError(f"cannot fetch from partition {k}: {e}") from None
                     await asyncio.sleep(0.1)  # a leader change or a request that expired on the server
                     continue
+                finally:
+                    if fetch.done():
+                        fetch = None
                 for msg in msgs:
+                    if msg.metadata.sequence.stream <= self._committed.get(k, 0):
+                        await _settle(msg.ack())  # its ack was lost: committed here already, not twice
+                        continue
+                    if self.follow or k not in self._done:  # the next one, answered once this one is acked
+                        fetch = asyncio.ensure_future(sub.fetch(1, timeout=FETCH_WAIT_S))
                     await self._handle(k, msg)
         finally:
+            if fetch is not None:
+                fetch.cancel()
+                if fetch.done() and not fetch.cancelled() and fetch.exception() is None:
+                    for msg in fetch.result():  # fetched, never handled: back to the stream now, not after ack_wait
+                        await _settle(msg.nak())
             try:
                 await sub.unsubscribe()
-            except Exception:  # noqa: BLE001 - the connection may be gone
+                if self._private and (k in self._done or self._stopping.is_set()):
+                    await self._js.delete_consumer(stream_name(self.stream, k), self.durable)
+            except Exception:  # noqa: BLE001 - the connection may be gone (the server deletes it after INACTIVE_S)
                 pass
 
     async def _handle(self, k: int, msg: Any) -> None:
@@ -270,7 +310,13 @@ class Subscriber:
             return
         if m.kind == KIND_END:
             assert m.end is not None
-            self._eos.setdefault(k, set()).add(m.end.publisher)
+            seen = self._eos.setdefault(k, set())
+            seen.add(m.end.publisher)
+            if self.on_marker is not None:  # a group: the markers every member saw on k, recorded before the ack
+                try:
+                    seen |= await self.on_marker(k, m.end.publisher)
+                except Exception:  # noqa: BLE001 - the bucket is electing a leader: unacked, it comes again
+                    return
             if len(self._eos[k]) >= self.publishers and k not in self._done:
                 if self.on_partition_end is not None:  # recorded before the ack: a crash cannot lose the end
                     await self.on_partition_end(k)
@@ -289,6 +335,7 @@ class Subscriber:
                     break
                 await _settle(msg.in_progress())
             work.result()
+        self._committed[k] = msg.metadata.sequence.stream
         s.bytes += m.batch.nbytes
         m.batch.release()
         s.packets += n
@@ -297,12 +344,9 @@ class Subscriber:
         if redelivered:
             s.redelivered_messages += 1
             s.redelivered_packets += n
-        for _ in range(5):  # confirmed, so that a crash from here on cannot bring this message back
-            try:
-                await msg.ack_sync(timeout=2.0)
-                return
-            except Exception:  # noqa: BLE001 - a reconnect or an election: try again; else it is redelivered
-                await asyncio.sleep(0.1)
+        # Not confirmed: the next message is delivered only once this ack is processed, and an ack lost on the
+        # way brings this message back to us after ack_wait, where it is skipped (committed already).
+        await _settle(msg.ack())
 
 
 async def _settle(coro: Any) -> None:

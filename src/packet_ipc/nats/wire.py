@@ -157,12 +157,16 @@ class RecordBuilder:
 
     def seal(self, seq: int) -> tuple[bytes, int, int]:
         """The message of every record added so far, as ``(payload, packets, data bytes)``; empties the builder."""
-        body = b"".join((self.ts, self.caplen, self.origlen, self.linktype, self.ifindex, self.data))
-        head = HEADER.pack(MAGIC, VERSION, KIND_PACKETS, HEADER.size, len(self.ts), self.partition, seq, len(body),
-                           zlib.crc32(body))
+        parts = (self.ts, self.caplen, self.origlen, self.linktype, self.ifindex, self.data)
+        crc = 0
+        for part in parts:  # the CRC over the pieces, so that the message is put together in one copy
+            crc = zlib.crc32(part, crc)
         n, nbytes = len(self.ts), len(self.data)
+        head = HEADER.pack(MAGIC, VERSION, KIND_PACKETS, HEADER.size, n, self.partition, seq,
+                           RECORD_OVERHEAD * n + nbytes, crc)
+        payload = b"".join((head, *parts))
         self.__init__(self.partition)  # type: ignore[misc]
-        return head + body, n, nbytes
+        return payload, n, nbytes
 
 
 def encode_end(partition: int, seq: int, publisher: str, packets: int, nbytes: int, messages: int) -> bytes:
