@@ -225,6 +225,7 @@ class Subscriber:
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
                                 ack_wait=self.ack_wait, max_ack_pending=1, max_deliver=-1,
                                 inactive_threshold=INACTIVE_S if self._private else None)
+        import nats.errors
         import nats.js.errors
 
         deadline = time.monotonic() + self.stream_wait
@@ -236,6 +237,13 @@ class Subscriber:
                 if time.monotonic() >= deadline:
                     raise NatsError(f"no stream {stream_name(self.stream, k)} for partition {k}") from None
                 await asyncio.sleep(0.2)  # the publisher creates the streams one after the other
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError) as e:
+                # No answer: the stream (or the meta) leader is being elected, e.g. after a node was killed;
+                # creating the consumer goes through once there is a leader again.
+                if time.monotonic() >= deadline:
+                    raise NatsError(f"cannot consume partition {k} ({stream_name(self.stream, k)}): {e} "
+                                    "(no leader answered in time)") from None
+                await asyncio.sleep(0.5)
             except Exception as e:  # nats errors: one line naming the partition
                 raise NatsError(f"cannot consume partition {k} ({stream_name(self.stream, k)}): {e}") from None
 
