@@ -312,11 +312,10 @@ class _Feeder:
                     raise
                 written = getattr(e, "sent", 0)
             else:
-                # A short count with no worker left: the last one left during this batch (under "block"
-                # nothing is dropped, so the rest was not written anywhere).
-                if written >= len(batch) or self.server.overflow != "block" or self.server.connections:
-                    self._count(batch)
-                    return
+                # Complete (under "drop" a short count means counted drops): the server-level send raises
+                # ConnectionLostError, with `sent`, when the last worker leaves during the batch.
+                self._count(batch)
+                return
             written = max(0, min(written, len(batch)))
             self._count(slice_batch(batch, 0, written) if written else None)
             rest = slice_batch(batch, written, len(batch)) if written < len(batch) else None
