@@ -305,13 +305,14 @@ void pipc_ring_put_columns(struct pipc_ring *ring, size_t n, const uint64_t *res
         if (run > ring->slot_count - first)
             run = (size_t)(ring->slot_count - first);
         struct pipc_desc *restrict d = ring->slots + first;
-        for (size_t k = 0; k < run; k++, i++) {
-            uint32_t len = caplen[i], lt = linktype[i];
+        for (size_t k = 0; k < run; k++, i++) { /* the NULL tests are loop-invariant: predicted, not paid */
+            uint32_t len = caplen[i], lt = linktype ? linktype[i] : PIPC_LINKTYPE_DEFAULT;
+            uint32_t ol = origlen ? origlen[i] : 0;
             d[k].ts_ns = ts_ns[i];
             d[k].payload_pos = pos;
             d[k].caplen = len;
-            d[k].origlen = origlen[i] ? origlen[i] : len;
-            d[k].ifindex = ifindex[i];
+            d[k].origlen = ol ? ol : len;
+            d[k].ifindex = ifindex ? ifindex[i] : 0;
             d[k].linktype = (uint16_t)(lt == PIPC_LINKTYPE_DEFAULT ? default_linktype : lt);
             d[k].flags = 0;
             pos += len;

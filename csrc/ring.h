@@ -148,7 +148,8 @@ static inline uint8_t *pipc_ring_write_ptr(const struct pipc_ring *ring)
     return ring->payload + (ring->p_write_payload & (ring->payload_bytes - 1));
 }
 /* Writes the descriptors of n packets whose bytes already lie back to back at pipc_ring_write_ptr, from
- * columns (origlen 0 meaning caplen); not visible until published. The caller checked space and sizes. */
+ * columns (origlen 0 meaning caplen; origlen, ifindex and linktype may be NULL: caplen, 0, the default); not
+ * visible until published. The caller checked space and sizes. */
 void pipc_ring_put_columns(struct pipc_ring *ring, size_t n, const uint64_t *ts_ns, const uint32_t *caplen,
                            const uint32_t *origlen, const uint32_t *ifindex, const uint32_t *linktype,
                            uint32_t default_linktype);

@@ -223,6 +223,20 @@ PIPC_API void pipc_server_close(pipc_server *server);
  * written, returns that count, and otherwise -ETIMEDOUT / -EINTR. -ECONNRESET: the client is gone.
  * -EMSGSIZE (nothing sent): a packet is larger than the ring or the snaplen. */
 PIPC_API long pipc_conn_send(pipc_conn *conn, const struct pipc_packet *packets, size_t n, int timeout_ms);
+/* n packets given as columns (a columnar batch): packet i has ts_ns[i], caplen[i], origlen[i] (NULL or 0:
+ * caplen), ifindex[i] (NULL: 0), linktype[i] (NULL or PIPC_LINKTYPE_DEFAULT: the server's), and its bytes at
+ * data + caplen[0] + ... + caplen[i-1] (all payloads back to back). Set struct_bytes to sizeof(struct
+ * pipc_columns). */
+struct pipc_columns {
+    size_t struct_bytes;
+    const uint64_t *ts_ns;
+    const uint32_t *caplen, *origlen, *ifindex, *linktype;
+    const uint8_t *data;
+};
+/* Sends n packets given as columns, in order: the same waits, drops, errors and return value as
+ * pipc_conn_send, with descriptors written in one pass over the columns and the payloads in one copy per ring
+ * space found. -EINVAL also for struct_bytes too small or a NULL ts_ns, caplen or data. */
+PIPC_API long pipc_conn_send_columns(pipc_conn *conn, const struct pipc_columns *cols, size_t n, int timeout_ms);
 /* Zero-copy send: the packets are built in place, in the ring, and each byte is written once.
  * pipc_conn_reserve waits (as pipc_conn_send) until n_packets descriptors and n_bytes payload bytes are free,
  * at most half the ring, and fills *res: data (n_bytes writable bytes in the ring; packet i's bytes start where

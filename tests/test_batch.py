@@ -134,3 +134,50 @@ def test_from_packets_iteration_and_indexing():
     with pytest.raises(IndexError):
         batch[6]
     assert list(batch.linktypes) == [228] * 6
+
+
+def test_a_batch_larger_than_the_free_space_resumes_with_every_column_aligned():
+    """send_batch goes straight from the batch's columns (pipc_conn_send_columns); a batch the ring cannot hold
+    at once is sent in pieces as the client frees space, and each piece must start at the right packet's
+    bytes and column entries (timestamps, lengths, origlens, linktypes, ifindexes)."""
+    import threading
+
+    server, conn, client = pair(capacity=1 << 14)  # 16 KiB: the batch below is 8 times that
+    n = 1200
+    lens = [40 + (i * 37) % 160 for i in range(n)]
+    blob = b"".join(bytes([i % 251]) * ln for i, ln in enumerate(lens))
+    batch = pipc.PacketBatch.from_buffers(
+        array.array("Q", [10_000 + i for i in range(n)]), array.array("I", lens), blob,
+        array.array("I", [ln + i % 5 for i, ln in enumerate(lens)]),
+        linktypes=array.array("I", [1 if i % 3 else 105 for i in range(n)]),
+        ifindexes=array.array("I", [i % 7 for i in range(n)]))
+    got: list[tuple[int, int, int, int, int, bytes]] = []
+
+    def drain() -> None:
+        while len(got) < n and (b := client.receive_batch(64, timeout=10)) is not None:
+            with b:
+                got.extend((p.timestamp, p.caplen, p.orig_len, p.linktype, p.ifindex, bytes(p.data)) for p in b)
+
+    t = threading.Thread(target=drain)
+    t.start()
+    assert conn.send_batch(batch, timeout=30) == n
+    t.join(30)
+    want = [(10_000 + i, ln, ln + i % 5, 1 if i % 3 else 105, i % 7, bytes([i % 251]) * ln) for i, ln in enumerate(lens)]
+    assert got == want
+    conn.close()
+    client.close()
+    server.close()
+
+
+def test_a_batch_that_does_not_fit_under_drop_is_counted_not_lost_silently():
+    server, conn, client = pair(capacity=1 << 14, overflow="drop")
+    lens = [1000] * 40  # 40,000 bytes: more than the 16 KiB ring holds
+    batch = pipc.PacketBatch.from_buffers(array.array("Q", range(40)), array.array("I", lens), bytes(40_000))
+    sent = conn.send_batch(batch)
+    stats = conn.stats()
+    assert 0 < sent < 40
+    assert stats.packets == sent and stats.dropped_packets == 40 - sent
+    assert stats.dropped_bytes == 1000 * (40 - sent)
+    conn.close()
+    client.close()
+    server.close()

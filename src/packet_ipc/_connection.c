@@ -30,19 +30,41 @@ static uint64_t conn_packets_sent(pipc_conn *c)
     return st.packets;
 }
 
-static PyObject *conn_send_packets_using(ConnectionObject *self, struct pipc_packet *pk, Py_ssize_t n, int ms);
+static PyObject *conn_send_using(ConnectionObject *self, struct pipc_packet *pk, const struct pipc_columns *k,
+                                 Py_ssize_t n, int ms);
 
-static PyObject *conn_send_packets(ConnectionObject *self, struct pipc_packet *pk, Py_ssize_t n, int ms)
+/* Sends packets given as descriptors (pk) or, when k is set, as columns. */
+static PyObject *conn_send_packets(ConnectionObject *self, struct pipc_packet *pk, const struct pipc_columns *k,
+                                   Py_ssize_t n, int ms)
 {
     if (n == 0)
         return PyLong_FromLong(0);
     self->users++;
-    PyObject *res = conn_send_packets_using(self, pk, n, ms);
+    PyObject *res = conn_send_using(self, pk, k, n, ms);
     conn_leave(self);
     return res;
 }
 
-PyObject *conn_send_packets_using(ConnectionObject *self, struct pipc_packet *pk, Py_ssize_t n, int ms)
+/* Packets [from, n) of pk or of the columns k (a resumed send starts at packet `from`'s bytes). */
+static long send_from(pipc_conn *c, struct pipc_packet *pk, const struct pipc_columns *k, Py_ssize_t from,
+                      Py_ssize_t n, int ms)
+{
+    if (!k)
+        return pipc_conn_send(c, pk + from, (size_t)(n - from), ms);
+    if (from == 0)
+        return pipc_conn_send_columns(c, k, (size_t)n, ms);
+    uint64_t off = 0;
+    for (Py_ssize_t i = 0; i < from; i++)
+        off += k->caplen[i];
+    struct pipc_columns rest = {
+        .struct_bytes = sizeof(rest), .ts_ns = k->ts_ns + from, .caplen = k->caplen + from,
+        .origlen = k->origlen ? k->origlen + from : NULL, .ifindex = k->ifindex ? k->ifindex + from : NULL,
+        .linktype = k->linktype ? k->linktype + from : NULL, .data = k->data + off};
+    return pipc_conn_send_columns(c, &rest, (size_t)(n - from), ms);
+}
+
+static PyObject *conn_send_using(ConnectionObject *self, struct pipc_packet *pk, const struct pipc_columns *k,
+                                 Py_ssize_t n, int ms)
 {
     core_state *st = state_of_type(Py_TYPE(self));
     pipc_conn *c = self->c;
@@ -50,7 +72,7 @@ PyObject *conn_send_packets_using(ConnectionObject *self, struct pipc_packet *pk
     uint64_t before = conn_packets_sent(c);
     Py_ssize_t sent = 0;
     /* Fast path with the GIL held: nothing blocks while there is space (and no other thread is sending). */
-    long r = pipc_conn_send(c, pk, (size_t)n, 0);
+    long r = send_from(c, pk, k, 0, n, 0);
     for (;;) {
         if (r > 0)
             sent += r;
@@ -69,7 +91,7 @@ PyObject *conn_send_packets_using(ConnectionObject *self, struct pipc_packet *pk
         if (left < 0 || left > WAIT_SLICE_MS)
             left = WAIT_SLICE_MS;
         Py_BEGIN_ALLOW_THREADS
-        r = pipc_conn_send(c, pk + sent, (size_t)(n - sent), left);
+        r = send_from(c, pk, k, sent, n, left);
         Py_END_ALLOW_THREADS
     }
     return PyLong_FromSsize_t(sent);
@@ -99,7 +121,7 @@ static PyObject *conn_send(ConnectionObject *self, PyObject *args)
     struct pipc_packet *pk = convert_packets(st, seq, &n, &views);
     if (!pk)
         return NULL;
-    PyObject *res = conn_send_packets(self, pk, n, ms);
+    PyObject *res = conn_send_packets(self, pk, NULL, n, ms);
     release_views(views, n);
     PyMem_Free(pk);
     return res;
@@ -133,6 +155,15 @@ static PyObject *conn_send_batch(ConnectionObject *self, PyObject *args)
                 return NULL;
             }
     }
+    if (!idx) { /* the whole batch: straight from its columns (its payloads lie back to back) */
+        struct pipc_columns k = {.struct_bytes = sizeof(k), .ts_ns = b->ts, .caplen = b->caplen,
+                                 .origlen = b->origlen, .ifindex = b->ifindex, .linktype = b->linktype,
+                                 .data = b->data};
+        Py_INCREF(bo);
+        PyObject *res = conn_send_packets(self, NULL, &k, n, ms);
+        Py_DECREF(bo);
+        return res;
+    }
     struct pipc_packet local[256];
     struct pipc_packet *pk = batch_to_packets(b, idx, n, local);
     if (!pk) {
@@ -141,7 +172,7 @@ static PyObject *conn_send_batch(ConnectionObject *self, PyObject *args)
         return NULL;
     }
     Py_INCREF(bo); /* the batch (and its data) stays alive while the GIL is released */
-    PyObject *res = conn_send_packets(self, pk, n, ms);
+    PyObject *res = conn_send_packets(self, pk, NULL, n, ms);
     Py_DECREF(bo);
     if (idx)
         PyBuffer_Release(&sv);

@@ -12,7 +12,7 @@
  * straddle the wrap through the mirror mapping. The producer mixes scattered packets with batches whose
  * payloads lie back to back (the one-memcpy run path) and finite timeouts with partial sends, and builds a third
  * of its batches in place (pipc_conn_reserve / pipc_conn_commit of a random prefix, the rest abandoned with
- * junk in it). The consumer mixes blocking receives with the pollable-fd protocol (prepare_wait + poll +
+ * junk in it), and sends half of its back-to-back batches as columns (pipc_conn_send_columns). The consumer mixes blocking receives with the pollable-fd protocol (prepare_wait + poll +
  * receive with timeout 0),
  * releases every batch in a random order in random chunks, and sometimes takes another batch (without
  * blocking) while part of the previous one is still held.
@@ -91,6 +91,23 @@ static void *accept_thread(void *arg)
 
 /* ---------------- producer ---------------- */
 
+/* Packets [0, n) of a back-to-back batch sent as columns: pipc_conn_send's contract, another path. */
+static long send_as_columns(pipc_conn *conn, const struct pipc_packet *pk, size_t n, int timeout_ms)
+{
+    static uint64_t ts[MAX_BATCH];
+    static uint32_t caplen[MAX_BATCH], origlen[MAX_BATCH], ifindex[MAX_BATCH], linktype[MAX_BATCH];
+    for (size_t i = 0; i < n; i++) {
+        ts[i] = pk[i].ts_ns;
+        caplen[i] = pk[i].caplen;
+        origlen[i] = pk[i].origlen;
+        ifindex[i] = pk[i].ifindex;
+        linktype[i] = pk[i].linktype;
+    }
+    struct pipc_columns k = {.struct_bytes = sizeof(k), .ts_ns = ts, .caplen = caplen, .origlen = origlen,
+                             .ifindex = ifindex, .linktype = (n & 1) ? linktype : NULL, .data = pk[0].data};
+    return pipc_conn_send_columns(conn, &k, n, timeout_ms);
+}
+
 static void *producer_thread(void *arg)
 {
     pipc_conn *conn = arg;
@@ -156,7 +173,8 @@ static void *producer_thread(void *arg)
             done += k;
         }
         while (done < n) {
-            long sent = pipc_conn_send(conn, batch + done, n - done, timeout_ms);
+            long sent = contiguous && (r >> 14) % 2 ? send_as_columns(conn, batch + done, n - done, timeout_ms)
+                                                    : pipc_conn_send(conn, batch + done, n - done, timeout_ms);
             if (sent == -ETIMEDOUT && timeout_ms >= 0)
                 continue; /* ring full within a short timeout: nothing was written, try again */
             if (sent < 0)
