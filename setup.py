@@ -19,7 +19,7 @@ ABI_VERSION = int(re.search(r"#define PACKET_IPC_ABI_VERSION (\d+)", (ROOT / "in
 # The release is written once, in the header; the package metadata (and so packet_ipc.__version__) takes it from there.
 VERSION = re.search(r'#define PACKET_IPC_VERSION "([^"]+)"', (ROOT / "include" / "packet_ipc.h").read_text())[1]
 CORE = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.c"))
-CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-fvisibility=hidden"]
+CFLAGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden"]
 LDFLAGS: list[str] = []
 if os.environ.get("PACKET_IPC_SANITIZE"):
     san = os.environ["PACKET_IPC_SANITIZE"]

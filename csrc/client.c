@@ -286,10 +286,16 @@ static int client_idle_state(pipc_client *c)
     return 1;
 }
 
-static long client_take_locked(pipc_client *c, struct pipc_packet *pk, size_t max, uint64_t deadline,
+/* Where a take goes: descriptors (pk) or columns (cols). */
+struct take_out {
+    struct pipc_packet *pk;
+    struct pipc_received_columns *cols;
+};
+
+static long client_take_locked(pipc_client *c, const struct take_out *out, size_t max, uint64_t deadline,
                                int busy_poll);
 
-static long client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int timeout_ms, int busy_poll)
+static long client_take(pipc_client *c, const struct take_out *out, size_t max, int timeout_ms, int busy_poll)
 {
     int err = sticky_error(&c->error);
     if (err)
@@ -299,23 +305,24 @@ static long client_take(pipc_client *c, struct pipc_packet *pk, size_t max, int 
     uint64_t deadline = pipc_deadline(timeout_ms);
     if ((err = pipc_lock_until(&c->lock, deadline, "client")))
         return err;
-    long r = client_take_locked(c, pk, max, deadline, busy_poll);
+    long r = client_take_locked(c, out, max, deadline, busy_poll);
     pthread_mutex_unlock(&c->lock);
     return r;
 }
 
 /* One look at the ring under the state lock: n > 0 packets taken, or (n == 0) *idle from client_idle_state. */
-static long client_look(pipc_client *c, struct pipc_packet *pk, size_t max, int *idle)
+static long client_look(pipc_client *c, const struct take_out *out, size_t max, int *idle)
 {
     pthread_mutex_lock(&c->state_lock);
-    long n = pipc_ring_take(&c->ring, pk, max);
+    long n = out->cols ? pipc_ring_take_columns(&c->ring, out->cols, max) : pipc_ring_take(&c->ring, out->pk, max);
     if (n == 0)
         *idle = client_idle_state(c);
     pthread_mutex_unlock(&c->state_lock);
     return n;
 }
 
-static long client_take_locked(pipc_client *c, struct pipc_packet *pk, size_t max, uint64_t deadline, int busy_poll)
+static long client_take_locked(pipc_client *c, const struct take_out *out, size_t max, uint64_t deadline,
+                               int busy_poll)
 {
     if (c->armed) { /* left armed by pipc_client_prepare_wait: else the server would write the eventfd on every
                      * publish from now on */
@@ -325,13 +332,16 @@ static long client_take_locked(pipc_client *c, struct pipc_packet *pk, size_t ma
     uint64_t start = 0, now = 0;
     for (unsigned k = 0;; k++) {
         int idle = 1;
-        long n = client_look(c, pk, max, &idle);
+        long n = client_look(c, out, max, &idle);
         if (n < 0)
             return client_fail(c, (int)n);
         if (n > 0) {
             uint64_t bytes = 0;
-            for (long i = 0; i < n; i++)
-                bytes += pk[i].caplen;
+            if (out->cols)
+                bytes = out->cols->nbytes;
+            else
+                for (long i = 0; i < n; i++)
+                    bytes += out->pk[i].caplen;
             count(&c->stats.bytes, bytes);
             count(&c->stats.packets, (uint64_t)n);
             if (start)
@@ -394,7 +404,21 @@ int pipc_client_receive(pipc_client *c, struct pipc_packet *pk, size_t max, int 
 {
     if (max > (size_t)0x7fffffff)
         max = 0x7fffffff;
-    return (int)client_take(c, pk, max, timeout_ms, c->busy_poll);
+    struct take_out out = {.pk = pk};
+    return (int)client_take(c, &out, max, timeout_ms, c->busy_poll);
+}
+
+int pipc_client_receive_columns(pipc_client *c, struct pipc_received_columns *cols, size_t max, int timeout_ms)
+{
+    if (!cols || cols->struct_bytes < sizeof(*cols) || !cols->ts_ns || !cols->caplen) {
+        pipc_set_error("pipc_client_receive_columns: struct_bytes must be sizeof(struct pipc_received_columns), "
+                       "and ts_ns and caplen set");
+        return -EINVAL;
+    }
+    if (max > (size_t)0x7fffffff)
+        max = 0x7fffffff;
+    struct take_out out = {.cols = cols};
+    return (int)client_take(c, &out, max, timeout_ms, c->busy_poll);
 }
 
 int pipc_client_release_range(pipc_client *c, uint64_t first, uint64_t n)

@@ -469,6 +469,69 @@ long pipc_ring_take(struct pipc_ring *ring, struct pipc_packet *out, size_t max)
     return (long)n;
 }
 
+/* The loop of pipc_ring_take_columns; `every` (a constant where it is inlined) says all columns are set, so the
+ * common case runs without the NULL tests. Returns packets taken, or -EPROTO. */
+static inline __attribute__((always_inline)) long take_columns_loop(struct pipc_ring *ring,
+                                                                    struct pipc_received_columns *cols, size_t n,
+                                                                    const int every)
+{
+    uint64_t smask = ring->slot_count - 1;
+    uint64_t seq = ring->c_next_slot, pos = ring->c_next_payload, start = pos;
+    uint64_t hard = ring->c_released_payload + ring->payload_bytes, soft = start + pipc_ring_half(ring->payload_bytes);
+    uint64_t *restrict ts = cols->ts_ns, *restrict offsets = cols->offsets;
+    uint32_t *restrict caplen = cols->caplen, *restrict origlen = cols->origlen, *restrict ifindex = cols->ifindex,
+                       *restrict linktype = cols->linktype;
+    uint64_t *restrict payload_end = ring->c_payload_end;
+    size_t i = 0;
+    for (; i < n; i++, seq++) {
+        struct pipc_desc d; /* copy first, then validate the copy (see pipc_ring_take) */
+        memcpy(&d, &ring->slots[seq & smask], sizeof(d));
+        uint64_t end = pos + d.caplen;
+        if ((d.flags | (d.payload_pos ^ pos)) != 0 || end > hard)
+            return -EPROTO;
+        if (end > soft && i > 0)
+            break;
+        ts[i] = d.ts_ns;
+        caplen[i] = d.caplen;
+        if (every || offsets)
+            offsets[i] = pos - start;
+        if (every || origlen)
+            origlen[i] = d.origlen;
+        if (every || ifindex)
+            ifindex[i] = d.ifindex;
+        if (every || linktype)
+            linktype[i] = d.linktype;
+        pos = end;
+        payload_end[seq & smask] = pos;
+    }
+    return (long)i;
+}
+
+long pipc_ring_take_columns(struct pipc_ring *ring, struct pipc_received_columns *cols, size_t max)
+{
+    long avail = pipc_ring_available(ring);
+    if (avail <= 0)
+        return avail;
+    /* The limits and checks of pipc_ring_take, packet for packet; only the output differs. */
+    size_t n = (size_t)avail < max ? (size_t)avail : max;
+    uint64_t max_slots = pipc_ring_half(ring->slot_count);
+    if (n > max_slots)
+        n = (size_t)max_slots;
+    long got = cols->offsets && cols->origlen && cols->ifindex && cols->linktype ? take_columns_loop(ring, cols, n, 1)
+                                                                                 : take_columns_loop(ring, cols, n, 0);
+    if (got < 0)
+        return got;
+    uint64_t start = ring->c_next_payload, end = got ? ring->c_payload_end[(ring->c_next_slot + got - 1) &
+                                                                          (ring->slot_count - 1)]
+                                                     : start;
+    cols->data = ring->payload + (start & (ring->payload_bytes - 1));
+    cols->first_id = ring->c_next_slot;
+    cols->nbytes = end - start;
+    ring->c_next_slot += (uint64_t)got;
+    ring->c_next_payload = end;
+    return got;
+}
+
 int pipc_ring_release_one(struct pipc_ring *ring, uint64_t id)
 {
     /* Only ids taken and not yet published may be released; anything else is a caller bug, ignored. */
@@ -485,18 +548,33 @@ int pipc_ring_release_range(struct pipc_ring *ring, uint64_t first, uint64_t n)
 {
     if (first < ring->c_released_slot || first + n > ring->c_next_slot || first + n < first)
         return -EINVAL;
+    /* One memset per part of the flag array before and after its wrap. */
     uint64_t smask = ring->slot_count - 1;
-    for (uint64_t i = 0; i < n; i++)
-        ring->c_released[(first + i) & smask] = 1;
+    while (n) {
+        uint64_t idx = first & smask, run = n < ring->slot_count - idx ? n : ring->slot_count - idx;
+        memset(ring->c_released + idx, 1, (size_t)run);
+        first += run;
+        n -= run;
+    }
     return 0;
 }
 
 int pipc_ring_publish_release(struct pipc_ring *ring)
 {
+    /* Advance over the released prefix, eight flags at a time, clearing them (one memset per stretch). */
     uint64_t smask = ring->slot_count - 1, s = ring->c_released_slot;
-    while (s < ring->c_next_slot && ring->c_released[s & smask]) {
-        ring->c_released[s & smask] = 0;
-        s++;
+    while (s < ring->c_next_slot) {
+        uint64_t idx = s & smask, left = ring->c_next_slot - s;
+        size_t run = (size_t)(left < ring->slot_count - idx ? left : ring->slot_count - idx), k = 0;
+        uint8_t *f = ring->c_released + idx;
+        for (uint64_t w; k + 8 <= run && (memcpy(&w, f + k, 8), w == 0x0101010101010101ULL);)
+            k += 8;
+        while (k < run && f[k])
+            k++;
+        memset(f, 0, k);
+        s += k;
+        if (k < run)
+            break;
     }
     if (s == ring->c_released_slot)
         return 0;

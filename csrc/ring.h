@@ -173,6 +173,9 @@ void pipc_ring_counters(const struct pipc_ring *ring, struct pipc_ring_counters 
 long pipc_ring_available(struct pipc_ring *ring);
 /* Takes up to max packets (validated; data points into the ring); returns n >= 0 or -EPROTO. */
 long pipc_ring_take(struct pipc_ring *ring, struct pipc_packet *out, size_t max);
+/* pipc_ring_take into columns (cols->ts_ns and cols->caplen set; the other columns may be NULL); sets data,
+ * first_id and nbytes. */
+long pipc_ring_take_columns(struct pipc_ring *ring, struct pipc_received_columns *cols, size_t max);
 /* Marks packets with ids in [first, first + n) released (all must be taken and unreleased). */
 int pipc_ring_release_range(struct pipc_ring *ring, uint64_t first, uint64_t n);
 int pipc_ring_release_one(struct pipc_ring *ring, uint64_t id);

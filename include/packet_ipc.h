@@ -309,6 +309,22 @@ PIPC_API void pipc_client_connect_cancel(pipc_client_pending *pending);
  * was drained; -EPROTO if the ring is corrupt (the connection is then unusable). Received packets stay
  * valid until released; while unreleased they hold ring space. */
 PIPC_API int pipc_client_receive(pipc_client *client, struct pipc_packet *packets, size_t max, int timeout_ms);
+/* A receive into columns: the caller's arrays of at least max entries (offsets, origlen, ifindex and linktype
+ * may be NULL: not filled); set struct_bytes to sizeof(struct pipc_received_columns). The call sets data
+ * (packet i's bytes are at data + offsets[i], all back to back in the ring), first_id (the packets' ids are
+ * first_id, first_id + 1, ...: release them with pipc_client_release_range) and nbytes (their total). */
+struct pipc_received_columns {
+    size_t struct_bytes;
+    uint64_t *ts_ns, *offsets;
+    uint32_t *caplen, *origlen, *ifindex, *linktype;
+    const uint8_t *data;
+    uint64_t first_id;
+    uint64_t nbytes;
+};
+/* pipc_client_receive, with the packets written as columns: the same waits, return values and errors, and the
+ * same validation of every descriptor. -EINVAL also for struct_bytes too small or a NULL ts_ns or caplen. */
+PIPC_API int pipc_client_receive_columns(pipc_client *client, struct pipc_received_columns *cols, size_t max,
+                                         int timeout_ms);
 /* Returns received packets' ring space. Any order; each packet exactly once. */
 PIPC_API void pipc_client_release(pipc_client *client, const struct pipc_packet *packets, size_t n);
 /* Releases n packets by id: first_id, first_id + 1, ... (the packets of one receive have consecutive ids, in

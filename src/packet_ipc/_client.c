@@ -33,10 +33,21 @@ PyType_Spec lease_spec = {"packet_ipc._core._Lease", sizeof(LeaseObject), 0,
 
 /* Where one receive puts its descriptors: the client's scratch array, or (while another thread's receive is
  * using it) an array of this call's own. */
+/* Where a take lands: descriptors in pk, or (columns set) columns carved out of the same memory (32 bytes per
+ * packet: ts_ns and offsets, then caplen, origlen, linktype, ifindex; a descriptor takes 40). */
 typedef struct {
     struct pipc_packet *pk;
     int own;
+    int columns;
+    struct pipc_received_columns cols;
 } take_buffer;
+
+static long take_into(pipc_client *c, take_buffer *b, size_t max, int ms)
+{
+    if (!b->columns)
+        return pipc_client_receive(c, b->pk, max, ms);
+    return pipc_client_receive_columns(c, &b->cols, max, ms);
+}
 /* ------------------------------------------------------------------------------------------------------ */
 /* Client */
 
@@ -139,10 +150,18 @@ static long client_take(ClientObject *self, Py_ssize_t max, int ms, take_buffer 
     }
     if (!b->own)
         self->scratch_busy = 1;
+    if (b->columns) {
+        char *base = (char *)b->pk;
+        size_t m = (size_t)max;
+        b->cols = (struct pipc_received_columns){
+            .struct_bytes = sizeof(b->cols), .ts_ns = (uint64_t *)base, .offsets = (uint64_t *)(base + 8 * m),
+            .caplen = (uint32_t *)(base + 16 * m), .origlen = (uint32_t *)(base + 20 * m),
+            .linktype = (uint32_t *)(base + 24 * m), .ifindex = (uint32_t *)(base + 28 * m)};
+    }
     pipc_client *c = self->c;
     /* Fast path with the GIL held: no system call while packets are waiting. */
     size_t take_max = (size_t)max < INT_MAX ? (size_t)max : INT_MAX;
-    long r = pipc_client_receive(c, b->pk, take_max, 0);
+    long r = take_into(c, b, take_max, 0);
     if (r == -ETIMEDOUT && ms != 0) {
         uint64_t deadline = ms < 0 ? UINT64_MAX : mono_ns() + (uint64_t)ms * 1000000ULL;
         self->users++;
@@ -151,7 +170,7 @@ static long client_take(ClientObject *self, Py_ssize_t max, int ms, take_buffer 
             if (left < 0 || left > WAIT_SLICE_MS)
                 left = WAIT_SLICE_MS; /* come back for signals even while another thread holds the client */
             Py_BEGIN_ALLOW_THREADS
-            r = pipc_client_receive(c, b->pk, take_max, left);
+            r = take_into(c, b, take_max, left);
             Py_END_ALLOW_THREADS
             if (r != -EINTR && !(r == -ETIMEDOUT && remaining(deadline) != 0))
                 break;
@@ -174,6 +193,24 @@ static long client_take(ClientObject *self, Py_ssize_t max, int ms, take_buffer 
         return -1;
     }
     return r;
+}
+
+/* The lease of n received packets with ids from `first`, whose bytes lie at data (nbytes in all). */
+static LeaseObject *make_lease_range(core_state *st, ClientObject *self, uint64_t first, long n, const uint8_t *data,
+                                     uint64_t nbytes)
+{
+    LeaseObject *l = PyObject_New(LeaseObject, st->LeaseType);
+    if (!l) {
+        pipc_client_release_range(self->c, first, (uint64_t)n);
+        return NULL;
+    }
+    Py_INCREF(self);
+    l->client = (PyObject *)self;
+    l->first = first;
+    l->n = (uint64_t)n;
+    l->data = data;
+    l->nbytes = (Py_ssize_t)nbytes;
+    return l;
 }
 
 static LeaseObject *make_lease(core_state *st, ClientObject *self, const struct pipc_packet *pk, long n)
@@ -200,7 +237,7 @@ static PyObject *client_receive_batch(ClientObject *self, PyObject *args)
     Py_ssize_t max = 1024;
     PyObject *t = Py_None;
     int ms;
-    take_buffer tb;
+    take_buffer tb = {.columns = 1};
     if (!PyArg_ParseTuple(args, "|nO:receive_batch", &max, &t) || timeout_ms_from(t, &ms) < 0)
         return NULL;
     long n = client_take(self, max, ms, &tb);
@@ -210,27 +247,24 @@ static PyObject *client_receive_batch(ClientObject *self, PyObject *args)
         return NULL;
     }
     core_state *st = state_of_type(Py_TYPE(self));
-    const struct pipc_packet *pk = tb.pk;
-    LeaseObject *l = make_lease(st, self, pk, n);
+    const struct pipc_received_columns *k = &tb.cols;
+    LeaseObject *l = make_lease_range(st, self, k->first_id, n, k->data, k->nbytes);
     BatchObject *b = l ? batch_alloc(st, n) : NULL;
     if (!b) {
         Py_XDECREF(l);
         take_buffer_done(self, &tb);
         return NULL;
     }
-    const uint8_t *base = pk[0].data;
-    for (long i = 0; i < n; i++) {
-        const struct pipc_packet *p = &pk[i];
-        b->ts[i] = p->ts_ns;
-        b->offsets[i] = (uint64_t)(p->data - base); /* contiguous: validated positions + mirror mapping */
-        b->caplen[i] = p->caplen;
-        b->origlen[i] = p->origlen;
-        b->linktype[i] = p->linktype;
-        b->ifindex[i] = p->ifindex;
-    }
+    /* Columns taken straight from the descriptors (validated there), copied whole into the batch. */
+    memcpy(b->ts, k->ts_ns, (size_t)n * 8);
+    memcpy(b->offsets, k->offsets, (size_t)n * 8);
+    memcpy(b->caplen, k->caplen, (size_t)n * 4);
+    memcpy(b->origlen, k->origlen, (size_t)n * 4);
+    memcpy(b->linktype, k->linktype, (size_t)n * 4);
+    memcpy(b->ifindex, k->ifindex, (size_t)n * 4);
     take_buffer_done(self, &tb);
     b->owner = (PyObject *)l;
-    b->data = base;
+    b->data = k->data;
     b->nbytes = l->nbytes;
     return (PyObject *)b;
 }
@@ -242,7 +276,7 @@ static PyObject *client_receive_packets(ClientObject *self, PyObject *args)
     int ms;
     if (!PyArg_ParseTuple(args, "|nO:receive_packets", &max, &t) || timeout_ms_from(t, &ms) < 0)
         return NULL;
-    take_buffer tb;
+    take_buffer tb = {.columns = 0};
     long n = client_take(self, max, ms, &tb);
     if (n <= 0) {
         if (n == 0)

@@ -13,7 +13,7 @@
  * payloads lie back to back (the one-memcpy run path) and finite timeouts with partial sends, and builds a third
  * of its batches in place (pipc_conn_reserve / pipc_conn_commit of a random prefix, the rest abandoned with
  * junk in it), and sends half of its back-to-back batches as columns (pipc_conn_send_columns). The consumer mixes blocking receives with the pollable-fd protocol (prepare_wait + poll +
- * receive with timeout 0),
+ * receive with timeout 0) and receives into columns (pipc_client_receive_columns),
  * releases every batch in a random order in random chunks, and sometimes takes another batch (without
  * blocking) while part of the previous one is still held.
  *
@@ -238,6 +238,30 @@ static int receive_polling(pipc_client *client, struct pipc_packet *pk, size_t m
     }
 }
 
+/* A blocking receive into columns (pipc_client_receive_columns), turned back into descriptors for the checks
+ * and the releases: ids are consecutive from first_id, bytes at data + offsets[i], every column filled. */
+static int receive_as_columns(pipc_client *client, struct pipc_packet *pk, size_t max)
+{
+    static uint64_t ts[MAX_BATCH], offsets[MAX_BATCH];
+    static uint32_t caplen[MAX_BATCH], origlen[MAX_BATCH], ifindex[MAX_BATCH], linktype[MAX_BATCH];
+    struct pipc_received_columns k = {.struct_bytes = sizeof(k), .ts_ns = ts, .offsets = offsets,
+                                      .caplen = caplen, .origlen = origlen, .ifindex = ifindex,
+                                      .linktype = linktype};
+    int n = pipc_client_receive_columns(client, &k, max, WAIT_MS);
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        if (offsets[i] != total)
+            FAIL("columns: packet %d at offset %" PRIu64 ", expected %" PRIu64, i, offsets[i], total);
+        pk[i] = (struct pipc_packet){.ts_ns = ts[i], .caplen = caplen[i], .origlen = origlen[i],
+                                     .linktype = linktype[i], .ifindex = ifindex[i], .data = k.data + offsets[i],
+                                     .id = k.first_id + (uint64_t)i};
+        total += caplen[i];
+    }
+    if (n > 0 && total != k.nbytes)
+        FAIL("columns: nbytes %" PRIu64 ", the packets hold %" PRIu64, k.nbytes, total);
+    return n;
+}
+
 static void shuffle(struct pipc_packet *p, size_t n, uint64_t *s)
 {
     for (size_t i = n; i > 1; i--) {
@@ -268,7 +292,9 @@ static void *consumer_thread(void *arg)
     for (;;) {
         uint64_t r = xorshift(&choices);
         size_t max = 1 + (size_t)(r % MAX_BATCH);
-        int n = (r >> 8) & 1 ? receive_polling(client, a, max) : pipc_client_receive(client, a, max, WAIT_MS);
+        int n = (r >> 8) & 1    ? receive_polling(client, a, max)
+                : (r >> 10) & 1 ? receive_as_columns(client, a, max)
+                                : pipc_client_receive(client, a, max, WAIT_MS);
         if (n == 0)
             break;
         if (n < 0)

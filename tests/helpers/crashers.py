@@ -393,6 +393,21 @@ def _apply(pair: Pair, mutation: dict) -> None:
         pair.write(off, bytes(mutation["data"][: hi - off]))  # a write stays inside its region
 
 
+def take(client: pipc.Client, max_packets: int, as_batch: bool) -> list | None:
+    """One receive with timeout 0, by either reader: receive_packets (a descriptor per packet) or receive_batch
+    (columns, pipc_client_receive_columns), whose packets are checked the same way; None at end of stream."""
+    if not as_batch:
+        return client.receive_packets(max_packets, timeout=0)
+    batch = client.receive_batch(max_packets, timeout=0)
+    if batch is None:
+        return None
+    packets = list(batch)
+    offsets = batch.offsets.tolist()
+    assert offsets == [sum(p.caplen for p in packets[:i]) for i in range(len(packets))], offsets
+    assert batch.nbytes == sum(p.caplen for p in packets)
+    return packets
+
+
 def reader_case(server: pipc.Server, case: dict, stats: dict) -> None:
     """A hostile server scribbles on the client's ring (producer line, descriptors, payload) between the
     client's receives. The client must return packets that lie inside the ring, or end, or raise a typed
@@ -405,9 +420,9 @@ def reader_case(server: pipc.Server, case: dict, stats: dict) -> None:
             for m in mutations:
                 _apply(pair, m)
             with_error = False
-            for _ in range(4):
+            for k in range(4):
                 try:
-                    packets = pair.client.receive_packets(case["max_packets"], timeout=0)
+                    packets = take(pair.client, case["max_packets"], as_batch=(step + k) % 2 == 1)
                 except (pipc.TimeoutError, pipc.ConnectionLostError):
                     break
                 except pipc.ProtocolError:
@@ -583,7 +598,7 @@ def storm_reader(seconds: float, target_q: Any, result_q: Any) -> None:
                         stats["server_errors"] += 1
                         break
                     try:
-                        packets = pair.client.receive_packets(rng.randrange(1, 40), timeout=0)
+                        packets = take(pair.client, rng.randrange(1, 40), as_batch=rng.random() < 0.5)
                     except (pipc.TimeoutError, pipc.ConnectionLostError):
                         continue
                     except pipc.ProtocolError:
