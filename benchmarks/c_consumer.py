@@ -3,12 +3,19 @@
 Builds ``examples/c/consumer.c`` and ``examples/c/producer.c`` with ``packet-ipc config --cflags --libs`` and
 measures, for 64-byte and 1518-byte packets, how many packets per second reach the consumer on these paths:
 
-- C producer (``pipc_conn_send``, batches of 256) -> C consumer (``pipc_client_receive``, batches of 256)
+- C producer (``producer --pool 1``: one prebuilt 256-packet batch, as columns with its payloads back to back,
+  sent again and again with ``pipc_conn_send_columns``: the Python row's input) -> C consumer
+  (``consumer --columns``: ``pipc_client_receive_columns`` of up to 256, each batch released whole with
+  ``pipc_client_release_range``, as Python's ``receive_batch`` does; every C consumer row below but one)
+- C producer (the same) -> C consumer with descriptors (``pipc_client_receive``: a ``struct pipc_packet``
+  per packet; every other batch released in reverse, one packet per call, as the example shows)
+- C producer building every packet in its loop (``pipc_conn_send`` of 256 descriptors pointing into a 64 KiB
+  pool: the generator's own work is in the figure) -> C consumer
 - Python server (``Connection.send_batch`` of a prebuilt 256-packet ``PacketBatch``) -> C consumer
 - Python server (same) -> Python ``Client.receive_batch(256)`` (the baseline of the last column)
 - C producer -> Python ``Client.receive_batch(256)``
 
-On these four the consumer receives, counts and releases: it reads the descriptors (lengths) but not the
+On these six the consumer receives, counts and releases: it reads the descriptors (lengths) but not the
 payload bytes, so the figures are the transport's (the producer's copy into the ring is included, the
 consumer's own work is not); the producer is the bottleneck. Consumer-bound rows follow: the C consumer
 reading every payload byte (``--touch``: XOR of 8-byte words, about memory speed), the C consumer hashing
@@ -98,10 +105,12 @@ def python_batch(size: int) -> pipc.PacketBatch:
     return pipc.PacketBatch.from_buffers(timestamps, lengths, data)
 
 
-def c_to_consumer(exes: dict[str, Path], consumer_cmd: list[str], count: int, size: int, checksum: bool) -> dict:
-    """C producer -> consumer_cmd (whose last argument, the name, is appended here)."""
+def c_to_consumer(exes: dict[str, Path], consumer_cmd: list[str], count: int, size: int, checksum: bool,
+                  pool: bool = True) -> dict:
+    """C producer -> consumer_cmd (whose last argument, the name, is appended here); pool: one prebuilt batch
+    sent again and again (--pool 1), else every packet built in the producer's loop."""
     args = [str(exes["producer"]), "--count", str(count), "--sizes", str(size), "--batch", str(BATCH),
-            "--capacity", str(CAPACITY), "--json", "--timeout", "30000"]
+            "--capacity", str(CAPACITY), "--json", "--timeout", "30000"] + (["--pool", "1"] if pool else [])
     producer = subprocess.Popen(args + ([] if checksum else ["--no-checksum"]), stdout=subprocess.PIPE, text=True)
     try:
         name = producer.stdout.readline().strip()
@@ -171,12 +180,17 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="pipc-bench-c-") as tmp:
         exes = build(Path(tmp))
-        c_consumer = [str(exes["consumer"]), "--json", "--batch", str(BATCH), "--timeout", "30000"]
+        c_descriptors = [str(exes["consumer"]), "--json", "--batch", str(BATCH), "--timeout", "30000"]
+        c_consumer = c_descriptors + ["--columns"]
         py_client = [sys.executable, "-c", PY_CLIENT, "batch"]
         py_per_packet = [sys.executable, "-c", PY_CLIENT, "per-packet"]
         paths = {
             "C producer -> C consumer": lambda n, s, ck: c_to_consumer(
                 exes, c_consumer + ([] if ck else ["--no-checksum"]), n, s, ck),
+            "C producer -> C consumer, descriptors": lambda n, s, ck: c_to_consumer(
+                exes, c_descriptors + ([] if ck else ["--no-checksum"]), n, s, ck),
+            "C producer building each packet -> C consumer": lambda n, s, ck: c_to_consumer(
+                exes, c_consumer + ([] if ck else ["--no-checksum"]), n, s, ck, pool=False),
             "Python send_batch -> C consumer": lambda n, s, ck: python_to_consumer(
                 c_consumer + ([] if ck else ["--no-checksum"]), n, s, ck),
             BASELINE: lambda n, s, ck: python_to_consumer(py_client, n, s, False),
@@ -199,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 pps = statistics.median(r[0] for r in results)
                 gbps = statistics.median(r[1] for r in results)
                 rows.append({"size": size, "path": label, "packets_per_s": pps, "gbit_per_s": gbps, "count": count})
-                print(f"  {size:>5} B  {label:<42} {pps / 1e6:8.2f} Mpps {gbps:8.2f} Gbit/s", file=sys.stderr)
+                print(f"  {size:>5} B  {label:<48} {pps / 1e6:8.2f} Mpps {gbps:8.2f} Gbit/s", file=sys.stderr)
 
     print(f"\npacket-ipc C consumer throughput ({platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, batches of {BATCH}, {CAPACITY >> 20} MiB ring, median of "

@@ -165,10 +165,14 @@ def expected(packets: list[pipc.Packet]) -> tuple[int, int, str]:
 # ---------------------------------------------------------------- Python server -> C consumer
 
 @pytest.mark.parametrize("capture", REPO_CAPTURES, ids=lambda p: p.name)
-def test_c_consumer_receives_a_capture_from_a_python_server_intact_and_in_order(examples, capture):
+@pytest.mark.parametrize("columns", [False, True], ids=["descriptors", "columns"])
+def test_c_consumer_receives_a_capture_from_a_python_server_intact_and_in_order(examples, capture, columns):
+    """Either C reader: pipc_client_receive, or pipc_client_receive_columns (--columns) into a small ring
+    that the capture wraps many times, with whole-batch releases."""
     packets = capture_packets(capture)
     assert packets
-    assert feed_c_consumer(examples, packets) == expected(packets)
+    args = ("--columns", "--batch", "100") if columns else ()
+    assert feed_c_consumer(examples, packets, *args, batch=columns, capacity=1 << 16) == expected(packets)
 
 
 @pytest.mark.shared
@@ -275,6 +279,36 @@ def test_python_client_receives_what_the_c_producer_sent(examples, capacity):
             producer.wait()
     assert producer.returncode == 0, err
     assert received == list(producer_packets(count, sizes))  # byte for byte, in order
+    assert summary(out.splitlines()[-1]) == checksum(received)
+
+
+def test_the_c_producer_sending_a_prebuilt_pool_as_columns(examples):
+    """producer --pool 3: three batches built once (columns, payloads back to back) and sent again and again with
+    pipc_conn_send_columns into a ring smaller than one cycle: packet i is packet i % 300 of the documented
+    list, byte for byte and in order, and the producer's checksum is the client's."""
+    sizes = [0, 1, 60, 64, 1518, 9000, 333]
+    count = 1000
+    producer = subprocess.Popen(
+        [str(examples["producer"]), "--count", str(count), "--sizes", ",".join(map(str, sizes)),
+         "--capacity", str(1 << 16), "--batch", "100", "--pool", "3", "--timeout", "30000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        name = producer.stdout.readline().strip()
+        assert name, producer.stderr.read()
+        received = []
+        with pipc.Client(name, timeout=30) as client:
+            while (batch := client.receive_batch(128, timeout=30)) is not None:
+                with batch:
+                    received.extend((p.timestamp, p.orig_len, p.tobytes()) for p in batch)
+        out, err = producer.communicate(timeout=TIMEOUT)
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+            producer.wait()
+    assert producer.returncode == 0, err
+    pool = list(producer_packets(300, sizes))
+    assert received == [pool[i % 300] for i in range(count)]
     assert summary(out.splitlines()[-1]) == checksum(received)
 
 

@@ -3,7 +3,8 @@
  * batches, end the stream.
  *
  *   cc -std=c11 -O2 producer.c -o producer $(packet-ipc config --cflags --libs)
- *   ./producer [--count N] [--sizes 64,1518,...] [--batch N] [--capacity BYTES] [--timeout MS] [--json] [--no-checksum] [NAME]
+ *   ./producer [--count N] [--sizes 64,1518,...] [--batch N] [--capacity BYTES] [--timeout MS] [--json] [--no-checksum]
+ *              [--pool BATCHES] [NAME]
  *
  * Line 1 of stdout is the name clients connect to (flushed at once, so a parent process can read it and
  * start a client); NAME defaults to a fresh private path. After the client has been fed and the stream
@@ -19,6 +20,11 @@
  *    (x ^= x >> 12; x ^= x << 25; x ^= x >> 27; byte = (x * 0x2545f4914f6cdd1d) >> 56).
  * Pointing into one pool costs nothing per packet, which keeps this producer fast enough to benchmark with
  * (--no-checksum also skips hashing: checksum=0x0000000000000000).
+ *
+ * --pool BATCHES measures the library rather than this generator, the way a producer holding ready batches
+ * (a capture block, a decoder's output) sends: the first BATCHES batches are built once, as columns with their
+ * payloads back to back, and the stream cycles over them (packet i is packet i % (BATCHES * batch) of the
+ * list above, timestamps included), sent with pipc_conn_send_columns.
  *
  * Exit status: 0 once every packet was sent and the stream ended; 1 on an error; 2 on bad usage.
  */
@@ -60,7 +66,7 @@ static int usage(const char *argv0)
 {
     fprintf(stderr,
             "usage: %s [--count N] [--sizes S1,S2,...] [--batch N (1..%d)] [--capacity BYTES] [--timeout MS] "
-            "[--json] [--no-checksum] [NAME]\n",
+            "[--json] [--no-checksum] [--pool BATCHES] [NAME]\n",
             argv0, MAX_BATCH);
     return 2;
 }
@@ -81,11 +87,83 @@ static int parse_sizes(char *list, uint32_t *sizes, size_t *n, uint32_t *largest
     return *n ? 0 : -1;
 }
 
+/* --pool: builds pool_batches batches of the packets above as columns, payloads back to back, then sends count
+ * packets cycling over them with pipc_conn_send_columns. 0, or -1 after printing why. */
+static int send_pool(pipc_conn *conn, const uint8_t *pool, const uint32_t *sizes, size_t n_sizes, size_t batch,
+                     size_t pool_batches, uint64_t count, int timeout_ms, int checksum_on, uint64_t *h,
+                     uint64_t *bytes)
+{
+    size_t total = pool_batches * batch;
+    uint64_t *ts = malloc(total * sizeof(*ts)), blob_bytes = 0;
+    uint32_t *caplen = malloc(total * sizeof(*caplen)), *origlen = malloc(total * sizeof(*origlen));
+    uint64_t *start = malloc((pool_batches + 1) * sizeof(*start)); /* each pool batch's first byte in blob */
+    if (!ts || !caplen || !origlen || !start) {
+        fprintf(stderr, "producer: out of memory\n");
+        return -1;
+    }
+    for (size_t seq = 0; seq < total; seq++) {
+        caplen[seq] = sizes[seq % n_sizes];
+        origlen[seq] = caplen[seq] + (seq % 4 == 3 ? 4 : 0);
+        ts[seq] = 1700000000000000000ULL + 1000ULL * seq;
+        blob_bytes += caplen[seq];
+    }
+    uint8_t *blob = malloc(blob_bytes ? blob_bytes : 1);
+    if (!blob) {
+        fprintf(stderr, "producer: out of memory\n");
+        return -1;
+    }
+    uint64_t off = 0;
+    for (size_t seq = 0; seq < total; seq++) {
+        if (seq % batch == 0)
+            start[seq / batch] = off;
+        memcpy(blob + off, pool + ((seq * 977) & (POOL_WINDOW - 1)), caplen[seq]);
+        off += caplen[seq];
+    }
+    start[pool_batches] = off;
+    for (uint64_t i = 0; i < count;) {
+        size_t b = (size_t)((i / batch) % pool_batches), first = b * batch;
+        size_t n = count - i < batch ? (size_t)(count - i) : batch;
+        struct pipc_columns cols = {.struct_bytes = sizeof(cols), .ts_ns = ts + first, .caplen = caplen + first,
+                                    .origlen = origlen + first, .data = blob + start[b]};
+        if (checksum_on) {
+            const uint8_t *d = cols.data;
+            for (size_t k = 0; k < n; k++) {
+                *h = fnv1a_le(*h, ts[first + k], 8);
+                *h = fnv1a_le(*h, origlen[first + k], 4);
+                *h = fnv1a_le(*h, caplen[first + k], 4);
+                *h = fnv1a(*h, d, caplen[first + k]);
+                d += caplen[first + k];
+            }
+        }
+        size_t done = 0;
+        while (done < n) { /* as in main: a timeout after some were written leaves the rest to resend */
+            uint64_t skip = 0;
+            for (size_t k = 0; k < done; k++)
+                skip += caplen[first + k];
+            struct pipc_columns rest = cols;
+            rest.ts_ns += done, rest.caplen += done, rest.origlen += done, rest.data += skip;
+            long r = pipc_conn_send_columns(conn, &rest, n - done, timeout_ms);
+            if (r < 0) {
+                fprintf(stderr, "producer: send failed after %" PRIu64 " packets: %s (%s)\n", i + done,
+                        pipc_strerror((int)r), pipc_last_error());
+                return -1;
+            }
+            done += (size_t)r;
+        }
+        for (size_t k = 0; k < n; k++)
+            *bytes += caplen[first + k];
+        i += n;
+    }
+    free(ts), free(caplen), free(origlen), free(start), free(blob);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     uint64_t count = 100000, capacity = 0;
     size_t batch = 256, n_sizes;
     int timeout_ms = 10000, json = 0, checksum_on = 1;
+    size_t pool_batches = 0;
     const char *name = NULL;
     char default_sizes[] = "64,1518,0,60,590,9000,1";
     char *sizes_arg = default_sizes;
@@ -100,6 +178,8 @@ int main(int argc, char **argv)
             capacity = strtoull(argv[++i], NULL, 0);
         else if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
             timeout_ms = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--pool") && i + 1 < argc)
+            pool_batches = strtoul(argv[++i], NULL, 0);
         else if (!strcmp(argv[i], "--json"))
             json = 1;
         else if (!strcmp(argv[i], "--no-checksum"))
@@ -110,7 +190,7 @@ int main(int argc, char **argv)
             name = argv[i];
     }
     uint32_t sizes[MAX_SIZES], largest;
-    if (batch < 1 || batch > MAX_BATCH || parse_sizes(sizes_arg, sizes, &n_sizes, &largest) < 0)
+    if (batch < 1 || batch > MAX_BATCH || pool_batches > 4096 || parse_sizes(sizes_arg, sizes, &n_sizes, &largest) < 0)
         return usage(argv[0]);
 
     /* The data pool (see the top of the file). */
@@ -149,7 +229,15 @@ int main(int argc, char **argv)
 
     static struct pipc_packet packets[MAX_BATCH];
     uint64_t h = FNV_OFFSET, bytes = 0, i = 0;
-    while (i < count) {
+    if (pool_batches) {
+        int r = send_pool(conn, pool, sizes, n_sizes, batch, pool_batches, count, timeout_ms, checksum_on, &h, &bytes);
+        if (r < 0) {
+            pipc_conn_close(conn);
+            return 1;
+        }
+        i = count;
+    }
+    while (i < count) { /* without --pool: each batch built here */
         size_t n = count - i < batch ? (size_t)(count - i) : batch;
         for (size_t k = 0; k < n; k++) {
             uint64_t seq = i + k;
