@@ -71,16 +71,11 @@ def wait_cpu(proc: subprocess.Popen[Any], timeout: float) -> tuple[int, float]:
         time.sleep(0.01)  # polling a child without blocking the producer's clock
 
 
-async def raw_rate(cluster: NatsCluster, prefix: str, partitions: int, replicas: int, storage: str,
-                   messages: int, size: int) -> float:
-    """MB/s of ``messages`` messages of ``size`` bytes published with nats-py, one task per stream."""
-    import nats
-    import nats.errors
-    import nats.js.errors
+async def make_streams(cluster: NatsCluster, js: Any, prefix: str, partitions: int, replicas: int,
+                       storage: str) -> None:
+    """Creates streams ``prefix-<k>`` (subjects ``prefix.<k>``) and waits until each has a leader."""
     from nats.js.api import StorageType, StreamConfig
 
-    nc = await nats.connect(cluster.urls)
-    js = nc.jetstream(timeout=10)
     for k in range(partitions):
         await js.add_stream(StreamConfig(name=f"{prefix}-{k}", subjects=[f"{prefix}.{k}"], num_replicas=replicas,
                                          storage=StorageType(storage)))
@@ -88,6 +83,18 @@ async def raw_rate(cluster: NatsCluster, prefix: str, partitions: int, replicas:
     while any(cluster.stream_leader(f"{prefix}-{k}") is None for k in range(partitions)):
         assert time.monotonic() < deadline, "the raw streams got no leader"
         await asyncio.sleep(0.05)  # a stream takes no publish before its leader is elected
+
+
+async def raw_rate(cluster: NatsCluster, prefix: str, partitions: int, replicas: int, storage: str,
+                   messages: int, size: int) -> float:
+    """MB/s of ``messages`` messages of ``size`` bytes published with nats-py, one task per stream."""
+    import nats
+    import nats.errors
+    import nats.js.errors
+
+    nc = await nats.connect(cluster.urls)
+    js = nc.jetstream(timeout=10)
+    await make_streams(cluster, js, prefix, partitions, replicas, storage)
     payload = os.urandom(size)
 
     async def one(k: int, n: int) -> None:
@@ -109,6 +116,41 @@ async def raw_rate(cluster: NatsCluster, prefix: str, partitions: int, replicas:
                                     "client": (time.process_time() - cpu0) / mb * 1e3}
     await nc.close()
     return mb / seconds
+
+
+def raw_pipeline(cluster: NatsCluster, prefix: str, partitions: int, replicas: int, storage: str, messages: int,
+                 size: int, mode: str, window: int, batch: int) -> dict[str, Any]:
+    """nats-py publisher -> cluster -> nats-py pull consumer (``benchmarks/raw_pipeline.py``, two processes,
+    no packet-ipc), concurrently, to the last message; MB/s and CPU ms per MB of servers, publisher, subscriber."""
+    async def streams() -> None:
+        import nats
+
+        nc = await nats.connect(cluster.urls)
+        await make_streams(cluster, nc.jetstream(timeout=10), prefix, partitions, replicas, storage)
+        await nc.close()
+
+    asyncio.run(streams())
+    common = ["--url", cluster.url, "--prefix", prefix, "--partitions", str(partitions), "--messages",
+              str(messages), "--size", str(size)]
+    root = str(Path(__file__).resolve().parents[1])
+    sub = subprocess.Popen([sys.executable, "-m", "benchmarks.raw_pipeline", "sub", *common, "--mode", mode,
+                            "--batch", str(batch)], stdout=subprocess.PIPE, text=True, cwd=root)
+    assert sub.stdout is not None
+    assert sub.stdout.readline().strip() == "ready", "the raw subscriber did not start"
+    srv0 = servers_cpu(cluster)
+    pub = subprocess.Popen([sys.executable, "-m", "benchmarks.raw_pipeline", "pub", *common, "--window", str(window)],
+                           stdout=subprocess.PIPE, text=True, cwd=root)
+    p_out, _ = pub.communicate(timeout=600)
+    s_out, _ = sub.communicate(timeout=600)
+    assert pub.returncode == 0 and sub.returncode == 0, "a raw pipeline process failed"
+    srv = servers_cpu(cluster) - srv0
+    p, s = json.loads(p_out.splitlines()[-1]), json.loads(s_out.splitlines()[-1])
+    assert s["messages"] == p["messages"], f"raw pipeline: {s['messages']} of {p['messages']} messages arrived"
+    seconds = s["end"] - p["start"]
+    mb = p["bytes"] / 1e6
+    return {"mode": mode, "window": window, "batch": batch, "seconds": seconds, "mbps": mb / seconds,
+            "pub_mbps": mb / (p["end"] - p["start"]),
+            "cpu": {"servers": srv / mb * 1e3, "publisher": p["cpu"] / mb * 1e3, "subscriber": s["cpu"] / mb * 1e3}}
 
 
 def pipeline(cluster: NatsCluster, tmp: Path, prefix: str, partitions: int, replicas: int, storage: str,
@@ -168,6 +210,27 @@ def pipeline(cluster: NatsCluster, tmp: Path, prefix: str, partitions: int, repl
                     "producer": producer_cpu}}
 
 
+def print_raw_pipelines(rows: list[tuple[int, str, float, dict[str, Any]]],
+                        raw_pipes: dict[tuple[int, str], list[dict[str, Any]]], messages: int, window: int,
+                        batch: int) -> None:
+    """The raw nats-py pipeline table, and packet-ipc's pipeline as a share of raw and of the raw pipelines."""
+    print(f"\nRaw nats-py pipeline (no packet-ipc): {messages} messages of {MESSAGE // 1024} KiB, a nats-py publisher "
+          f"({window} in flight per partition) and a nats-py pull consumer per partition in another process, "
+          f"concurrently, to the last message; subscriber modes: ours = explicit ack, max_ack_pending 1, fetch(1) "
+          f"pipelined (what packet-ipc subscribe does); ackall = AckAll, fetch({batch}), one ack per batch; none = "
+          f"AckNone, fetch({batch}). CPU in ms per MB.\n")
+    print("| replicas | storage | raw JetStream MB/s | subscriber mode | raw pipeline MB/s | of raw | servers | "
+          "publisher | subscriber | total | packet-ipc pipeline MB/s (messages) | of raw | of this raw pipeline |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for replicas, storage, raw, p in rows:
+        for r in raw_pipes.get((replicas, storage), []):
+            c = r["cpu"]
+            ours = (f"{p['msg_mbps']:.1f} | {100 * p['msg_mbps'] / raw:.0f} % | "
+                    f"{100 * p['msg_mbps'] / r['mbps']:.0f} %") if p else "- | - | -"
+            print(f"| {replicas} | {storage} | {raw:.1f} | {r['mode']} | {r['mbps']:.1f} | {100 * r['mbps'] / raw:.0f} % | "
+                  f"{c['servers']:.2f} | {c['publisher']:.2f} | {c['subscriber']:.2f} | {sum(c.values()):.2f} | {ours} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark and prints the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -176,11 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, default=3, help="partitions (3)")
     ap.add_argument("--messages", type=int, default=600, help="raw messages per configuration (600)")
     ap.add_argument("--failover-only", action="store_true", help="only the failover run")
+    ap.add_argument("--raw-pipeline-messages", type=int, default=900,
+                    help="messages per raw nats-py pipeline run (900)")
+    ap.add_argument("--raw-modes", default="ours,ackall,none",
+                    help="raw pipeline subscriber modes (ours,ackall,none; see benchmarks/raw_pipeline.py)")
+    ap.add_argument("--raw-window", type=int, default=1,
+                    help="publishes in flight per partition in the raw pipeline (1, as the raw row)")
+    ap.add_argument("--raw-batch", type=int, default=64, help="fetch batch of the ackall/none modes (64)")
+    ap.add_argument("--raw-only", action="store_true", help="only raw and the raw pipelines (no packet-ipc)")
     ap.add_argument("--baseline", metavar="PYTHON", default=None,
                     help="also run each pipeline with publish/subscribe of another install (its interpreter), "
                          "right after this one's, on the same cluster: a before/after in one run")
     args = ap.parse_args(argv)
     rows: list[tuple[int, str, float, dict[str, Any]]] = []
+    raw_pipes: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    modes = [m for m in args.raw_modes.split(",") if m]
     baseline: list[tuple[int, str, float, dict[str, Any]]] = []
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"pipc-scale-out-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -188,6 +261,15 @@ def main(argv: list[str] | None = None) -> int:
         for storage in ("file", "memory"):
             with NatsCluster(3) as cluster:
                 raw = asyncio.run(raw_rate(cluster, "raw", args.partitions, replicas, storage, args.messages, MESSAGE))
+                rp = raw_pipes.setdefault((replicas, storage), [])
+                for mode in modes:
+                    rp.append(raw_pipeline(cluster, f"rp{mode}", args.partitions, replicas, storage,
+                                           args.raw_pipeline_messages, MESSAGE, mode, args.raw_window, args.raw_batch))
+                    print(f"# replicas {replicas} {storage}: raw {raw:.1f} MB/s, raw pipeline ({mode}) "
+                          f"{rp[-1]['mbps']:.1f} MB/s, {rp[-1]['cpu']}", file=sys.stderr, flush=True)
+                if args.raw_only:
+                    rows.append((replicas, storage, raw, {}))
+                    continue
                 b = None
                 if args.baseline:
                     b = pipeline(cluster, tmp, f"bl{replicas}{storage[0]}", args.partitions, replicas, storage,
@@ -200,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# replicas {replicas} {storage}: raw {raw:.1f} MB/s, pipeline {p['pps']:,.0f} packets/s "
                   f"{p['msg_mbps']:.1f} MB/s of messages ({p['received']:,}/{p['packets']:,} packets)",
                   file=sys.stderr, flush=True)
+    if raw_pipes:
+        print_raw_pipelines(rows, raw_pipes, args.raw_pipeline_messages, args.raw_window, args.raw_batch)
+    if args.raw_only:
+        return 0
     with NatsCluster(3) as cluster:
         # paced to last about 5 s (1024 packets every 25 ms), the leader killed 1 s in
         fo = pipeline(cluster, tmp, "fo", args.partitions, 3, "file", 200 * 1024, args.size, pace=0.025,
