@@ -26,13 +26,17 @@ import array
 import errno
 import struct
 import sys
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 from .. import _core
 from ..batch import PacketBatch
 from ..errors import ProtocolError
+
+try:  # ISA-L's CRC-32: the same value as zlib's, about 20 times faster (PCLMUL); zlib's when isal is absent
+    from isal.isal_zlib import crc32
+except ImportError:
+    from zlib import crc32
 
 __all__ = [
     "MAGIC", "VERSION", "KIND_PACKETS", "KIND_END", "HEADER", "RECORD_OVERHEAD", "MAX_CAPLEN",
@@ -135,7 +139,7 @@ class RecordBuilder:
         parts = (self.ts, self.caplen, self.origlen, self.linktype, self.ifindex, self.data)
         crc = 0
         for part in parts:  # the CRC over the pieces, so that the message is put together in one copy
-            crc = zlib.crc32(part, crc)
+            crc = crc32(part, crc)
         n, nbytes = self.count, len(self.data)
         head = HEADER.pack(MAGIC, VERSION, KIND_PACKETS, HEADER.size, n, self.partition, seq,
                            RECORD_OVERHEAD * n + nbytes, crc)
@@ -147,7 +151,7 @@ class RecordBuilder:
 def encode_end(partition: int, seq: int, publisher: str, packets: int, nbytes: int, messages: int) -> bytes:
     """The end-of-stream marker of ``publisher`` for ``partition``."""
     body = _END.pack(packets, nbytes, messages) + publisher.encode()
-    return HEADER.pack(MAGIC, VERSION, KIND_END, HEADER.size, 0, partition, seq, len(body), zlib.crc32(body)) + body
+    return HEADER.pack(MAGIC, VERSION, KIND_END, HEADER.size, 0, partition, seq, len(body), crc32(body)) + body
 
 
 def decode(payload: Any, linktype: int = 1) -> Message:
@@ -169,7 +173,7 @@ def decode(payload: Any, linktype: int = 1) -> Message:
     if hdr_len < HEADER.size or hdr_len + body_len != len(view):
         raise WireFormatError(f"lengths do not add up: header {hdr_len} + body {body_len} != {len(view)} bytes")
     body = view[hdr_len:]
-    if zlib.crc32(body) != crc:
+    if crc32(body) != crc:
         raise WireFormatError("CRC mismatch: the message is corrupt")
     if kind == KIND_END:
         if count != 0 or body_len < _END.size:
