@@ -14,6 +14,9 @@ that each one's CPU is its own:
   - ``ackall``: AckAll, ``fetch(--batch)`` and one ack of the batch's last message;
   - ``none``: AckNone and ``fetch(--batch)``: the least work nats-py can do per message.
 
+``--read-buffer N`` (both roles) sets nats-py's socket read size and reader limit (``DEFAULT_BUFFER_SIZE``,
+32 KiB by default) before connecting, as ``packet-ipc publish`` / ``subscribe`` do (1 MiB).
+
 Each prints one JSON line: CLOCK_MONOTONIC (system-wide on Linux) at the start / end of its data phase, its CPU
 seconds (user + system) in that phase, and the messages and bytes it moved. Not a test; a measuring tool.
 """
@@ -133,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=1)
     ap.add_argument("--mode", choices=("ours", "ackall", "none"), default="ours")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--read-buffer", type=int, default=0, help="nats-py's DEFAULT_BUFFER_SIZE (0: nats-py's own)")
     a = ap.parse_args(argv)
+    if a.read_buffer:
+        import nats.aio.client
+
+        nats.aio.client.DEFAULT_BUFFER_SIZE = a.read_buffer
     if a.role == "pub":
         out = asyncio.run(publish(a.url, a.prefix, a.partitions, a.messages, a.size, a.window))
     else:

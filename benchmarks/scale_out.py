@@ -121,7 +121,10 @@ async def raw_rate(cluster: NatsCluster, prefix: str, partitions: int, replicas:
 def raw_pipeline(cluster: NatsCluster, prefix: str, partitions: int, replicas: int, storage: str, messages: int,
                  size: int, mode: str, window: int, batch: int) -> dict[str, Any]:
     """nats-py publisher -> cluster -> nats-py pull consumer (``benchmarks/raw_pipeline.py``, two processes,
-    no packet-ipc), concurrently, to the last message; MB/s and CPU ms per MB of servers, publisher, subscriber."""
+    no packet-ipc), concurrently, to the last message; MB/s and CPU ms per MB of servers, publisher, subscriber.
+    ``mode``: the subscriber's (ours, ackall, none), with ``+buf`` both use 1 MiB nats-py reads as packet-ipc's
+    commands do."""
+    sub_mode, _, tuned = mode.partition("+")
     async def streams() -> None:
         import nats
 
@@ -131,9 +134,9 @@ def raw_pipeline(cluster: NatsCluster, prefix: str, partitions: int, replicas: i
 
     asyncio.run(streams())
     common = ["--url", cluster.url, "--prefix", prefix, "--partitions", str(partitions), "--messages",
-              str(messages), "--size", str(size)]
+              str(messages), "--size", str(size), "--read-buffer", str(1 << 20 if tuned else 0)]
     root = str(Path(__file__).resolve().parents[1])
-    sub = subprocess.Popen([sys.executable, "-m", "benchmarks.raw_pipeline", "sub", *common, "--mode", mode,
+    sub = subprocess.Popen([sys.executable, "-m", "benchmarks.raw_pipeline", "sub", *common, "--mode", sub_mode,
                             "--batch", str(batch)], stdout=subprocess.PIPE, text=True, cwd=root)
     assert sub.stdout is not None
     assert sub.stdout.readline().strip() == "ready", "the raw subscriber did not start"
@@ -218,7 +221,8 @@ def print_raw_pipelines(rows: list[tuple[int, str, float, dict[str, Any]]],
           f"({window} in flight per partition) and a nats-py pull consumer per partition in another process, "
           f"concurrently, to the last message; subscriber modes: ours = explicit ack, max_ack_pending 1, fetch(1) "
           f"pipelined (what packet-ipc subscribe does); ackall = AckAll, fetch({batch}), one ack per batch; none = "
-          f"AckNone, fetch({batch}). CPU in ms per MB.\n")
+          f"AckNone, fetch({batch}); +buf: nats-py reads 1 MiB at a time in both processes, as packet-ipc's commands "
+          f"make it (its default: 32 KiB). CPU in ms per MB.\n")
     print("| replicas | storage | raw JetStream MB/s | subscriber mode | raw pipeline MB/s | of raw | servers | "
           "publisher | subscriber | total | packet-ipc pipeline MB/s (messages) | of raw | of this raw pipeline |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -241,10 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--failover-only", action="store_true", help="only the failover run")
     ap.add_argument("--raw-pipeline-messages", type=int, default=900,
                     help="messages per raw nats-py pipeline run (900)")
-    ap.add_argument("--raw-modes", default="ours,ackall,none",
-                    help="raw pipeline subscriber modes (ours,ackall,none; see benchmarks/raw_pipeline.py)")
-    ap.add_argument("--raw-window", type=int, default=1,
-                    help="publishes in flight per partition in the raw pipeline (1, as the raw row)")
+    ap.add_argument("--raw-modes", default="ours,ours+buf,ackall+buf,none+buf",
+                    help="raw pipeline subscriber modes (ours, ackall, none, each with +buf for 1 MiB nats-py "
+                         "reads; see benchmarks/raw_pipeline.py)")
+    ap.add_argument("--raw-window", type=int, default=4,
+                    help="publishes in flight per partition in the raw pipeline (4, as packet-ipc publish)")
     ap.add_argument("--raw-batch", type=int, default=64, help="fetch batch of the ackall/none modes (64)")
     ap.add_argument("--raw-only", action="store_true", help="only raw and the raw pipelines (no packet-ipc)")
     ap.add_argument("--baseline", metavar="PYTHON", default=None,
@@ -263,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 raw = asyncio.run(raw_rate(cluster, "raw", args.partitions, replicas, storage, args.messages, MESSAGE))
                 rp = raw_pipes.setdefault((replicas, storage), [])
                 for mode in modes:
-                    rp.append(raw_pipeline(cluster, f"rp{mode}", args.partitions, replicas, storage,
+                    rp.append(raw_pipeline(cluster, f"rp{mode.replace('+', '_')}", args.partitions, replicas, storage,
                                            args.raw_pipeline_messages, MESSAGE, mode, args.raw_window, args.raw_batch))
                     print(f"# replicas {replicas} {storage}: raw {raw:.1f} MB/s, raw pipeline ({mode}) "
                           f"{rp[-1]['mbps']:.1f} MB/s, {rp[-1]['cpu']}", file=sys.stderr, flush=True)
