@@ -12,6 +12,12 @@ Method, for each of replicas 1 and 3 and file and memory storage, on a fresh 3-n
   subscribe`` (started first) feeds one ``packet-ipc dump`` worker that counts; time from the first packet
   served to the subscriber's exit (every packet in the worker's ring, every end-of-stream seen); packets/s,
   and MB/s of packet data and of messages (records + headers) to compare with raw;
+- raw pipeline (``benchmarks/raw_pipeline.py``): no packet-ipc at all, a nats-py publisher process (the same
+  messages, as many in flight per partition as ``packet-ipc publish``) and a nats-py pull-consumer process
+  reading them concurrently, to the last message, with the subscriber's ack pattern (``ours``) and cheaper
+  ones (``ackall``, ``none``); what any nats-py pipeline can do on this machine, to compare the pipeline with;
+- CPU: of every process, user + system, per MB of messages, counted over the timed part only (the servers
+  from ``/proc``; the commands from ``wait4`` less what ``/proc`` showed they had used when timing began);
 - failover (replicas 3, file): the same pipeline paced at about a third of its rate, and ``kill -9`` of the
   leader of stream 0 a second in; the publisher's longest stall (first failed publish of a message to its
   ack), its retries, the most bytes it held waiting for acks, and whether the worker got every packet.
@@ -179,6 +185,8 @@ def pipeline(cluster: NatsCluster, tmp: Path, prefix: str, partitions: int, repl
                                stdout=logs["pub"], stderr=subprocess.STDOUT)
         conn = server.accept(timeout=30)
         start, cpu0, srv0 = time.perf_counter(), time.process_time(), servers_cpu(cluster)
+        # what the commands used before the timed part (interpreter start, imports, connecting): not per MB
+        startup = {"publish": _proc_cpu(pub.pid), "subscribe": _proc_cpu(sub.pid), "dump": _proc_cpu(dump.pid)}
         sent = 0
         while sent < packets:
             sent += conn.send_batch(batch)
@@ -209,8 +217,10 @@ def pipeline(cluster: NatsCluster, tmp: Path, prefix: str, partitions: int, repl
             "mbps": got * size / seconds / 1e6, "msg_mbps": out["pub"]["message_bytes"] / seconds / 1e6,
             "message_size": out["pub"]["message_bytes"] / max(1, out["pub"]["messages"]),
             "pub": out["pub"], "sub": out["sub"], "killed": killed,
-            "cpu": {"servers": srv_cpu, "publish": pub_cpu, "subscribe": sub_cpu, "dump": dump_cpu,
-                    "producer": producer_cpu}}
+            "cpu": {"servers": srv_cpu, "publish": pub_cpu - startup["publish"],
+                    "subscribe": sub_cpu - startup["subscribe"], "dump": dump_cpu - startup["dump"],
+                    "producer": producer_cpu},
+            "startup_cpu": startup}
 
 
 def print_raw_pipelines(rows: list[tuple[int, str, float, dict[str, Any]]],
@@ -305,8 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {replicas} | {storage} | {raw:.1f} | {p['pps']:,.0f} | {p['mbps']:.1f} | {p['msg_mbps']:.1f} | "
               f"{100 * p['msg_mbps'] / raw:.0f} % | {pub_rate:.1f} | {100 * pub_rate / raw:.0f} % | "
               f"{p['packets'] - p['received']} |")
-    print("\nCPU per MB of messages (ms; user + system, from /proc and wait4), and the CPU the run used "
-          "out of the machine's:\n")
+    print("\nCPU per MB of messages (ms; user + system, from /proc and wait4, less what each command had used "
+          "before the timed part: interpreter start, imports, connecting), and the CPU the run used out of the "
+          "machine's:\n")
     print("| replicas | storage | raw: servers | raw: client | pipeline: servers | publish | subscribe | dump | "
           "producer | pipeline total | cores busy |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
