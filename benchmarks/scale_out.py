@@ -12,6 +12,12 @@ Method, for each of replicas 1 and 3 and file and memory storage, on a fresh 3-n
   subscribe`` (started first) feeds one ``packet-ipc dump`` worker that counts; time from the first packet
   served to the subscriber's exit (every packet in the worker's ring, every end-of-stream seen); packets/s,
   and MB/s of packet data and of messages (records + headers) to compare with raw;
+- raw pipeline (``benchmarks/raw_pipeline.py``): no packet-ipc at all, a nats-py publisher process (the same
+  messages, as many in flight per partition as ``packet-ipc publish``) and a nats-py pull-consumer process
+  reading them concurrently, to the last message, with the subscriber's ack pattern (``ours``) and cheaper
+  ones (``ackall``, ``none``); what any nats-py pipeline can do on this machine, to compare the pipeline with;
+- CPU: of every process, user + system, per MB of messages, counted over the timed part only (the servers
+  from ``/proc``; the commands from ``wait4`` less what ``/proc`` showed they had used when timing began);
 - failover (replicas 3, file): the same pipeline paced at about a third of its rate, and ``kill -9`` of the
   leader of stream 0 a second in; the publisher's longest stall (first failed publish of a message to its
   ack), its retries, the most bytes it held waiting for acks, and whether the worker got every packet.
@@ -71,16 +77,11 @@ def wait_cpu(proc: subprocess.Popen[Any], timeout: float) -> tuple[int, float]:
         time.sleep(0.01)  # polling a child without blocking the producer's clock
 
 
-async def raw_rate(cluster: NatsCluster, prefix: str, partitions: int, replicas: int, storage: str,
-                   messages: int, size: int) -> float:
-    """MB/s of ``messages`` messages of ``size`` bytes published with nats-py, one task per stream."""
-    import nats
-    import nats.errors
-    import nats.js.errors
+async def make_streams(cluster: NatsCluster, js: Any, prefix: str, partitions: int, replicas: int,
+                       storage: str) -> None:
+    """Creates streams ``prefix-<k>`` (subjects ``prefix.<k>``) and waits until each has a leader."""
     from nats.js.api import StorageType, StreamConfig
 
-    nc = await nats.connect(cluster.urls)
-    js = nc.jetstream(timeout=10)
     for k in range(partitions):
         await js.add_stream(StreamConfig(name=f"{prefix}-{k}", subjects=[f"{prefix}.{k}"], num_replicas=replicas,
                                          storage=StorageType(storage)))
@@ -88,6 +89,35 @@ async def raw_rate(cluster: NatsCluster, prefix: str, partitions: int, replicas:
     while any(cluster.stream_leader(f"{prefix}-{k}") is None for k in range(partitions)):
         assert time.monotonic() < deadline, "the raw streams got no leader"
         await asyncio.sleep(0.05)  # a stream takes no publish before its leader is elected
+
+
+def drop_streams(cluster: NatsCluster, prefix: str, partitions: int) -> None:
+    """Deletes streams ``prefix-<k>`` (after a measurement: repeated runs must not fill the servers' memory)."""
+    async def drop() -> None:
+        import nats
+
+        nc = await nats.connect(cluster.urls)
+        js = nc.jetstream(timeout=10)
+        for k in range(partitions):
+            try:
+                await js.delete_stream(f"{prefix}-{k}")
+            except Exception:  # noqa: BLE001 - gone already, or an election: only memory is at stake
+                pass
+        await nc.close()
+
+    asyncio.run(drop())
+
+
+async def raw_rate(cluster: NatsCluster, prefix: str, partitions: int, replicas: int, storage: str,
+                   messages: int, size: int) -> float:
+    """MB/s of ``messages`` messages of ``size`` bytes published with nats-py, one task per stream."""
+    import nats
+    import nats.errors
+    import nats.js.errors
+
+    nc = await nats.connect(cluster.urls)
+    js = nc.jetstream(timeout=10)
+    await make_streams(cluster, js, prefix, partitions, replicas, storage)
     payload = os.urandom(size)
 
     async def one(k: int, n: int) -> None:
@@ -109,6 +139,44 @@ async def raw_rate(cluster: NatsCluster, prefix: str, partitions: int, replicas:
                                     "client": (time.process_time() - cpu0) / mb * 1e3}
     await nc.close()
     return mb / seconds
+
+
+def raw_pipeline(cluster: NatsCluster, prefix: str, partitions: int, replicas: int, storage: str, messages: int,
+                 size: int, mode: str, window: int, batch: int) -> dict[str, Any]:
+    """nats-py publisher -> cluster -> nats-py pull consumer (``benchmarks/raw_pipeline.py``, two processes,
+    no packet-ipc), concurrently, to the last message; MB/s and CPU ms per MB of servers, publisher, subscriber.
+    ``mode``: the subscriber's (ours, ackall, none), with ``+buf`` both use 1 MiB nats-py reads as packet-ipc's
+    commands do."""
+    sub_mode, _, tuned = mode.partition("+")
+    async def streams() -> None:
+        import nats
+
+        nc = await nats.connect(cluster.urls)
+        await make_streams(cluster, nc.jetstream(timeout=10), prefix, partitions, replicas, storage)
+        await nc.close()
+
+    asyncio.run(streams())
+    common = ["--url", cluster.url, "--prefix", prefix, "--partitions", str(partitions), "--messages",
+              str(messages), "--size", str(size), "--read-buffer", str(1 << 20 if tuned else 0)]
+    root = str(Path(__file__).resolve().parents[1])
+    sub = subprocess.Popen([sys.executable, "-m", "benchmarks.raw_pipeline", "sub", *common, "--mode", sub_mode,
+                            "--batch", str(batch)], stdout=subprocess.PIPE, text=True, cwd=root)
+    assert sub.stdout is not None
+    assert sub.stdout.readline().strip() == "ready", "the raw subscriber did not start"
+    srv0 = servers_cpu(cluster)
+    pub = subprocess.Popen([sys.executable, "-m", "benchmarks.raw_pipeline", "pub", *common, "--window", str(window)],
+                           stdout=subprocess.PIPE, text=True, cwd=root)
+    p_out, _ = pub.communicate(timeout=600)
+    s_out, _ = sub.communicate(timeout=600)
+    assert pub.returncode == 0 and sub.returncode == 0, "a raw pipeline process failed"
+    srv = servers_cpu(cluster) - srv0
+    p, s = json.loads(p_out.splitlines()[-1]), json.loads(s_out.splitlines()[-1])
+    assert s["messages"] == p["messages"], f"raw pipeline: {s['messages']} of {p['messages']} messages arrived"
+    seconds = s["end"] - p["start"]
+    mb = p["bytes"] / 1e6
+    return {"mode": mode, "window": window, "batch": batch, "seconds": seconds, "mbps": mb / seconds,
+            "pub_mbps": mb / (p["end"] - p["start"]),
+            "cpu": {"servers": srv / mb * 1e3, "publisher": p["cpu"] / mb * 1e3, "subscriber": s["cpu"] / mb * 1e3}}
 
 
 def pipeline(cluster: NatsCluster, tmp: Path, prefix: str, partitions: int, replicas: int, storage: str,
@@ -134,6 +202,8 @@ def pipeline(cluster: NatsCluster, tmp: Path, prefix: str, partitions: int, repl
                                stdout=logs["pub"], stderr=subprocess.STDOUT)
         conn = server.accept(timeout=30)
         start, cpu0, srv0 = time.perf_counter(), time.process_time(), servers_cpu(cluster)
+        # what the commands used before the timed part (interpreter start, imports, connecting): not per MB
+        startup = {"publish": _proc_cpu(pub.pid), "subscribe": _proc_cpu(sub.pid), "dump": _proc_cpu(dump.pid)}
         sent = 0
         while sent < packets:
             sent += conn.send_batch(batch)
@@ -164,8 +234,37 @@ def pipeline(cluster: NatsCluster, tmp: Path, prefix: str, partitions: int, repl
             "mbps": got * size / seconds / 1e6, "msg_mbps": out["pub"]["message_bytes"] / seconds / 1e6,
             "message_size": out["pub"]["message_bytes"] / max(1, out["pub"]["messages"]),
             "pub": out["pub"], "sub": out["sub"], "killed": killed,
-            "cpu": {"servers": srv_cpu, "publish": pub_cpu, "subscribe": sub_cpu, "dump": dump_cpu,
-                    "producer": producer_cpu}}
+            "cpu": {"servers": srv_cpu, "publish": pub_cpu - startup["publish"],
+                    "subscribe": sub_cpu - startup["subscribe"], "dump": dump_cpu - startup["dump"],
+                    "producer": producer_cpu},
+            "startup_cpu": startup}
+
+
+def print_raw_pipelines(rows: list[tuple[int, str, float, dict[str, Any]]],
+                        raw_pipes: dict[tuple[int, str], list[dict[str, Any]]], messages: int, window: int,
+                        batch: int, repeat: int) -> None:
+    """The raw nats-py pipeline table, and packet-ipc's pipeline as a share of raw and of the raw pipelines."""
+    cores = os.cpu_count() or 1
+    print(f"\nRaw nats-py pipeline (no packet-ipc): {messages} messages of {MESSAGE // 1024} KiB, a nats-py publisher "
+          f"({window} in flight per partition) and a nats-py pull consumer per partition in another process, "
+          f"concurrently, to the last message; subscriber modes: ours = explicit ack, max_ack_pending 1, fetch(1) "
+          f"pipelined (what packet-ipc subscribe does); ackall = AckAll, fetch({batch}), one ack per batch; none = "
+          f"AckNone, fetch({batch}); +buf: nats-py reads 1 MiB at a time in both processes, as packet-ipc's commands "
+          f"make it (its default: 32 KiB). CPU in ms per MB; CPU limit: {cores} cores / total CPU per MB, the rate "
+          f"if nothing else ran and the CPU were all that bound it, as a share of raw. Fastest of {repeat} run(s).\n")
+    print("| replicas | storage | raw JetStream MB/s | subscriber mode | raw pipeline MB/s | of raw | servers | "
+          "publisher | subscriber | total | cores busy | CPU limit, of raw | packet-ipc pipeline MB/s (messages) | "
+          "of raw | of this raw pipeline |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for replicas, storage, raw, p in rows:
+        for r in raw_pipes.get((replicas, storage), []):
+            c = r["cpu"]
+            total = sum(c.values())
+            ours = (f"{p['msg_mbps']:.1f} | {100 * p['msg_mbps'] / raw:.0f} % | "
+                    f"{100 * p['msg_mbps'] / r['mbps']:.0f} %") if p else "- | - | -"
+            print(f"| {replicas} | {storage} | {raw:.1f} | {r['mode']} | {r['mbps']:.1f} | {100 * r['mbps'] / raw:.0f} % | "
+                  f"{c['servers']:.2f} | {c['publisher']:.2f} | {c['subscriber']:.2f} | {total:.2f} | "
+                  f"{total * r['mbps'] / 1e3:.2f} | {100 * cores * 1e3 / total / raw:.0f} % | {ours} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,36 +275,88 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, default=3, help="partitions (3)")
     ap.add_argument("--messages", type=int, default=600, help="raw messages per configuration (600)")
     ap.add_argument("--failover-only", action="store_true", help="only the failover run")
+    ap.add_argument("--raw-pipeline-messages", type=int, default=900,
+                    help="messages per raw nats-py pipeline run (900)")
+    ap.add_argument("--raw-modes", default="ours,ours+buf,ackall+buf,none+buf",
+                    help="raw pipeline subscriber modes (ours, ackall, none, each with +buf for 1 MiB nats-py "
+                         "reads; see benchmarks/raw_pipeline.py)")
+    ap.add_argument("--raw-window", type=int, default=4,
+                    help="publishes in flight per partition in the raw pipeline (4, as packet-ipc publish)")
+    ap.add_argument("--raw-batch", type=int, default=64, help="fetch batch of the ackall/none modes (64)")
+    ap.add_argument("--raw-only", action="store_true", help="only raw and the raw pipelines (no packet-ipc)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of every measurement per configuration, on the same cluster; each table shows the "
+                         "fastest run of each (1; on a shared machine the fastest is the least disturbed)")
     ap.add_argument("--baseline", metavar="PYTHON", default=None,
                     help="also run each pipeline with publish/subscribe of another install (its interpreter), "
                          "right after this one's, on the same cluster: a before/after in one run")
     args = ap.parse_args(argv)
     rows: list[tuple[int, str, float, dict[str, Any]]] = []
+    raw_pipes: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    modes = [m for m in args.raw_modes.split(",") if m]
     baseline: list[tuple[int, str, float, dict[str, Any]]] = []
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"pipc-scale-out-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     for replicas in () if args.failover_only else (1, 3):
         for storage in ("file", "memory"):
+            best: dict[str, Any] = {}
+            lost = 0
+
+            def keep(key: str, rate: float, value: Any) -> None:
+                if key not in best or rate > best[key][0]:
+                    best[key] = (rate, value)
+
             with NatsCluster(3) as cluster:
-                raw = asyncio.run(raw_rate(cluster, "raw", args.partitions, replicas, storage, args.messages, MESSAGE))
-                b = None
-                if args.baseline:
-                    b = pipeline(cluster, tmp, f"bl{replicas}{storage[0]}", args.partitions, replicas, storage,
-                                 args.packets, args.size, python=args.baseline)
-                p = pipeline(cluster, tmp, f"so{replicas}{storage[0]}", args.partitions, replicas, storage,
-                             args.packets, args.size)
+                for rep in range(args.repeat):
+                    raw = asyncio.run(raw_rate(cluster, f"raw{rep}", args.partitions, replicas, storage, args.messages,
+                                               MESSAGE))
+                    keep("raw", raw, dict(RAW_CPU[(replicas, storage)]))
+                    drop_streams(cluster, f"raw{rep}", args.partitions)
+                    for mode in modes:
+                        prefix = f"rp{mode.replace('+', '_')}{rep}"
+                        r = raw_pipeline(cluster, prefix, args.partitions, replicas, storage,
+                                         args.raw_pipeline_messages, MESSAGE, mode, args.raw_window, args.raw_batch)
+                        keep(f"rp {mode}", r["mbps"], r)
+                        drop_streams(cluster, prefix, args.partitions)
+                        print(f"# replicas {replicas} {storage}: raw {raw:.1f} MB/s, raw pipeline ({mode}) "
+                              f"{r['mbps']:.1f} MB/s, {r['cpu']}", file=sys.stderr, flush=True)
+                    if args.raw_only:
+                        continue
+                    if args.baseline:
+                        prefix = f"bl{replicas}{storage[0]}{rep}"
+                        b = pipeline(cluster, tmp, prefix, args.partitions, replicas, storage, args.packets, args.size,
+                                     python=args.baseline)
+                        keep("baseline", b["msg_mbps"], b)
+                        drop_streams(cluster, prefix, args.partitions)
+                    prefix = f"so{replicas}{storage[0]}{rep}"
+                    p = pipeline(cluster, tmp, prefix, args.partitions, replicas, storage, args.packets, args.size)
+                    keep("pipeline", p["msg_mbps"], p)
+                    drop_streams(cluster, prefix, args.partitions)
+                    lost += p["packets"] - p["received"]
+                    print(f"# replicas {replicas} {storage}: raw {raw:.1f} MB/s, pipeline {p['pps']:,.0f} packets/s "
+                          f"{p['msg_mbps']:.1f} MB/s of messages ({p['received']:,}/{p['packets']:,} packets)",
+                          file=sys.stderr, flush=True)
+            raw, RAW_CPU[(replicas, storage)] = best["raw"]
+            raw_pipes[(replicas, storage)] = [best[f"rp {m}"][1] for m in modes]
+            if args.raw_only:
+                rows.append((replicas, storage, raw, {}))
+                continue
+            p = best["pipeline"][1]
+            p["lost_all_runs"] = lost
             rows.append((replicas, storage, raw, p))
-            if b is not None:
-                baseline.append((replicas, storage, raw, b))
-            print(f"# replicas {replicas} {storage}: raw {raw:.1f} MB/s, pipeline {p['pps']:,.0f} packets/s "
-                  f"{p['msg_mbps']:.1f} MB/s of messages ({p['received']:,}/{p['packets']:,} packets)",
-                  file=sys.stderr, flush=True)
+            if "baseline" in best:
+                baseline.append((replicas, storage, raw, best["baseline"][1]))
+    if raw_pipes:
+        print_raw_pipelines(rows, raw_pipes, args.raw_pipeline_messages, args.raw_window, args.raw_batch, args.repeat)
+    if args.raw_only:
+        return 0
     with NatsCluster(3) as cluster:
         # paced to last about 5 s (1024 packets every 25 ms), the leader killed 1 s in
         fo = pipeline(cluster, tmp, "fo", args.partitions, 3, "file", 200 * 1024, args.size, pace=0.025,
                       fail_after=1.0)
     print(f"\n{args.packets:,} packets of {args.size} bytes, {args.partitions} partitions, one publisher, one "
-          f"subscriber with one worker; raw: {args.messages} messages of {MESSAGE // 1024} KiB.\n")
+          f"subscriber with one worker; raw: {args.messages} messages of {MESSAGE // 1024} KiB; fastest of "
+          f"{args.repeat} run(s) of each (lost: in all runs).\n")
     print("| replicas | storage | raw JetStream MB/s | end to end packets/s | end to end MB/s (packets) | "
           "end to end MB/s (messages) | of raw | publish alone MB/s (messages) | of raw | lost |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -213,12 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         pub_rate = p["pub"]["message_bytes"] / p["pub"]["seconds"] / 1e6
         print(f"| {replicas} | {storage} | {raw:.1f} | {p['pps']:,.0f} | {p['mbps']:.1f} | {p['msg_mbps']:.1f} | "
               f"{100 * p['msg_mbps'] / raw:.0f} % | {pub_rate:.1f} | {100 * pub_rate / raw:.0f} % | "
-              f"{p['packets'] - p['received']} |")
-    print("\nCPU per MB of messages (ms; user + system, from /proc and wait4), and the CPU the run used "
-          "out of the machine's:\n")
+              f"{p['lost_all_runs']} |")
+    print("\nCPU per MB of messages (ms; user + system, from /proc and wait4, less what each command had used "
+          "before the timed part: interpreter start, imports, connecting), and the CPU the run used out of the "
+          "machine's:\n")
     print("| replicas | storage | raw: servers | raw: client | pipeline: servers | publish | subscribe | dump | "
-          "producer | pipeline total | cores busy |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "producer | pipeline total | cores busy | CPU limit, of raw |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for replicas, storage, raw, p in rows:
         mb = p["pub"]["message_bytes"] / 1e6
         c = {k: v / mb * 1e3 for k, v in p["cpu"].items()}
@@ -226,9 +378,10 @@ def main(argv: list[str] | None = None) -> int:
         busy = sum(p["cpu"].values()) / p["seconds"]
         print(f"| {replicas} | {storage} | {rc.get('servers', 0):.2f} | {rc.get('client', 0):.2f} | "
               f"{c['servers']:.2f} | {c['publish']:.2f} | {c['subscribe']:.2f} | {c['dump']:.2f} | "
-              f"{c['producer']:.2f} | {sum(c.values()):.2f} | {busy:.2f} of {os.cpu_count()} |")
+              f"{c['producer']:.2f} | {sum(c.values()):.2f} | {busy:.2f} of {os.cpu_count()} | "
+              f"{100 * (os.cpu_count() or 1) * 1e3 / sum(c.values()) / raw:.0f} % |")
     if baseline:
-        print(f"\nBaseline ({args.baseline}), same clusters, run just before:\n")
+        print(f"\nBaseline ({args.baseline}), same clusters, run just before (fastest of {args.repeat}):\n")
         print("| replicas | storage | raw JetStream MB/s | end to end packets/s | end to end MB/s (messages) | of raw | "
               "publish alone MB/s (messages) | lost | CPU ms/MB: servers | publish | subscribe | pipeline total |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")

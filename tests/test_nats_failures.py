@@ -315,3 +315,30 @@ def test_consumer_leader_killed_while_subscribing(cluster: NatsCluster, tmp_path
     assert set(seqs) == set(range(total))  # nothing lost
     dups = sum(seqs.values()) - total
     assert dups <= partitions * PER_MESSAGE and int(_summary(tmp_path / "sub-a.log")["redelivered_packets"]) >= dups
+
+
+def test_slow_worker_keeps_its_message_in_progress(cluster: NatsCluster, tmp_path: Path) -> None:
+    """A worker so slow that writing one message into its ring takes longer than --ack-wait: the subscriber keeps
+    the message its own (in_progress), so JetStream delivers nothing a second time; every packet exactly once."""
+    import nats
+
+    total = 3000  # 3 messages of 200-byte packets, each ~1.5 s to write at 64 packets per 0.1 s
+    _publish(cluster, tmp_path, "sw", 1, total)
+    sub, name = _subscribe(cluster, tmp_path, "a", "sw", "--durable", "slow", "--ack-wait", "1", "--capacity", "64k")
+    out = tmp_path / "out.pcapng"
+    worker = spawn([sys.executable, WORKER, "worker", name, str(out), "0.1"], tmp_path / "w.log")
+    assert sub.wait(120) == 0, (tmp_path / "sub-a.log").read_text()
+    assert worker.wait(30) == 0
+    assert sorted(_seqs([out])) == list(range(total))  # nothing lost, nothing twice
+    assert _summary(tmp_path / "sub-a.log")["redelivered_packets"] == 0
+
+    async def deliveries() -> tuple[int, int]:
+        nc = await nats.connect(cluster.urls)
+        try:
+            info = await nc.jetstream(timeout=5).consumer_info("sw-0", "slow")
+            return info.delivered.consumer_seq or 0, info.delivered.stream_seq or 0
+        finally:
+            await nc.close()
+
+    delivered, last = asyncio.run(deliveries())
+    assert delivered == last  # one delivery per stored message (a redelivery takes a consumer sequence too)

@@ -194,6 +194,10 @@ def flow_hash_batch(batch: PacketBatch, linktype: int = 0) -> bytes: ...
 def partition_by_flow(
     batch: PacketBatch, table: Buffer, workers: int, linktype: int = 0, fragments: Any = None
 ) -> list[bytes]: ...
+def gather_records(
+    batch: PacketBatch, indices: Buffer, start: int, room: int, overhead: int, first: bool,
+    columns: tuple[bytearray, bytearray, bytearray, bytearray, bytearray, bytearray],
+) -> tuple[int, int]: ...
 def pcap_batch(
     buffer: Any, pos: int, max_packets: int, big_endian: int, header_len: int, ns_per_tick: int,
     swapped_lengths: int, max_caplen: int, linktype: int,

@@ -51,7 +51,9 @@ def _run(coro: Any) -> Any:
     """asyncio.run, with a NATS client error that got this far turned into one line (NatsError)."""
     import nats.errors
 
-    from .common import NatsError
+    from .common import NatsError, raise_read_buffer
+
+    raise_read_buffer()  # this process is ours: 1 MiB socket reads instead of 32 KiB (see there)
 
     try:
         return asyncio.run(coro)

@@ -21,9 +21,7 @@ import errno
 import os
 import time
 import uuid
-from bisect import bisect_right
 from collections import deque
-from itertools import accumulate
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -35,7 +33,7 @@ from .common import (
     MessageTooLargeError, NatsError, connect, ensure_streams, partition_table, new_fragment_table, check_prefix,
     stream_name, subject_name,
 )
-from .wire import HEADER, RECORD_OVERHEAD, Columns, RecordBuilder, encode_end
+from .wire import HEADER, RECORD_OVERHEAD, RecordBuilder, encode_end
 
 __all__ = ["Publisher", "PublishSummary", "DEFAULT_MAX_MESSAGE", "DEFAULT_LINGER_S", "DEFAULT_BUFFER_BYTES"]
 
@@ -362,35 +360,24 @@ class Publisher:
                     return not lost
                 full: list[RecordBuilder] = []
                 if batch is not None:
-                    with batch:
-                        parts = _core.partition_by_flow(batch, self._table, self.partitions, linktype, fragments)
-                        cols = Columns(batch)  # one copy: the ring space goes back to the local server now
                     now = time.monotonic()
-                    self.summary.packets += len(cols.ts)
-                    self.summary.bytes += len(cols.data)
-                    caplen = cols.caplen
-                    for k, part in enumerate(parts):
-                        if not part:
-                            continue
-                        b = builders[k]
-                        idx = memoryview(part).cast("I").tolist()
-                        n = len(idx)
-                        self.summary.partition_packets[k] += n
-                        # cum[j]: bytes records idx[0..j] take; cut where a message would outgrow max_message
-                        cum = list(accumulate(map(RECORD_OVERHEAD.__add__, map(caplen.__getitem__, idx))))
-                        start, base, room = 0, 0, self.max_message - b.size
-                        while start < n:
-                            j = bisect_right(cum, base + room, start)  # idx[start:j] fit
-                            if j == start and not len(b):
-                                j = start + 1  # one record above max_message on its own: it goes alone
-                            if j > start:
+                    with batch:  # gathered straight from the ring (one copy), then its space goes back
+                        self.summary.packets += len(batch)
+                        self.summary.bytes += batch.nbytes
+                        parts = _core.partition_by_flow(batch, self._table, self.partitions, linktype, fragments)
+                        for k, part in enumerate(parts):
+                            if not part:
+                                continue
+                            b = builders[k]
+                            n = len(part) // 4
+                            self.summary.partition_packets[k] += n
+                            start = 0
+                            while start < n:  # cut where a message would outgrow max_message
                                 if not len(b):
                                     b.started = now
-                                b.extend(cols, idx[start:j])
-                                base, start = cum[j - 1], j
-                            if start < n:
-                                full.append(_take(b))
-                                room = self.max_message - HEADER.size
+                                start = b.gather(batch, part, start, self.max_message - b.size)
+                                if start < n:
+                                    full.append(b.take())
                     for f in full:
                         await self._seal(f)
                 now = time.monotonic()
@@ -399,15 +386,6 @@ class Publisher:
                         await self._seal(b)
         finally:
             client.close()
-
-
-def _take(b: RecordBuilder) -> RecordBuilder:
-    """Moves b's records into a new builder (to seal later) and leaves b empty."""
-    out = RecordBuilder(b.partition)
-    out.ts, out.caplen, out.origlen, out.linktype, out.ifindex, out.data = b.ts, b.caplen, b.origlen, b.linktype, b.ifindex, b.data
-    out.started = b.started
-    b.__init__(b.partition)  # type: ignore[misc]
-    return out
 
 
 async def _wait_all(tasks: list[asyncio.Task[None]]) -> None:

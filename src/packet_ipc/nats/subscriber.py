@@ -138,6 +138,7 @@ class Subscriber:
         self._done: set[int] = set()
         self._eos: dict[int, set[str]] = {}
         self._committed: dict[int, int] = {}  # stream sequence of the last message committed, per partition
+        self._committing: dict[int, Any] = {}  # the message being written into the rings, per partition
         self._js: Any = None
         self.on_ready: Any = None  # optional callable(subscriber) once workers are connected
         self.on_partition_end: Any = None  # optional coroutine function(k), awaited before the marker's ack
@@ -163,13 +164,17 @@ class Subscriber:
             await self.server.wait_for_clients(self.workers, timeout=self.accept_timeout)
             if self.on_ready is not None:
                 self.on_ready(self)
-            if self.group is not None:
-                from .group import GroupMember
+            keeper = asyncio.create_task(self._keep_in_progress(), name="in progress")
+            try:
+                if self.group is not None:
+                    from .group import GroupMember
 
-                await GroupMember(self, nc).run()
-            else:
-                tasks = [asyncio.create_task(self.consume(k), name=f"consume {k}") for k in self.partitions]
-                await self._until_done(tasks)
+                    await GroupMember(self, nc).run()
+                else:
+                    tasks = [asyncio.create_task(self.consume(k), name=f"consume {k}") for k in self.partitions]
+                    await self._until_done(tasks)
+            finally:
+                keeper.cancel()
             clean = True
             return self.summary
         finally:
@@ -183,6 +188,18 @@ class Subscriber:
                 await nc.close()
             except Exception:  # noqa: BLE001 - closing a connection that already failed
                 pass
+
+    async def _keep_in_progress(self) -> None:
+        """Every ``ack_wait / 3``: a message still being committed since the last look (the workers' rings are
+        full) is told ``in_progress``, so that JetStream does not deliver it again while it is being written."""
+        seen: dict[int, Any] = {}
+        while True:
+            await asyncio.sleep(self.ack_wait / 3)
+            for k, msg in list(self._committing.items()):
+                still = seen.get(k) is msg  # (not narrowing msg to Optional)
+                if still:
+                    await _settle(msg.in_progress())
+            seen = dict(self._committing)
 
     async def _until_done(self, tasks: list[asyncio.Task[None]]) -> None:
         stop = asyncio.create_task(self._stopping.wait())
@@ -335,14 +352,15 @@ class Subscriber:
         assert m.batch is not None
         redelivered = msg.metadata.num_delivered > 1
         n = len(m.batch)
-        async with self._send_lock:
-            work = asyncio.ensure_future(asyncio.to_thread(self.server.sync.send_batch, m.batch))
-            while True:  # workers may be slow: keep the message ours (in_progress) while the rings are full
-                done, _ = await asyncio.wait((work,), timeout=self.ack_wait / 3)
-                if done:
-                    break
-                await _settle(msg.in_progress())
-            work.result()
+        # On the event loop (a try that never waits, then the ring's wake-up), not in a thread: no hand-over per
+        # message. Workers may be slow: _keep_in_progress keeps the message ours while it waits for the rings
+        # (or for another partition's message to be written).
+        self._committing[k] = msg
+        try:
+            async with self._send_lock:
+                await self.server.send_batch(m.batch)
+        finally:
+            del self._committing[k]
         self._committed[k] = msg.metadata.sequence.stream
         s.bytes += m.batch.nbytes
         m.batch.release()

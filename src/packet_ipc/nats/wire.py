@@ -26,18 +26,21 @@ import array
 import errno
 import struct
 import sys
-import zlib
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 from .. import _core
 from ..batch import PacketBatch
 from ..errors import ProtocolError
 
+try:  # ISA-L's CRC-32: the same value as zlib's, about 20 times faster (PCLMUL); zlib's when isal is absent
+    from isal.isal_zlib import crc32
+except ImportError:
+    from zlib import crc32
+
 __all__ = [
     "MAGIC", "VERSION", "KIND_PACKETS", "KIND_END", "HEADER", "RECORD_OVERHEAD", "MAX_CAPLEN",
-    "WireFormatError", "Message", "EndOfStream", "Columns", "RecordBuilder", "encode_end", "decode",
+    "WireFormatError", "Message", "EndOfStream", "RecordBuilder", "encode_end", "decode",
 ]
 
 MAGIC = b"PIPN"
@@ -84,84 +87,60 @@ class Message:
     end: EndOfStream | None = None
 
 
-class Columns:
-    """A received batch as plain lists and one bytes copy (so the ring space can go back at once)."""
-
-    __slots__ = ("ts", "caplen", "origlen", "linktype", "ifindex", "offsets", "data")
-
-    def __init__(self, batch: PacketBatch) -> None:
-        self.ts: list[int] = batch.timestamps.tolist()
-        self.caplen: list[int] = batch.caplens.tolist()
-        self.origlen: list[int] = batch.origlens.tolist()
-        self.linktype: list[int] = batch.linktypes.tolist()
-        self.ifindex: list[int] = batch.ifindexes.tolist()
-        self.offsets: list[int] = batch.offsets.tolist()
-        self.data = bytes(batch.data)
-
-
 class RecordBuilder:
-    """Accumulates packet records for one partition until :meth:`seal` makes a message of them."""
+    """Accumulates packet records for one partition until :meth:`seal` makes a message of them.
 
-    __slots__ = ("partition", "ts", "caplen", "origlen", "linktype", "ifindex", "data", "started")
+    The columns are bytearrays in the message's layout (little-endian u64 / u32), filled by :meth:`gather` (C,
+    straight from a received batch) or :meth:`add` (one packet)."""
+
+    __slots__ = ("partition", "ts", "caplen", "origlen", "linktype", "ifindex", "data", "count", "started")
 
     def __init__(self, partition: int) -> None:
         self.partition = partition
-        self.ts = array.array("Q")
-        self.caplen = array.array("I")
-        self.origlen = array.array("I")
-        self.linktype = array.array("I")
-        self.ifindex = array.array("I")
+        self.ts = bytearray()
+        self.caplen = bytearray()
+        self.origlen = bytearray()
+        self.linktype = bytearray()
+        self.ifindex = bytearray()
         self.data = bytearray()
+        self.count = 0
         self.started = 0.0  # monotonic time of the first record (for the linger)
 
     def __len__(self) -> int:
-        return len(self.ts)
+        return self.count
 
     @property
     def size(self) -> int:
         """Bytes of the message :meth:`seal` would make now."""
-        return HEADER.size + RECORD_OVERHEAD * len(self.ts) + len(self.data)
+        return HEADER.size + RECORD_OVERHEAD * self.count + len(self.data)
 
     def add(self, batch: PacketBatch, index: int) -> None:
         """Appends packet ``index`` of ``batch`` (its data is copied)."""
-        off = batch.offsets[index]
-        cl = batch.caplens[index]
-        self.ts.append(batch.timestamps[index])
-        self.caplen.append(cl)
-        self.origlen.append(batch.origlens[index])
-        self.linktype.append(batch.linktypes[index])
-        self.ifindex.append(batch.ifindexes[index])
-        self.data += batch.data[off:off + cl]
+        self.gather(batch, array.array("I", [index]).tobytes(), 0, 1 << 62)
 
-    def extend(self, cols: Columns, chunk: list[int]) -> None:
-        """Appends the packets at ``chunk`` (indices into ``cols``), copying their data."""
-        if len(chunk) == 1:
-            i = chunk[0]
-            self.ts.append(cols.ts[i])
-            self.caplen.append(cols.caplen[i])
-            self.origlen.append(cols.origlen[i])
-            self.linktype.append(cols.linktype[i])
-            self.ifindex.append(cols.ifindex[i])
-            off = cols.offsets[i]
-            self.data += cols.data[off:off + cols.caplen[i]]
-            return
-        get = itemgetter(*chunk)
-        self.ts.extend(get(cols.ts))
-        caps = get(cols.caplen)
-        self.caplen.extend(caps)
-        self.origlen.extend(get(cols.origlen))
-        self.linktype.extend(get(cols.linktype))
-        self.ifindex.extend(get(cols.ifindex))
-        data = cols.data
-        self.data += b"".join([data[o:o + c] for o, c in zip(get(cols.offsets), caps)])
+    def gather(self, batch: PacketBatch, indices: bytes, start: int, room: int) -> int:
+        """Appends the packets of ``batch`` at ``indices[start:]`` (uint32) that fit in ``room`` more bytes of
+        message (at least one when the builder is empty); returns the index into ``indices`` it stopped at."""
+        end, _ = _core.gather_records(batch, indices, start, room, RECORD_OVERHEAD, not self.count,
+                                      (self.ts, self.caplen, self.origlen, self.linktype, self.ifindex, self.data))
+        self.count += end - start
+        return int(end)
+
+    def take(self) -> RecordBuilder:
+        """Moves the records into a new builder (to seal later) and leaves this one empty."""
+        out = RecordBuilder(self.partition)
+        out.ts, out.caplen, out.origlen, out.linktype, out.ifindex = self.ts, self.caplen, self.origlen, self.linktype, self.ifindex
+        out.data, out.count, out.started = self.data, self.count, self.started
+        self.__init__(self.partition)  # type: ignore[misc]
+        return out
 
     def seal(self, seq: int) -> tuple[bytes, int, int]:
         """The message of every record added so far, as ``(payload, packets, data bytes)``; empties the builder."""
         parts = (self.ts, self.caplen, self.origlen, self.linktype, self.ifindex, self.data)
         crc = 0
         for part in parts:  # the CRC over the pieces, so that the message is put together in one copy
-            crc = zlib.crc32(part, crc)
-        n, nbytes = len(self.ts), len(self.data)
+            crc = crc32(part, crc)
+        n, nbytes = self.count, len(self.data)
         head = HEADER.pack(MAGIC, VERSION, KIND_PACKETS, HEADER.size, n, self.partition, seq,
                            RECORD_OVERHEAD * n + nbytes, crc)
         payload = b"".join((head, *parts))
@@ -172,7 +151,7 @@ class RecordBuilder:
 def encode_end(partition: int, seq: int, publisher: str, packets: int, nbytes: int, messages: int) -> bytes:
     """The end-of-stream marker of ``publisher`` for ``partition``."""
     body = _END.pack(packets, nbytes, messages) + publisher.encode()
-    return HEADER.pack(MAGIC, VERSION, KIND_END, HEADER.size, 0, partition, seq, len(body), zlib.crc32(body)) + body
+    return HEADER.pack(MAGIC, VERSION, KIND_END, HEADER.size, 0, partition, seq, len(body), crc32(body)) + body
 
 
 def decode(payload: Any, linktype: int = 1) -> Message:
@@ -194,7 +173,7 @@ def decode(payload: Any, linktype: int = 1) -> Message:
     if hdr_len < HEADER.size or hdr_len + body_len != len(view):
         raise WireFormatError(f"lengths do not add up: header {hdr_len} + body {body_len} != {len(view)} bytes")
     body = view[hdr_len:]
-    if zlib.crc32(body) != crc:
+    if crc32(body) != crc:
         raise WireFormatError("CRC mismatch: the message is corrupt")
     if kind == KIND_END:
         if count != 0 or body_len < _END.size:
@@ -221,7 +200,7 @@ def decode(payload: Any, linktype: int = 1) -> Message:
         raise WireFormatError(f"caplens add up to {sum(caps)} bytes but the message holds {len(data)}")
     if max(caps) > MAX_CAPLEN:
         raise WireFormatError(f"a record's caplen {max(caps)} is above {MAX_CAPLEN}")
-    if any(c > o for c, o in zip(caps, origs)):
+    if bytes(caplen) != bytes(origlen) and any(c > o for c, o in zip(caps, origs)):  # equal: nothing cut
         raise WireFormatError("a record's caplen is above its origlen")
     lt_bytes = bytes(lts)
     if any(v > 0xFFFF and v != 0xFFFFFFFF for v in set(_u32(lt_bytes))):
