@@ -292,7 +292,11 @@ def _run_plugin(env: Env, out: Path, capture: Path, threads: int) -> tuple[Run, 
     replay = _start_replay(env, name, threads, capture)
     try:
         run = _suricata(env, out, *_plugin_args(env, name, threads))
-        stdout, stderr = replay.communicate(timeout=60)
+        try:
+            stdout, stderr = replay.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say what Suricata did: it ended without draining the stream
+            pytest.fail(f"replay still running 60 s after Suricata ended (exit {run.returncode} after "
+                        f"{run.seconds:.1f} s); Suricata's log:\n{run.log[-4000:]}")
     finally:
         if replay.poll() is None:
             replay.kill()
