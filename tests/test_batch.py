@@ -181,3 +181,22 @@ def test_a_batch_that_does_not_fit_under_drop_is_counted_not_lost_silently():
     conn.close()
     client.close()
     server.close()
+
+
+def test_column_views_are_typed_read_only_and_outlive_the_release():
+    server, conn, client = pair()
+    conn.send_batch(pipc.PacketBatch.from_buffers(array.array("Q", [5, 6, 7]), array.array("I", [1, 2, 3]), b"abbccc"))
+    batch = client.receive_batch(10, timeout=10)
+    ts, lens, offsets = batch.timestamps, batch.caplens, batch.offsets
+    assert (ts.format, ts.itemsize, ts.tolist()) == ("Q", 8, [5, 6, 7])
+    assert (lens.format, lens.tolist(), offsets.tolist()) == ("I", [1, 2, 3], [0, 1, 3])
+    assert ts.readonly and lens.readonly
+    with pytest.raises(TypeError):
+        ts[0] = 9
+    batch.release()  # the ring space goes back; the columns are the batch's own copy and stay readable
+    assert ts.tolist() == [5, 6, 7] and bytes(lens) == array.array("I", [1, 2, 3]).tobytes()
+    with pytest.raises(ValueError, match="released"):
+        batch.timestamps
+    conn.close()
+    client.close()
+    server.close()

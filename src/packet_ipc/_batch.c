@@ -67,20 +67,71 @@ static PyObject *batch_item(BatchObject *self, Py_ssize_t i)
     return packet_new_view(state_of_type(Py_TYPE(self)), self->owner, &p);
 }
 
+/* _Column: one column of a batch as a read-only typed buffer, exported straight to a memoryview (one object
+ * and one view instead of a view, a slice and a cast). It holds the batch's columns object, so it outlives the
+ * batch and its release, as the columns do. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *columns;
+    char *ptr;
+    Py_ssize_t count, itemsize;
+    char format[2];
+} ColumnObject;
+
+static int column_getbuffer(ColumnObject *self, Py_buffer *view, int flags)
+{
+    if (flags & PyBUF_WRITABLE) {
+        PyErr_SetString(PyExc_BufferError, "a PacketBatch's columns are read-only");
+        view->obj = NULL;
+        return -1;
+    }
+    view->buf = self->ptr;
+    view->len = self->count * self->itemsize;
+    view->readonly = 1;
+    view->itemsize = self->itemsize;
+    view->format = (flags & PyBUF_FORMAT) ? self->format : NULL;
+    view->ndim = 1;
+    view->shape = (flags & PyBUF_ND) ? &self->count : NULL;
+    view->strides = (flags & PyBUF_STRIDES) ? &self->itemsize : NULL;
+    view->suboffsets = NULL;
+    view->internal = NULL;
+    view->obj = Py_NewRef((PyObject *)self);
+    return 0;
+}
+
+static void column_dealloc(ColumnObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_XDECREF(self->columns);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot column_slots[] = {
+    {Py_tp_dealloc, column_dealloc},
+    {Py_bf_getbuffer, column_getbuffer},
+    {Py_tp_doc, "One column of a PacketBatch (read-only)."},
+    {0, NULL},
+};
+PyType_Spec column_spec = {"packet_ipc._core._Column", sizeof(ColumnObject), 0,
+                           Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, column_slots};
+
 static PyObject *column_view(BatchObject *self, Py_ssize_t offset, Py_ssize_t itemsize, const char *fmt)
 {
     if (!batch_live(self))
         return NULL;
-    PyObject *mv = PyMemoryView_FromObject(self->columns);
-    if (!mv)
+    ColumnObject *col = PyObject_New(ColumnObject, state_of_type(Py_TYPE(self))->ColumnType);
+    if (!col)
         return NULL;
-    PyObject *slice = PySequence_GetSlice(mv, offset * self->n, (offset + itemsize) * self->n);
-    Py_DECREF(mv);
-    if (!slice)
-        return NULL;
-    PyObject *cast = PyObject_CallMethod(slice, "cast", "s", fmt);
-    Py_DECREF(slice);
-    return cast;
+    col->columns = Py_NewRef(self->columns);
+    col->ptr = PyBytes_AS_STRING(self->columns) + offset * self->n;
+    col->count = self->n;
+    col->itemsize = itemsize;
+    col->format[0] = fmt[0];
+    col->format[1] = 0;
+    PyObject *mv = PyMemoryView_FromObject((PyObject *)col);
+    Py_DECREF(col);
+    return mv;
 }
 
 PyObject *batch_get_ts(BatchObject *s, void *c) { (void)c; return column_view(s, 0, 8, "Q"); }

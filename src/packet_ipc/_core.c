@@ -169,6 +169,7 @@ static int core_exec(PyObject *m)
         add_type(m, &conn_spec, &st->ConnectionType, "Connection") < 0 ||
         add_type(m, &client_spec, &st->ClientType, "Client") < 0 ||
         add_type(m, &region_spec, &st->RegionType, "_ReservedRegion") < 0 ||
+        add_type(m, &column_spec, &st->ColumnType, "_Column") < 0 ||
         add_type(m, &reservation_spec, &st->ReservationType, "Reservation") < 0 ||
         add_type(m, &pending_spec, &st->PendingType, "PendingClient") < 0 ||
         add_named_tuple(m, &stats_desc, &st->StatsType, "StatsValues") < 0 ||
@@ -213,6 +214,7 @@ static int core_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->ConnInfoType);
     Py_VISIT(st->ClientInfoType);
     Py_VISIT(st->RegionType);
+    Py_VISIT(st->ColumnType);
     Py_VISIT(st->ReservationType);
     return 0;
 }
@@ -239,6 +241,7 @@ static int core_clear(PyObject *m)
     Py_CLEAR(st->ConnInfoType);
     Py_CLEAR(st->ClientInfoType);
     Py_CLEAR(st->RegionType);
+    Py_CLEAR(st->ColumnType);
     Py_CLEAR(st->ReservationType);
     return 0;
 }

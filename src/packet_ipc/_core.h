@@ -26,7 +26,7 @@ typedef struct {
         *PermissionDeniedError, *ClosedError;
     PyObject *error_from_code; /* packet_ipc.errors.from_code */
     PyTypeObject *PacketType, *LeaseType, *BatchType, *ServerType, *ConnectionType, *ClientType, *PendingType,
-        *RegionType, *ReservationType;
+        *RegionType, *ReservationType, *ColumnType;
     /* named tuples (struct sequences): fields by name, still indexable */
     PyTypeObject *StatsType, *ConnInfoType, *ClientInfoType;
 } core_state;
@@ -128,6 +128,7 @@ struct pipc_packet *batch_to_packets(BatchObject *b, const uint32_t *idx, Py_ssi
  * (PyBuffer_Release it when *idx is set). -1 with an exception for a buffer that is not uint32 values. */
 int indices_from(PyObject *sel, Py_buffer *view, const uint32_t **idx, Py_ssize_t *n);
 extern PyType_Spec batch_spec;
+extern PyType_Spec column_spec;
 
 /* _server.c */
 /* A thread leaves a Connection it used without the GIL; the last one out performs a close asked meanwhile. */
