@@ -402,7 +402,8 @@ static uint32_t hash_macs(const uint8_t *d, uint32_t caplen)
  * MAC pair). Gives exactly what the general path below gives (the rules at the top of this file, applied to
  * these shapes); every other packet returns 0 and takes the general path. Built with
  * PIPC_FLOWHASH_GENERAL_ONLY, there is no fast path (tests/test_flowhash.py compares both builds). */
-static int fast_hash(uint32_t linktype, const uint8_t *d, uint32_t caplen, uint32_t *out)
+static inline __attribute__((always_inline)) int fast_hash(uint32_t linktype, const uint8_t *d, uint32_t caplen,
+                                                        uint32_t *out)
 {
 #ifdef PIPC_FLOWHASH_GENERAL_ONLY
     (void)linktype, (void)d, (void)caplen, (void)out;
@@ -481,12 +482,11 @@ static uint64_t datagram_tag(const struct pipc_flow_key *key)
     return h | 1; /* never 0: 0 marks an empty slot */
 }
 
-uint32_t pipc_flow_hash_tracked(uint32_t linktype, const uint8_t *data, uint32_t caplen,
-                                struct pipc_frag_table *table)
+/* pipc_flow_hash_tracked past the fast path; kept out of line so that the fast path's callers do not pay for
+ * this one's stack frame (a key and its copy). */
+__attribute__((noinline)) static uint32_t hash_tracked_general(uint32_t linktype, const uint8_t *data,
+                                                                uint32_t caplen, struct pipc_frag_table *table)
 {
-    uint32_t fast;
-    if (fast_hash(linktype, data, caplen, &fast)) /* never a fragment: nothing to track */
-        return fast;
     struct pipc_flow_key key;
     if (pipc_flow_key_parse(linktype, data, caplen, &key) != 0)
         return linktype == LINKTYPE_ETHERNET ? hash_macs(data, caplen) : 0;
@@ -506,6 +506,15 @@ uint32_t pipc_flow_hash_tracked(uint32_t linktype, const uint8_t *data, uint32_t
     if (table->tag[slot] == tag)
         return table->hash[slot];
     return hash_key(&key); /* its first fragment was not seen (yet): the address pair */
+}
+
+uint32_t pipc_flow_hash_tracked(uint32_t linktype, const uint8_t *data, uint32_t caplen,
+                                struct pipc_frag_table *table)
+{
+    uint32_t fast;
+    if (fast_hash(linktype, data, caplen, &fast)) /* never a fragment: nothing to track */
+        return fast;
+    return hash_tracked_general(linktype, data, caplen, table);
 }
 
 void pipc_flow_hash_batch(uint32_t linktype, const uint8_t *const *data, const uint32_t *caplen, size_t n,
