@@ -197,7 +197,9 @@ static int send_part(struct pipc_distributor *d, size_t w, const struct pipc_pac
 {
     pipc_conn *c = d->workers[w];
     const struct pipc_packet *src = pk;
-    if (todo) {
+    if (todo && !pk) { /* send_flow's first pass put the packets of todo[] in d->part, at the same places */
+        src = d->part + (todo - d->todo);
+    } else if (todo) {
         for (size_t k = 0; k < m; k++)
             d->part[k] = pk[todo[k]];
         src = d->part;
@@ -266,6 +268,7 @@ static long send_flow(struct pipc_distributor *d, uint32_t default_linktype, con
 {
     size_t m = n, sent = 0;
     int first_pass = 1; /* hashes are computed on the first pass (and kept for the passes after a worker left) */
+    int gathered = 0;   /* this pass's packets are in d->part already, in todo's order */
     while (m > 0) {
         size_t nw = d->n_workers;
         if (nw == 0) {
@@ -294,8 +297,12 @@ static long send_flow(struct pipc_distributor *d, uint32_t default_linktype, con
             }
             for (size_t w = 0; w < nw; w++)
                 start[w + 1] += start[w];
-            for (size_t i = 0; i < n; i++) /* todo is 0..n-1 on the first pass */
-                d->retry[start[d->owner[i]]++] = (uint32_t)i;
+            for (size_t i = 0; i < n; i++) { /* todo is 0..n-1 on the first pass; the packets go in order too */
+                uint32_t at = start[d->owner[i]]++;
+                d->retry[at] = (uint32_t)i;
+                d->part[at] = pk[i];
+            }
+            gathered = 1;
             first_pass = 0;
         } else {
             for (size_t k = 0; k < m; k++) {
@@ -317,7 +324,8 @@ static long send_flow(struct pipc_distributor *d, uint32_t default_linktype, con
             size_t end = start[w], count = end - begin, done = 0, written = 0;
             if (count) {
                 int left;
-                err = send_part(d, pos, pk, d->todo + begin, count, deadline, &done, &written, &left);
+                err = send_part(d, pos, gathered ? NULL : pk, d->todo + begin, count, deadline, &done, &written,
+                                &left);
                 sent += written;
                 if (err) { /* timeout or signal: report everything not written, stop */
                     if (err == -ETIMEDOUT)
@@ -343,6 +351,7 @@ static long send_flow(struct pipc_distributor *d, uint32_t default_linktype, con
                 qsort(unsent, *n_unsent, sizeof(uint32_t), cmp_u32);
             return sent ? (long)sent : err;
         }
+        gathered = 0; /* later passes gather in send_part, worker by worker */
         /* the retried packets keep their order within each flow: ascending index */
         qsort(d->retry, n_retry, sizeof(uint32_t), cmp_u32);
         uint32_t *t = d->todo;
