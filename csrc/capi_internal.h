@@ -133,8 +133,11 @@ static inline void load_stats(const struct pipc_stats *from, struct pipc_stats *
 
 /* capi.c, for distribute.c: an object's lock, waiting until deadline (pipc_deadline; "now": only try) */
 int pipc_lock_until(pthread_mutex_t *m, uint64_t deadline, const char *what);
-/* conn.c, for distribute.c: a send up to a deadline that reports how many packets it wrote (even on error) */
-int pipc_conn_send_until(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline, size_t *written);
+/* conn.c, for distribute.c: a send up to a deadline that reports how many packets it wrote (even on error);
+ * `checked`: the caller has already checked the packets' sizes and linktypes against this ring
+ * (pipc_ring_check_packets with the same ring size and snaplen), so they are not checked again */
+int pipc_conn_send_until(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline, int checked,
+                         size_t *written);
 
 /* distribute.c, for server.c and conn.c */
 int pipc_dist_init(struct pipc_distributor *d, int policy);

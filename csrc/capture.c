@@ -200,7 +200,9 @@ static void on_packet(unsigned char *user, const struct pcap_pkthdr *h, const un
     struct pipc_packet pk = {(uint64_t)h->ts.tv_sec * 1000000000u + frac, h->caplen, h->len, ifc->linktype,
                              ifc->ifindex, NULL, 0};
     ifc->captured++;
-    if (s->n < s->max && h->caplen <= s->bytes - s->used) {
+    /* Once one packet is carried, the ones after it are carried too, so that a later packet small enough for the
+     * space left never overtakes it: packets are returned in the order they came. */
+    if (s->cap->n_carry == 0 && s->n < s->max && h->caplen <= s->bytes - s->used) {
         memcpy(s->buf + s->used, bytes, h->caplen);
         pk.data = s->buf + s->used;
         s->used += h->caplen;

@@ -142,39 +142,40 @@ static int conn_lock(pipc_conn *c, uint64_t deadline)
 }
 
 static long conn_send_locked(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline,
-                             size_t *written_out);
+                             int checked, size_t *written_out);
 
 long pipc_conn_send(pipc_conn *c, const struct pipc_packet *pk, size_t n, int timeout_ms)
 {
     uint64_t deadline = pipc_deadline(timeout_ms);
     size_t written = 0;
-    int err = pipc_conn_send_until(c, pk, n, deadline, &written);
+    int err = pipc_conn_send_until(c, pk, n, deadline, 0, &written);
     if (!err || (written && (err == -ETIMEDOUT || err == -EINTR || err == -EPIPE)))
         return (long)written;
     return err;
 }
 
-int pipc_conn_send_until(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline, size_t *written)
+int pipc_conn_send_until(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline, int checked,
+                         size_t *written)
 {
     *written = 0;
     int err = conn_lock(c, deadline);
     if (err)
         return err;
-    long r = conn_send_locked(c, pk, n, deadline, written);
+    long r = conn_send_locked(c, pk, n, deadline, checked, written);
     pthread_mutex_unlock(&c->lock);
     return (int)r;
 }
 
 /* Returns 0 with *written == n, or the error that stopped it with *written packets written before it. */
 static long conn_send_locked(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline,
-                             size_t *written_out)
+                             int checked, size_t *written_out)
 {
     int err = conn_check(c);
     if (err)
         return err;
     /* Half the ring at most (see pipc_ring_take: a consumer holding one batch must never stall us), 16-bit
-     * linktypes: checked before anything is written. */
-    if ((err = pipc_ring_check_packets(pk, n, c->ring.payload_bytes, c->snaplen)) < 0)
+     * linktypes: checked before anything is written (by the server-level send, once for all its workers). */
+    if (!checked && (err = pipc_ring_check_packets(pk, n, c->ring.payload_bytes, c->snaplen)) < 0)
         return err;
     size_t i = 0, written = 0;
     while (i < n) {

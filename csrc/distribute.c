@@ -197,12 +197,14 @@ static int send_part(struct pipc_distributor *d, size_t w, const struct pipc_pac
 {
     pipc_conn *c = d->workers[w];
     const struct pipc_packet *src = pk;
-    if (todo) {
+    if (todo && !pk) { /* send_flow's first pass put the packets of todo[] in d->part, at the same places */
+        src = d->part + (todo - d->todo);
+    } else if (todo) {
         for (size_t k = 0; k < m; k++)
             d->part[k] = pk[todo[k]];
         src = d->part;
     }
-    int err = pipc_conn_send_until(c, src, m, deadline, written);
+    int err = pipc_conn_send_until(c, src, m, deadline, 1, written); /* sizes: checked by send_locked */
     *done = err ? *written : m; /* without an error, what was not written was dropped (and counted) */
     *left = 0;
     if (err == -ECONNRESET || err == -EPROTO || (err == -EPIPE && worker_state(c))) {
@@ -264,15 +266,15 @@ static int cmp_u32(const void *a, const void *b)
 static long send_flow(struct pipc_distributor *d, uint32_t default_linktype, const struct pipc_packet *pk,
                       size_t n, uint64_t deadline, uint32_t *unsent, size_t *n_unsent)
 {
-    for (size_t i = 0; i < n; i++) { /* once per packet: the fragment table remembers first fragments */
-        uint32_t lt = pk[i].linktype == PIPC_LINKTYPE_DEFAULT ? default_linktype : pk[i].linktype;
-        d->hash[i] = pipc_flow_hash_tracked(lt, pk[i].data, pk[i].caplen, &d->frags);
-        d->todo[i] = (uint32_t)i;
-    }
     size_t m = n, sent = 0;
+    int first_pass = 1; /* hashes are computed on the first pass (and kept for the passes after a worker left) */
+    int gathered = 0;   /* this pass's packets are in d->part already, in todo's order */
     while (m > 0) {
         size_t nw = d->n_workers;
         if (nw == 0) {
+            if (first_pass) /* (the caller sends with two workers or more: not reached) */
+                for (size_t i = 0; i < n; i++)
+                    d->todo[i] = (uint32_t)i;
             report_unsent(d->todo, 0, m, unsent, n_unsent);
             if (unsent)
                 qsort(unsent, *n_unsent, sizeof(uint32_t), cmp_u32);
@@ -284,14 +286,34 @@ static long send_flow(struct pipc_distributor *d, uint32_t default_linktype, con
         if (!start)
             return sent ? (long)sent : -ENOMEM;
         memset(start, 0, (nw + 1) * sizeof(uint32_t));
-        for (size_t k = 0; k < m; k++) {
-            d->owner[k] = d->table[d->hash[d->todo[k]] & (PIPC_FLOW_BUCKETS - 1)];
-            start[d->owner[k] + 1]++;
+        if (first_pass) { /* hash (once per packet: the fragment table remembers first fragments) and count */
+            for (size_t i = 0; i < n; i++) {
+                uint32_t lt = pk[i].linktype == PIPC_LINKTYPE_DEFAULT ? default_linktype : pk[i].linktype;
+                uint32_t h = pipc_flow_hash_tracked(lt, pk[i].data, pk[i].caplen, &d->frags);
+                uint16_t w = d->table[h & (PIPC_FLOW_BUCKETS - 1)];
+                d->hash[i] = h;
+                d->owner[i] = w;
+                start[w + 1]++;
+            }
+            for (size_t w = 0; w < nw; w++)
+                start[w + 1] += start[w];
+            for (size_t i = 0; i < n; i++) { /* todo is 0..n-1 on the first pass; the packets go in order too */
+                uint32_t at = start[d->owner[i]]++;
+                d->retry[at] = (uint32_t)i;
+                d->part[at] = pk[i];
+            }
+            gathered = 1;
+            first_pass = 0;
+        } else {
+            for (size_t k = 0; k < m; k++) {
+                d->owner[k] = d->table[d->hash[d->todo[k]] & (PIPC_FLOW_BUCKETS - 1)];
+                start[d->owner[k] + 1]++;
+            }
+            for (size_t w = 0; w < nw; w++)
+                start[w + 1] += start[w];
+            for (size_t k = 0; k < m; k++)
+                d->retry[start[d->owner[k]]++] = d->todo[k];
         }
-        for (size_t w = 0; w < nw; w++)
-            start[w + 1] += start[w];
-        for (size_t k = 0; k < m; k++)
-            d->retry[start[d->owner[k]]++] = d->todo[k];
         /* start[w] is now the end of worker w's run in retry[]; swap so todo holds the sorted order */
         uint32_t *sorted = d->retry;
         d->retry = d->todo;
@@ -302,7 +324,8 @@ static long send_flow(struct pipc_distributor *d, uint32_t default_linktype, con
             size_t end = start[w], count = end - begin, done = 0, written = 0;
             if (count) {
                 int left;
-                err = send_part(d, pos, pk, d->todo + begin, count, deadline, &done, &written, &left);
+                err = send_part(d, pos, gathered ? NULL : pk, d->todo + begin, count, deadline, &done, &written,
+                                &left);
                 sent += written;
                 if (err) { /* timeout or signal: report everything not written, stop */
                     if (err == -ETIMEDOUT)
@@ -328,6 +351,7 @@ static long send_flow(struct pipc_distributor *d, uint32_t default_linktype, con
                 qsort(unsent, *n_unsent, sizeof(uint32_t), cmp_u32);
             return sent ? (long)sent : err;
         }
+        gathered = 0; /* later passes gather in send_part, worker by worker */
         /* the retried packets keep their order within each flow: ascending index */
         qsort(d->retry, n_retry, sizeof(uint32_t), cmp_u32);
         uint32_t *t = d->todo;

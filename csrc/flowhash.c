@@ -343,22 +343,31 @@ static uint64_t fmix64(uint64_t k)
 
 static uint32_t fold32(uint64_t h) { return (uint32_t)(h ^ (h >> 32)); }
 
-static uint32_t hash_key(const struct pipc_flow_key *key)
+/* The hash of one canonical key: family, proto and the two (address, port) endpoints, addresses of 4 (family
+ * 4) or 16 bytes. For family 4, comparing the 4 address bytes is the same as comparing the key's zero-padded
+ * 16 bytes; the hashed words are the same too (the padding is never read). */
+static uint32_t hash_endpoints(uint8_t family, uint8_t proto, const uint8_t *a, const uint8_t *b, uint16_t port_a,
+                               uint16_t port_b)
 {
-    const uint8_t *lo = key->addr_a, *hi = key->addr_b;
-    uint16_t lo_port = key->port_a, hi_port = key->port_b;
-    int order = compare_addr16(key->addr_a, key->addr_b); /* as memcmp would order them */
-    if (order > 0 || (order == 0 && key->port_a > key->port_b)) {
-        lo = key->addr_b;
-        hi = key->addr_a;
-        lo_port = key->port_b;
-        hi_port = key->port_a;
+    const uint8_t *lo = a, *hi = b;
+    uint16_t lo_port = port_a, hi_port = port_b;
+    int order; /* as memcmp would order the addresses */
+    if (family == 4) {
+        uint32_t x = __builtin_bswap32((uint32_t)read_le32(a)), y = __builtin_bswap32((uint32_t)read_le32(b));
+        order = (x > y) - (x < y);
+    } else {
+        order = compare_addr16(a, b);
+    }
+    if (order > 0 || (order == 0 && port_a > port_b)) {
+        lo = b;
+        hi = a;
+        lo_port = port_b;
+        hi_port = port_a;
     }
     /* Fragments carry ports 0 already; is_fragment itself is not hashed (see the top of this file). */
-    uint64_t meta = (uint64_t)key->family | ((uint64_t)key->proto << 8) | ((uint64_t)lo_port << 16) |
-                    ((uint64_t)hi_port << 32);
+    uint64_t meta = (uint64_t)family | ((uint64_t)proto << 8) | ((uint64_t)lo_port << 16) | ((uint64_t)hi_port << 32);
     uint64_t h = UINT64_C(0x9e3779b97f4a7c15); /* nonzero start: fmix64(0) == 0 */
-    if (key->family == 4) {
+    if (family == 4) {
         h = fmix64(h ^ (read_le32(lo) | (read_le32(hi) << 32)));
     } else {
         h = fmix64(h ^ read_le64(lo));
@@ -369,20 +378,90 @@ static uint32_t hash_key(const struct pipc_flow_key *key)
     return fold32(fmix64(h ^ meta));
 }
 
+static uint32_t hash_key(const struct pipc_flow_key *key)
+{
+    return hash_endpoints(key->family, key->proto, key->addr_a, key->addr_b, key->port_a, key->port_b);
+}
+
 /* Non-IP Ethernet: the unordered pair of MAC addresses (destination at 0, source at 6). */
 static uint32_t hash_macs(const uint8_t *d, uint32_t caplen)
 {
     /* stops: a frame too short to hold both addresses */
     if (d == NULL || caplen < 12)
         return 0;
-    uint64_t x = read_le_bytes(d, 6), y = read_le_bytes(d + 6, 6);
+    /* each 6-byte address as a little-endian number (4 + 2 bytes: nothing read past byte 12) */
+    uint64_t x = read_le32(d) | ((uint64_t)(d[4] | (d[5] << 8)) << 32);
+    uint64_t y = read_le32(d + 6) | ((uint64_t)(d[10] | (d[11] << 8)) << 32);
     uint64_t lo = x < y ? x : y, hi = x < y ? y : x;
     uint64_t h = fmix64(UINT64_C(0x2545f4914f6cdd1d) ^ lo); /* distinct start from the IP hash */
     return fold32(fmix64(h ^ hi));
 }
 
+/* The common case of live traffic, without building a key: Ethernet with no VLAN tag carrying an unfragmented
+ * IPv4 datagram with no options, or IPv6 with no extension header; or any other ethertype that is not IP (the
+ * MAC pair). Gives exactly what the general path below gives (the rules at the top of this file, applied to
+ * these shapes); every other packet returns 0 and takes the general path. Built with
+ * PIPC_FLOWHASH_GENERAL_ONLY, there is no fast path (tests/test_flowhash.py compares both builds). */
+static inline __attribute__((always_inline)) int fast_hash(uint32_t linktype, const uint8_t *d, uint32_t caplen,
+                                                        uint32_t *out)
+{
+#ifdef PIPC_FLOWHASH_GENERAL_ONLY
+    (void)linktype, (void)d, (void)caplen, (void)out;
+    return 0;
+#else
+#define HAS_PORTS(proto) ((proto) == PROTO_TCP || (proto) == PROTO_UDP || (proto) == PROTO_SCTP)
+    if (linktype != LINKTYPE_ETHERNET || d == NULL || caplen < ETH_HDR_BYTES)
+        return 0;
+    uint16_t type = read_be16(d + 12);
+    if (type == ETHERTYPE_IPV4) {
+        const uint8_t *ip = d + ETH_HDR_BYTES;
+        /* only version 4 with IHL 5, a complete header, and neither MF nor an offset (not a fragment) */
+        if (caplen - ETH_HDR_BYTES < IPV4_MIN_HDR_BYTES || ip[0] != 0x45 || (read_be16(ip + 6) & 0x3FFF))
+            return 0;
+        uint32_t l4 = ETH_HDR_BYTES + IPV4_MIN_HDR_BYTES, end = caplen, total = read_be16(ip + 2);
+        if (total != 0 && total < caplen - ETH_HDR_BYTES) /* the IP length bounds the ports, as parse_ipv4 */
+            end = ETH_HDR_BYTES + (total > IPV4_MIN_HDR_BYTES ? total : IPV4_MIN_HDR_BYTES);
+        uint8_t proto = ip[9];
+        uint16_t pa = 0, pb = 0;
+        if (HAS_PORTS(proto) && end - l4 >= PORTS_BYTES) {
+            pa = read_be16(d + l4);
+            pb = read_be16(d + l4 + 2);
+        }
+        *out = hash_endpoints(4, proto, ip + 12, ip + 16, pa, pb);
+        return 1;
+    }
+    if (type == ETHERTYPE_IPV6) {
+        const uint8_t *ip = d + ETH_HDR_BYTES;
+        if (caplen - ETH_HDR_BYTES < IPV6_HDR_BYTES || (ip[0] >> 4) != 6)
+            return 0;
+        uint8_t next = ip[6];
+        if (next == PROTO_HOPOPTS || next == PROTO_ROUTING || next == PROTO_FRAGMENT || next == PROTO_AH ||
+            next == PROTO_DSTOPTS)
+            return 0; /* an extension header to walk */
+        uint32_t l4 = ETH_HDR_BYTES + IPV6_HDR_BYTES, end = caplen, payload = read_be16(ip + 4);
+        if (payload != 0 && payload < caplen - l4) /* as parse_ipv6 */
+            end = l4 + payload;
+        uint16_t pa = 0, pb = 0;
+        if (HAS_PORTS(next) && end - l4 >= PORTS_BYTES) {
+            pa = read_be16(d + l4);
+            pb = read_be16(d + l4 + 2);
+        }
+        *out = hash_endpoints(6, next, ip + 8, ip + 24, pa, pb);
+        return 1;
+    }
+    if (type == ETHERTYPE_8021Q || type == ETHERTYPE_8021AD || type == ETHERTYPE_QINQ_OLD)
+        return 0; /* VLAN tags to skip */
+    *out = hash_macs(d, caplen); /* not IP: what the general path gives after the parse fails */
+    return 1;
+#undef HAS_PORTS
+#endif
+}
+
 uint32_t pipc_flow_hash(uint32_t linktype, const uint8_t *data, uint32_t caplen)
 {
+    uint32_t fast;
+    if (fast_hash(linktype, data, caplen, &fast))
+        return fast;
     struct pipc_flow_key key;
     if (pipc_flow_key_parse(linktype, data, caplen, &key) == 0)
         return hash_key(&key);
@@ -403,8 +482,10 @@ static uint64_t datagram_tag(const struct pipc_flow_key *key)
     return h | 1; /* never 0: 0 marks an empty slot */
 }
 
-uint32_t pipc_flow_hash_tracked(uint32_t linktype, const uint8_t *data, uint32_t caplen,
-                                struct pipc_frag_table *table)
+/* pipc_flow_hash_tracked past the fast path; kept out of line so that the fast path's callers do not pay for
+ * this one's stack frame (a key and its copy). */
+__attribute__((noinline)) static uint32_t hash_tracked_general(uint32_t linktype, const uint8_t *data,
+                                                                uint32_t caplen, struct pipc_frag_table *table)
 {
     struct pipc_flow_key key;
     if (pipc_flow_key_parse(linktype, data, caplen, &key) != 0)
@@ -425,6 +506,15 @@ uint32_t pipc_flow_hash_tracked(uint32_t linktype, const uint8_t *data, uint32_t
     if (table->tag[slot] == tag)
         return table->hash[slot];
     return hash_key(&key); /* its first fragment was not seen (yet): the address pair */
+}
+
+uint32_t pipc_flow_hash_tracked(uint32_t linktype, const uint8_t *data, uint32_t caplen,
+                                struct pipc_frag_table *table)
+{
+    uint32_t fast;
+    if (fast_hash(linktype, data, caplen, &fast)) /* never a fragment: nothing to track */
+        return fast;
+    return hash_tracked_general(linktype, data, caplen, table);
 }
 
 void pipc_flow_hash_batch(uint32_t linktype, const uint8_t *const *data, const uint32_t *caplen, size_t n,

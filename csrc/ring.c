@@ -391,6 +391,15 @@ void pipc_ring_counters(const struct pipc_ring *ring, struct pipc_ring_counters 
 int pipc_ring_check_packets(const struct pipc_packet *pk, size_t n, uint64_t payload_bytes, uint32_t snaplen)
 {
     uint64_t limit = pipc_ring_max_packet_bytes(payload_bytes, snaplen);
+    /* One branch-free pass (the common case: all good), then the first bad packet named if there is one. */
+    uint32_t longest = 0, wide = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t len = pk[i].caplen, lt = pk[i].linktype;
+        longest = len > longest ? len : longest;
+        wide |= (lt > 0xffff) & (lt != PIPC_LINKTYPE_DEFAULT);
+    }
+    if (longest <= limit && !wide)
+        return 0;
     for (size_t i = 0; i < n; i++) {
         if (pk[i].linktype > 0xffff && pk[i].linktype != PIPC_LINKTYPE_DEFAULT) { /* the descriptor holds 16
                                                                                  * bits, as pcapng's does */

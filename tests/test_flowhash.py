@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import itertools
 import random
 import shutil
 import struct
@@ -105,6 +106,17 @@ def flowhash(tmp_path_factory: pytest.TempPathFactory) -> FlowHashLib:
         pytest.skip("gcc is needed to build csrc/flowhash.c")
     so = tmp_path_factory.mktemp("flowhash") / "libflowhash.so"
     _compile(so, "-shared", "-fPIC", f"-I{REPO / 'include'}", str(FLOWHASH_C))
+    return FlowHashLib(so)
+
+
+@pytest.fixture(scope="session")
+def flowhash_general(tmp_path_factory: pytest.TempPathFactory) -> FlowHashLib:
+    """The same file built without its fast path (PIPC_FLOWHASH_GENERAL_ONLY): every packet through the key
+    parser, the reference the fast path must agree with."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build csrc/flowhash.c")
+    so = tmp_path_factory.mktemp("flowhash_general") / "libflowhash_general.so"
+    _compile(so, "-shared", "-fPIC", "-DPIPC_FLOWHASH_GENERAL_ONLY", f"-I{REPO / 'include'}", str(FLOWHASH_C))
     return FlowHashLib(so)
 
 
@@ -544,6 +556,84 @@ def test_hash_is_pinned_across_builds_and_machines(flowhash):
 
 
 PINNED_HASHES = (430649363, 1988883025)
+
+
+def test_fast_path_is_pinned_too(flowhash):
+    """The same packets behind Ethernet (the fast path's shape) hash as they do raw; a non-IP frame hashes
+    its MAC pair to the value it always had."""
+    a, b = bytes([192, 168, 1, 1]), bytes([10, 0, 0, 7])
+    pkt = _ipv4(a, b, 6, struct.pack(">HH", 1234, 80) + bytes(16))
+    pkt6 = _ipv6(bytes(15) + b"\1", bytes(15) + b"\2", 17, struct.pack(">HH", 53, 40000) + bytes(4))
+    assert (flowhash.hash(ETHERNET, _wrap(ETHERNET, pkt, 0)),
+            flowhash.hash(ETHERNET, _wrap(ETHERNET, pkt6, 0))) == PINNED_HASHES
+    arp = b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + bytes(28)
+    assert flowhash.hash(ETHERNET, arp) == 1464548392
+
+
+# The cuts that cross the fast path's bounds: Ethernet header, IPv4 header and ports, IPv6 header and ports.
+_CUTS = (0, 11, 12, 13, 14, 15, 33, 34, 35, 37, 38, 53, 54, 55, 57, 58)
+
+
+def _agree(flowhash: FlowHashLib, general: FlowHashLib, linktype: int, data: bytes) -> None:
+    for cut in (*_CUTS, len(data)):
+        part = data[:cut]
+        assert flowhash.hash(linktype, part) == general.hash(linktype, part), (linktype, part.hex())
+
+
+def test_fast_path_hashes_like_the_general_parser_on_captures(flowhash, flowhash_general):
+    """Every packet (and its cuts) of the captures in tests/data, and of every Ethernet capture in
+    ../shared/data/pcaps when present, hashes the same with and without the fast path."""
+    paths = sorted((REPO / "tests" / "data").glob("*.pcap*"))
+    if PCAPS.is_dir():
+        paths += [PCAPS / rel for rel in NAMED_CAPTURES + IPV6_CAPTURES]
+    checked = 0
+    for path in paths:
+        for linktype, buf in read_capture(path)[:3000]:
+            _agree(flowhash, flowhash_general, linktype, buf)
+            checked += 1
+    assert checked >= 200
+
+
+def test_fast_path_hashes_like_the_general_parser_at_every_boundary(flowhash, flowhash_general):
+    """Exhaustively around the fast path's checks: version/IHL bytes, fragment bits, protocols with and without
+    ports (and IPv6 extension headers), every IP length from 0 to 45, every cut across the headers and ports."""
+    tail = bytes(range(1, 41))  # nonzero ports, so a port read or not read changes the hash
+    checked = 0
+    for v6 in (False, True):
+        firsts = (0x60, 0x6F, 0x50, 0x40) if v6 else (0x45, 0x46, 0x44, 0x40, 0x55)
+        protos = (6, 17, 132, 1, 0, 43, 44, 50, 51, 60) if v6 else (6, 17, 132, 1)
+        for first, proto, length, frag in itertools.product(firsts, protos, range(46),
+                                                            (0,) if v6 else (0, 0x4000, 0x2000, 0x0001, 0x8000)):
+            if v6:
+                ip = struct.pack(">IHBB16s16s", first << 24, length, proto, 64, bytes(15) + b"\7", bytes(16))
+            else:
+                ip = struct.pack(">BBHHHBBH4s4s", first, 0, length, 1, frag, 64, proto, 0, b"\0\0\0\7", bytes(4))
+            frame = b"\x02" * 6 + b"\x04" * 6 + (b"\x86\xdd" if v6 else b"\x08\x00") + ip + tail
+            for cut in range(30, 80 if v6 else 60):
+                part = frame[:cut]
+                assert flowhash.hash(ETHERNET, part) == flowhash_general.hash(ETHERNET, part), part.hex()
+                checked += 1
+    assert checked > 100_000
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(v6=st.booleans(), etype=st.sampled_from([0x0800, 0x86DD, 0x8100, 0x88A8, 0x9100, 0x0806, 0x88CC, 0]),
+       first=st.sampled_from([0x45, 0x46, 0x44, 0x40, 0x55, 0x60, 0x6F, 0x45 ^ 0x20]) | st.integers(0, 255),
+       proto=st.sampled_from([6, 17, 132, 1, 47, 0, 43, 44, 50, 51, 60, 59]),
+       length=st.sampled_from([0, 1, 3, 4, 5, 8, 19, 20, 23, 24, 25, 40, 60, 1000]),
+       frag=st.sampled_from([0, 0x4000, 0x2000, 0x0001, 0x8000, 0x1FFF]) | st.integers(0, 0xFFFF),
+       addrs=st.binary(min_size=32, max_size=32), tail=st.binary(max_size=64), cut=st.integers(0, 200))
+def test_fast_path_hashes_like_the_general_parser_on_crafted_frames(flowhash, flowhash_general, v6, etype, first,
+                                                                    proto, length, frag, addrs, tail, cut):
+    """Frames shaped like the fast path's cases and their near misses (options, fragments, extension headers,
+    IP lengths shorter or longer than the frame, other versions, VLAN and non-IP ethertypes)."""
+    if v6:
+        ip = struct.pack(">IHBB16s16s", (first << 24), length, proto, 64, addrs[:16], addrs[16:]) + tail
+    else:
+        ip = struct.pack(">BBHHHBBH4s4s", first, 0, length, 1, frag, 64, proto, 0, addrs[:4], addrs[4:8]) + tail
+    frame = b"\x02" * 6 + addrs[8:14] + struct.pack(">H", etype) + ip
+    assert flowhash.hash(ETHERNET, frame[:cut]) == flowhash_general.hash(ETHERNET, frame[:cut])
+    assert flowhash.hash(ETHERNET, frame) == flowhash_general.hash(ETHERNET, frame)
 
 
 def test_batch_equals_one_by_one(flowhash):

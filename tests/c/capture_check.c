@@ -111,6 +111,22 @@ int main(int argc, char **argv)
     CHECK(pipc_capture_next(cap, pk, 8, buf, 200, 0) == -ETIMEDOUT);
     CHECK(pipc_capture_stats(cap, 0, &st) == 0 && st.captured == 3);
 
+    /* Order: once a packet is carried, a later one that would still fit the space left is carried too (it
+     * never overtakes it). 192 + 192 bytes do not fit 250, 192 + 52 do. */
+    s = socket(AF_INET, SOCK_DGRAM, 0);
+    for (int i = 0; i < 3; i++) {
+        size_t len = i < 2 ? sizeof big : 10;
+        memset(big, 'x' + i, sizeof big);
+        CHECK(sendto(s, big, len, 0, (struct sockaddr *)&to, sizeof to) == (ssize_t)len);
+    }
+    close(s);
+    usleep(100000); /* all three in libpcap's ring before the first read */
+    n = pipc_capture_next(cap, pk, 8, buf, 250, 5000);
+    CHECK(n == 1 && pk[0].data[42] == 'x');
+    n = pipc_capture_next(cap, pk, 8, buf, 250, 5000);
+    CHECK(n == 2 && pk[0].data[42] == 'y' && pk[1].data[42] == 'z' && pk[1].caplen == 42 + 10);
+    CHECK(pipc_capture_next(cap, pk, 8, buf, 250, 0) == -ETIMEDOUT);
+
     CHECK(pipc_capture_breakloop(cap) == 0 && pipc_capture_fd(cap) >= 0);
     CHECK(pipc_capture_next(cap, pk, 8, buf, sizeof buf, 5000) == -EINTR);
     CHECK(pipc_capture_next(cap, pk, 8, buf, sizeof buf, 0) == -ETIMEDOUT); /* the break was consumed */
