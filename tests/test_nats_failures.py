@@ -70,8 +70,10 @@ def _publish(cluster: NatsCluster, tmp: Path, prefix: str, partitions: int, tota
     return summary
 
 
-def _consumed(cluster: NatsCluster, prefix: str, partitions: int, durable: str, timeout: float = 60) -> None:
-    """Waits until the durable consumer ``durable`` acknowledged every message of every partition stream."""
+def _consumed(cluster: NatsCluster, prefix: str, partitions: int, durable: str, timeout: float = 60,
+              logs: tuple[Path, ...] = ()) -> None:
+    """Waits until the durable consumer ``durable`` acknowledged every message of every partition stream; on a
+    timeout the failure shows the end of each of ``logs`` (the processes that should have acknowledged)."""
     import nats
     import nats.js.errors
 
@@ -91,7 +93,9 @@ def _consumed(cluster: NatsCluster, prefix: str, partitions: int, durable: str, 
 
     deadline = time.monotonic() + timeout
     while not asyncio.run(done()):
-        assert time.monotonic() < deadline, f"{durable} did not acknowledge all of {prefix}"
+        if time.monotonic() >= deadline:
+            tails = "".join(f"\n--- {log.name}:\n{log.read_text()[-3000:] if log.exists() else '(none)'}" for log in logs)
+            raise AssertionError(f"{durable} did not acknowledge all of {prefix} within {timeout:.0f} s{tails}")
         time.sleep(0.2)  # polling the consumers' ack floors
 
 
@@ -222,7 +226,8 @@ def test_group_partitions_move_between_two_publishers_markers(cluster: NatsClust
     sub_a, name_a = _subscribe(cluster, tmp_path, "a", "pm", *args)
     out_a, out_b = tmp_path / "a.pcapng", tmp_path / "b.pcapng"
     dump_a = spawn(cli("dump", name_a, "-w", str(out_a), "--format", "pcapng"), tmp_path / "dump-a.log")
-    _consumed(cluster, "pm", partitions, "g2")  # a read every packet and the first publisher's markers
+    # a read every packet and the first publisher's markers
+    _consumed(cluster, "pm", partitions, "g2", logs=(tmp_path / "sub-a.log", tmp_path / "dump-a.log"))
     assert sub_a.poll() is None  # one marker of two: a waits for the second publisher
     sub_a.send_signal(signal.SIGTERM)  # a leaves the group (its leases are handed back)
     assert sub_a.wait(30) == 0, (tmp_path / "sub-a.log").read_text()
