@@ -347,3 +347,28 @@ def test_slow_worker_keeps_its_message_in_progress(cluster: NatsCluster, tmp_pat
 
     delivered, last = asyncio.run(deliveries())
     assert delivered == last  # one delivery per stored message (a redelivery takes a consumer sequence too)
+
+
+def test_publisher_rides_out_a_cluster_that_does_not_answer_at_start(cluster: NatsCluster, tmp_path: Path) -> None:
+    """Two of three nodes down when ``publish`` starts: JetStream has no quorum, so looking up and creating the
+    streams gets no answer (as on a loaded machine, where creating a replicated stream outlasts one request's
+    timeout). The publisher keeps asking, and once the nodes are back it creates the streams and delivers every
+    packet; before, the first unanswered request ended it with exit 1."""
+    first, *others = cluster.nodes
+    for node in others:
+        node.kill()
+    log = tmp_path / "pub.log"
+    with Server(str(tmp_path / "src")) as server:
+        pub = spawn(cli("publish", server.name, "--nats", first.url, "--stream", "nq", "--partitions", "2",
+                        "--replicas", "3", "--json"), log)
+        time.sleep(3)  # no quorum meanwhile: its requests go unanswered
+        assert pub.poll() is None, log.read_text()
+        for node in others:
+            node.start()
+        cluster.wait_ready()
+        conn = server.accept(timeout=60)
+        conn.send(_packets(0, 1000))
+        conn.send(None)
+        assert pub.wait(120) == 0, log.read_text()
+    summary = json.loads(log.read_text().splitlines()[-1])
+    assert summary["packets"] == 1000 and summary["dropped_packets"] == 0

@@ -8,8 +8,10 @@ format version, so a subscriber learns ``P`` from ``PREFIX-0`` and nothing mixes
 from __future__ import annotations
 
 import array
+import asyncio
 import errno
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -168,6 +170,32 @@ def _storage(storage: str) -> Any:
     return StorageType.FILE if storage == "file" else StorageType.MEMORY
 
 
+SETUP_WAIT_S = 30.0  # how long setting up (streams, buckets) rides out a cluster that does not answer yet
+
+
+def _transient() -> tuple[type[BaseException], ...]:
+    """The errors of a cluster that is busy or electing a leader: no answer in time, nobody listening yet."""
+    import nats.errors
+    import nats.js.errors
+
+    return (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError,
+            TimeoutError)
+
+
+async def retry_setup(what: str, call: Any, seconds: float = SETUP_WAIT_S) -> Any:
+    """Awaits ``call()`` again while the cluster gives no answer (a leader election, or a loaded machine where a
+    replicated stream or bucket takes longer to create than one request's timeout), up to ``seconds``; then
+    :class:`NatsError` naming ``what``. Other errors go to the caller at once."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await call()
+        except _transient() as e:
+            if time.monotonic() >= deadline:
+                raise NatsError(f"{what}: no answer from JetStream within {seconds:g} s ({type(e).__name__})") from None
+            await asyncio.sleep(0.25)
+
+
 async def ensure_streams(js: Any, prefix: str, partitions: int, replicas: int, storage: str,
                          max_msg_size: int) -> None:
     """Creates every missing partition stream; raises :class:`StreamMismatchError` if one exists with other
@@ -179,26 +207,39 @@ async def ensure_streams(js: Any, prefix: str, partitions: int, replicas: int, s
     want_storage = _storage(storage)
     for k in range(partitions):
         name = stream_name(prefix, k)
-        try:
-            info = await js.stream_info(name)
-        except nats.js.errors.NotFoundError:
-            info = None
-        except nats.js.errors.Error as e:
-            raise NatsError(f"JetStream did not answer about stream {name}: {e}") from None
-        if info is None:
-            cfg = StreamConfig(
-                name=name, subjects=[subject_name(prefix, k)], num_replicas=replicas, storage=want_storage,
-                duplicate_window=120.0, max_msg_size=max_msg_size,
-                metadata={_META_PARTITIONS: str(partitions), _META_FORMAT: str(VERSION)},
-            )
+        cfg = StreamConfig(
+            name=name, subjects=[subject_name(prefix, k)], num_replicas=replicas, storage=want_storage,
+            duplicate_window=120.0, max_msg_size=max_msg_size,
+            metadata={_META_PARTITIONS: str(partitions), _META_FORMAT: str(VERSION)},
+        )
+        deadline = time.monotonic() + SETUP_WAIT_S
+        created = False
+        while True:
+            try:
+                info = await retry_setup(f"stream {name}", lambda: _stream_info(js, name))
+            except nats.js.errors.Error as e:
+                raise NatsError(f"JetStream did not answer about stream {name}: {e}") from None
+            if info is not None:
+                break
             try:
                 await js.add_stream(cfg)
+            except _transient() as e:
+                # No answer in time, yet the stream may have been created (a replicated one takes a while on a
+                # loaded cluster): look again before creating it again.
+                if time.monotonic() >= deadline:
+                    raise NatsError(f"cannot create stream {name}: no answer from JetStream within "
+                                    f"{SETUP_WAIT_S:g} s ({type(e).__name__})") from None
+                await asyncio.sleep(0.25)
+                continue
             except nats.js.errors.BadRequestError as e:
                 if e.err_code == 10058:  # created meanwhile by another publisher with other settings
                     raise StreamMismatchError(f"stream {name} exists with other settings") from None
                 raise NatsError(f"cannot create stream {name}: {e.description}") from None
             except nats.js.errors.Error as e:
                 raise NatsError(f"cannot create stream {name}: {getattr(e, 'description', None) or e}") from None
+            created = True
+            break
+        if created:
             continue
         c = info.config
         meta = c.metadata or {}
@@ -216,6 +257,16 @@ async def ensure_streams(js: Any, prefix: str, partitions: int, replicas: int, s
             diffs.append(f"max message size {c.max_msg_size} (asked {max_msg_size})")
         if diffs:
             raise StreamMismatchError(f"stream {name} exists with other settings: {', '.join(diffs)}")
+
+
+async def _stream_info(js: Any, name: str) -> Any:
+    """The stream's info, or None when it does not exist."""
+    import nats.js.errors
+
+    try:
+        return await js.stream_info(name)
+    except nats.js.errors.NotFoundError:
+        return None
 
 
 async def stream_partitions(js: Any, prefix: str) -> int | None:

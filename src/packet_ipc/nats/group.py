@@ -25,7 +25,7 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from .common import NatsError, stream_name
+from .common import NatsError, retry_setup, stream_name
 
 if TYPE_CHECKING:
     from .subscriber import Subscriber
@@ -49,12 +49,16 @@ class GroupMember:
     async def _buckets(self) -> None:
         import nats.js.errors
 
+        # Each step rides out a cluster that does not answer yet (retry_setup): creating a replicated bucket can
+        # take longer than one request's timeout on a loaded machine, and creating it again is harmless.
+        what = f"the group's key-value buckets {self.bucket}"
         try:
-            info = await self.js.stream_info(stream_name(self.sub.stream, 0))
+            info = await retry_setup(what, lambda: self.js.stream_info(stream_name(self.sub.stream, 0)))
             replicas = info.config.num_replicas or 1
-            self.leases = await self.js.create_key_value(bucket=self.bucket, ttl=self.sub.lease, history=1,
-                                                         replicas=replicas)
-            self.state = await self.js.create_key_value(bucket=self.bucket + "-done", history=1, replicas=replicas)
+            self.leases = await retry_setup(what, lambda: self.js.create_key_value(
+                bucket=self.bucket, ttl=self.sub.lease, history=1, replicas=replicas))
+            self.state = await retry_setup(what, lambda: self.js.create_key_value(
+                bucket=self.bucket + "-done", history=1, replicas=replicas))
         except nats.js.errors.Error as e:
             raise NatsError(f"cannot open the group's key-value buckets {self.bucket}: {e}") from None
 
