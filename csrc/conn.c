@@ -144,6 +144,34 @@ static int conn_lock(pipc_conn *c, uint64_t deadline)
 static long conn_send_locked(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline,
                              int checked, size_t *written_out);
 
+/* Under PIPC_OVERFLOW_DROP, the rest of a send did not fit: counted as dropped (ring and connection), and now and
+ * then a look whether the client is still there. 0, or the connection's failure. */
+static int conn_drop_rest(pipc_conn *c, uint64_t packets, uint64_t bytes)
+{
+    pipc_ring_count_drop(&c->ring, packets, bytes);
+    count(&c->stats.dropped_packets, packets);
+    count(&c->stats.dropped_bytes, bytes);
+    uint64_t now = pipc_now_ns();
+    if (now - c->last_alive_check_ns > ALIVE_CHECK_NS) {
+        c->last_alive_check_ns = now;
+        if (pipc_peer_gone(c->sock))
+            return conn_fail(c, -ECONNRESET);
+    }
+    return 0;
+}
+
+/* Under PIPC_OVERFLOW_BLOCK, waits for room for the next packet (one descriptor, `bytes`). 0, -ETIMEDOUT (with
+ * its message), -EINTR / -EPIPE, or the connection's failure. */
+static int conn_wait_room(pipc_conn *c, uint64_t bytes, uint64_t deadline)
+{
+    int err = conn_wait_space(c, 1, bytes, deadline);
+    if (err == -ETIMEDOUT)
+        pipc_set_error("ring full: no space within the timeout");
+    else if (err && err != -EINTR && err != -EPIPE)
+        err = conn_fail(c, err);
+    return err;
+}
+
 long pipc_conn_send(pipc_conn *c, const struct pipc_packet *pk, size_t n, int timeout_ms)
 {
     uint64_t deadline = pipc_deadline(timeout_ms);
@@ -202,23 +230,10 @@ static long conn_send_locked(pipc_conn *c, const struct pipc_packet *pk, size_t 
             uint64_t dropped_bytes = 0;
             for (j = i; j < n; j++)
                 dropped_bytes += pk[j].caplen;
-            pipc_ring_count_drop(&c->ring, n - i, dropped_bytes);
-            count(&c->stats.dropped_packets, n - i);
-            count(&c->stats.dropped_bytes, dropped_bytes);
-            uint64_t now = pipc_now_ns();
-            if (now - c->last_alive_check_ns > ALIVE_CHECK_NS) {
-                c->last_alive_check_ns = now;
-                if (pipc_peer_gone(c->sock))
-                    err = conn_fail(c, -ECONNRESET);
-            }
+            err = conn_drop_rest(c, n - i, dropped_bytes);
             break;
         }
-        err = conn_wait_space(c, 1, pk[i].caplen, deadline);
-        if (err == -ETIMEDOUT)
-            pipc_set_error("ring full: no space within the timeout");
-        else if (err && err != -EINTR && err != -EPIPE)
-            err = conn_fail(c, err);
-        if (err)
+        if ((err = conn_wait_room(c, pk[i].caplen, deadline)))
             break;
     }
     *written_out = written;
@@ -228,8 +243,9 @@ static long conn_send_locked(pipc_conn *c, const struct pipc_packet *pk, size_t 
 /* ---------------- columnar send ---------------- */
 
 /* The checks pipc_ring_check_packets makes, over columns: one branch-free pass (it vectorises), and the
- * per-packet pass only to name the first bad packet. 0 or -EINVAL / -EMSGSIZE. */
-static int check_columns(const pipc_conn *c, const struct pipc_columns *k, size_t n, uint64_t *total)
+ * per-packet pass only to name the first bad packet ("packet 3 has ...", or for a commit "reserved packet 3:
+ * has ..."). *total: the packets' bytes. 0 or -EINVAL / -EMSGSIZE. */
+static int check_columns(const pipc_conn *c, const struct pipc_columns *k, size_t n, uint64_t *total, int reserved)
 {
     uint32_t largest = 0, wide = 0;
     uint64_t sum = 0;
@@ -249,7 +265,8 @@ static int check_columns(const pipc_conn *c, const struct pipc_columns *k, size_
         if (err < 0) {
             char why[256];
             snprintf(why, sizeof(why), "%s", pipc_last_error());
-            pipc_set_error("packet %zu%s", i, why + (strncmp(why, "packet 0", 8) ? 0 : 8));
+            pipc_set_error(reserved ? "reserved packet %zu: %s" : "packet %zu %s", i,
+                           why + (strncmp(why, "packet 0 ", 9) ? 0 : 9));
             return err;
         }
     }
@@ -261,7 +278,7 @@ static long conn_send_columns_locked(pipc_conn *c, const struct pipc_columns *k,
 {
     uint64_t total;
     int err = conn_check(c);
-    if (err || (err = check_columns(c, k, n, &total)) < 0)
+    if (err || (err = check_columns(c, k, n, &total, 0)) < 0)
         return err;
     size_t i = 0;
     uint64_t off = 0; /* where packet i's bytes start in k->data */
@@ -294,23 +311,10 @@ static long conn_send_columns_locked(pipc_conn *c, const struct pipc_columns *k,
             uint64_t dropped_bytes = 0;
             for (j = i; j < n; j++)
                 dropped_bytes += k->caplen[j];
-            pipc_ring_count_drop(&c->ring, n - i, dropped_bytes);
-            count(&c->stats.dropped_packets, n - i);
-            count(&c->stats.dropped_bytes, dropped_bytes);
-            uint64_t now = pipc_now_ns();
-            if (now - c->last_alive_check_ns > ALIVE_CHECK_NS) {
-                c->last_alive_check_ns = now;
-                if (pipc_peer_gone(c->sock))
-                    err = conn_fail(c, -ECONNRESET);
-            }
+            err = conn_drop_rest(c, n - i, dropped_bytes);
             break;
         }
-        err = conn_wait_space(c, 1, k->caplen[i], deadline);
-        if (err == -ETIMEDOUT)
-            pipc_set_error("ring full: no space within the timeout");
-        else if (err && err != -EINTR && err != -EPIPE)
-            err = conn_fail(c, err);
-        if (err)
+        if ((err = conn_wait_room(c, k->caplen[i], deadline)))
             break;
     }
     *written_out = i;
@@ -433,24 +437,11 @@ long pipc_conn_commit(pipc_conn *c, size_t n)
         goto out;
     }
     /* Checked as a send checks its packets; the reservation stays open when they fail (fix, or commit 0). */
-    uint64_t limit = pipc_ring_max_packet_bytes(c->ring.payload_bytes, c->snaplen), bytes = 0;
-    uint32_t largest = 0, wide = 0;
-    for (size_t i = 0; i < n; i++) { /* branch-free: vectorises */
-        bytes += caplen[i];
-        largest = caplen[i] > largest ? caplen[i] : largest;
-        wide |= (linktype[i] > 0xffff) & (linktype[i] != PIPC_LINKTYPE_DEFAULT);
-    }
-    if (wide || largest > limit || bytes > c->res_bytes) {
-        struct pipc_packet p;
-        for (size_t i = 0; i < n; i++) {
-            p = (struct pipc_packet){.caplen = caplen[i], .linktype = linktype[i]};
-            if ((r = pipc_ring_check_packets(&p, 1, c->ring.payload_bytes, c->snaplen)) < 0) {
-                char why[256];
-                snprintf(why, sizeof(why), "%s", pipc_last_error());
-                pipc_set_error("reserved packet %zu: %s", i, why + (strncmp(why, "packet 0 ", 9) ? 0 : 9));
-                goto out;
-            }
-        }
+    const struct pipc_columns k = {.struct_bytes = sizeof(k), .ts_ns = ts, .caplen = caplen, .linktype = linktype};
+    uint64_t bytes;
+    if ((r = check_columns(c, &k, n, &bytes, 1)) < 0)
+        goto out;
+    if (bytes > c->res_bytes) {
         pipc_set_error("the %zu packets hold %llu bytes, the reservation %llu", n, (unsigned long long)bytes,
                        (unsigned long long)c->res_bytes);
         r = -EMSGSIZE;

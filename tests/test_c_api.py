@@ -254,13 +254,15 @@ def test_polling_c_consumer_sleeps_while_the_server_is_idle(examples):
 
 # ---------------------------------------------------------------- C producer -> Python client
 
-@pytest.mark.parametrize("capacity", [1 << 16, 1 << 22])
-def test_python_client_receives_what_the_c_producer_sent(examples, capacity):
-    sizes = [0, 1, 60, 64, 1518, 9000, 333]
-    count = 2000
+SIZES = [0, 1, 60, 64, 1518, 9000, 333]
+
+
+def receive_from_c_producer(examples, count: int, capacity: int, *args: str, batch: int = 300) -> tuple[list, str]:
+    """Runs examples/c/producer.c (SIZES, batches of 100, extra ``args``) into a Python client; returns what the
+    client received as (timestamp, orig_len, bytes) and the producer's summary line."""
     producer = subprocess.Popen(
-        [str(examples["producer"]), "--count", str(count), "--sizes", ",".join(map(str, sizes)),
-         "--capacity", str(capacity), "--batch", "100", "--timeout", "30000"],
+        [str(examples["producer"]), "--count", str(count), "--sizes", ",".join(map(str, SIZES)),
+         "--capacity", str(capacity), "--batch", "100", "--timeout", "30000", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -269,47 +271,33 @@ def test_python_client_receives_what_the_c_producer_sent(examples, capacity):
         received = []
         with pipc.Client(name, timeout=30) as client:
             assert client.linktype == 1
-            while (batch := client.receive_batch(300, timeout=30)) is not None:
-                with batch:
-                    received.extend((p.timestamp, p.orig_len, p.tobytes()) for p in batch)
+            while (got := client.receive_batch(batch, timeout=30)) is not None:
+                with got:
+                    received.extend((p.timestamp, p.orig_len, p.tobytes()) for p in got)
         out, err = producer.communicate(timeout=TIMEOUT)
     finally:
         if producer.poll() is None:
             producer.kill()
             producer.wait()
     assert producer.returncode == 0, err
-    assert received == list(producer_packets(count, sizes))  # byte for byte, in order
-    assert summary(out.splitlines()[-1]) == checksum(received)
+    return received, out.splitlines()[-1]
+
+
+@pytest.mark.parametrize("capacity", [1 << 16, 1 << 22])
+def test_python_client_receives_what_the_c_producer_sent(examples, capacity):
+    received, line = receive_from_c_producer(examples, 2000, capacity)
+    assert received == list(producer_packets(2000, SIZES))  # byte for byte, in order
+    assert summary(line) == checksum(received)
 
 
 def test_the_c_producer_sending_a_prebuilt_pool_as_columns(examples):
     """producer --pool 3: three batches built once (columns, payloads back to back) and sent again and again with
     pipc_conn_send_columns into a ring smaller than one cycle: packet i is packet i % 300 of the documented
     list, byte for byte and in order, and the producer's checksum is the client's."""
-    sizes = [0, 1, 60, 64, 1518, 9000, 333]
-    count = 1000
-    producer = subprocess.Popen(
-        [str(examples["producer"]), "--count", str(count), "--sizes", ",".join(map(str, sizes)),
-         "--capacity", str(1 << 16), "--batch", "100", "--pool", "3", "--timeout", "30000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        name = producer.stdout.readline().strip()
-        assert name, producer.stderr.read()
-        received = []
-        with pipc.Client(name, timeout=30) as client:
-            while (batch := client.receive_batch(128, timeout=30)) is not None:
-                with batch:
-                    received.extend((p.timestamp, p.orig_len, p.tobytes()) for p in batch)
-        out, err = producer.communicate(timeout=TIMEOUT)
-    finally:
-        if producer.poll() is None:
-            producer.kill()
-            producer.wait()
-    assert producer.returncode == 0, err
-    pool = list(producer_packets(300, sizes))
-    assert received == [pool[i % 300] for i in range(count)]
-    assert summary(out.splitlines()[-1]) == checksum(received)
+    received, line = receive_from_c_producer(examples, 1000, 1 << 16, "--pool", "3", batch=128)
+    pool = list(producer_packets(300, SIZES))
+    assert received == [pool[i % 300] for i in range(1000)]
+    assert summary(line) == checksum(received)
 
 
 # ---------------------------------------------------------------- the header and the library

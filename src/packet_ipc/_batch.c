@@ -85,18 +85,24 @@ static int column_getbuffer(ColumnObject *self, Py_buffer *view, int flags)
         view->obj = NULL;
         return -1;
     }
-    view->buf = self->ptr;
-    view->len = self->count * self->itemsize;
-    view->readonly = 1;
-    view->itemsize = self->itemsize;
-    view->format = (flags & PyBUF_FORMAT) ? self->format : NULL;
+    fill_typed_buffer(view, (PyObject *)self, flags, self->ptr, &self->count, &self->itemsize, self->format, 1);
+    return 0;
+}
+
+void fill_typed_buffer(Py_buffer *view, PyObject *exporter, int flags, void *buf, Py_ssize_t *count,
+                       Py_ssize_t *itemsize, char *format, int readonly)
+{
+    view->buf = buf;
+    view->len = *count * *itemsize;
+    view->readonly = readonly;
+    view->itemsize = *itemsize;
+    view->format = (flags & PyBUF_FORMAT) ? format : NULL;
     view->ndim = 1;
-    view->shape = (flags & PyBUF_ND) ? &self->count : NULL;
-    view->strides = (flags & PyBUF_STRIDES) ? &self->itemsize : NULL;
+    view->shape = (flags & PyBUF_ND) ? count : NULL;
+    view->strides = (flags & PyBUF_STRIDES) ? itemsize : NULL;
     view->suboffsets = NULL;
     view->internal = NULL;
-    view->obj = Py_NewRef((PyObject *)self);
-    return 0;
+    view->obj = Py_NewRef(exporter);
 }
 
 static void column_dealloc(ColumnObject *self)

@@ -129,6 +129,11 @@ struct pipc_packet *batch_to_packets(BatchObject *b, const uint32_t *idx, Py_ssi
 int indices_from(PyObject *sel, Py_buffer *view, const uint32_t **idx, Py_ssize_t *n);
 extern PyType_Spec batch_spec;
 extern PyType_Spec column_spec;
+/* A one-dimensional buffer of *count items of *itemsize bytes (struct format `format`) at buf, exported by
+ * `exporter` (referenced by the view); shape and strides point at *count and *itemsize, which must live as long
+ * as the exporter. Used by the batch's columns and the reservation's regions. */
+void fill_typed_buffer(Py_buffer *view, PyObject *exporter, int flags, void *buf, Py_ssize_t *count,
+                       Py_ssize_t *itemsize, char *format, int readonly);
 
 /* _server.c */
 /* A thread leaves a Connection it used without the GIL; the last one out performs a close asked meanwhile. */

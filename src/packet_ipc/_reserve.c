@@ -26,17 +26,7 @@ static int region_getbuffer(RegionObject *self, Py_buffer *view, int flags)
         view->obj = NULL;
         return -1;
     }
-    view->buf = self->ptr;
-    view->len = self->count * self->itemsize;
-    view->readonly = 0;
-    view->itemsize = self->itemsize;
-    view->format = (flags & PyBUF_FORMAT) ? self->format : NULL;
-    view->ndim = 1;
-    view->shape = (flags & PyBUF_ND) ? &self->count : NULL;
-    view->strides = (flags & PyBUF_STRIDES) ? &self->itemsize : NULL;
-    view->suboffsets = NULL;
-    view->internal = NULL;
-    view->obj = Py_NewRef((PyObject *)self);
+    fill_typed_buffer(view, (PyObject *)self, flags, self->ptr, &self->count, &self->itemsize, self->format, 0);
     self->exports++;
     return 0;
 }
