@@ -41,6 +41,8 @@ struct pipc_distributor {
     uint16_t *owner;
     struct pipc_packet *part;
     size_t scratch_n;
+    struct pipc_direct_window *windows; /* pipc_direct_*: one per worker, grown as needed */
+    size_t cap_windows;
 };
 
 struct pipc_server {
@@ -138,6 +140,45 @@ int pipc_lock_until(pthread_mutex_t *m, uint64_t deadline, const char *what);
  * (pipc_ring_check_packets with the same ring size and snaplen), so they are not checked again */
 int pipc_conn_send_until(pipc_conn *c, const struct pipc_packet *pk, size_t n, uint64_t deadline, int checked,
                          size_t *written);
+
+/* conn.c, for distribute.c's direct writes: takes the connection's lock without waiting and reads its free
+ * space (0), or -EBUSY (another thread sends on it, or holds a reservation) / -EPIPE / the sticky error /
+ * -EPROTO without the lock. Between the two calls the holder writes with pipc_ring_put, at most the space
+ * read; pipc_conn_direct_close publishes what was written (waking the client if it sleeps), counts it and
+ * unlocks. */
+int pipc_conn_direct_open(pipc_conn *c, uint64_t *free_slots, uint64_t *free_bytes);
+void pipc_conn_direct_close(pipc_conn *c, size_t packets, uint64_t bytes);
+
+/* distribute.c: a server-level send written packet by packet straight into the workers' rings, for the live
+ * capture (capture.c), which copies each packet once, from libpcap's ring into a worker's ring, while libpcap's
+ * pointer is still valid. One pass: pipc_direct_begin (takes the distributor's lock and each worker's, with
+ * no wait: a pass that cannot have them all is off, and its packets are staged), pipc_direct_put per packet,
+ * pipc_direct_end (publishes each ring once, wakes sleeping workers, unlocks). A packet that put refuses (its
+ * worker's ring has no room left in this pass, or it breaks the size rules) goes to the caller's staging, which
+ * is sent afterwards through pipc_server_send_some; so do the same worker's later packets of the pass, which
+ * must not overtake it: each flow keeps its order. Flow distribution and round robin (one worker per pass);
+ * broadcast always stages. */
+struct pipc_direct_window {
+    pipc_conn *conn;
+    uint64_t slots, bytes; /* room left in this pass */
+    size_t packets;        /* written in this pass, and their bytes */
+    uint64_t written;
+    int open;   /* takes packets: locked, and has refused none in this pass */
+    int locked; /* pipc_conn_direct_open succeeded: closed by pipc_direct_end */
+};
+struct pipc_direct {
+    struct pipc_distributor *d;
+    int on;          /* the pass is open (begin succeeded) */
+    int flow;        /* by flow; otherwise every packet to workers[target] */
+    size_t target, n_windows;
+    uint32_t default_linktype;
+    uint64_t max_caplen; /* pipc_ring_max_packet_bytes of the workers' rings */
+    uint64_t packets, bytes; /* written by the pass, added by pipc_direct_end */
+};
+void pipc_direct_begin(pipc_server *s, struct pipc_direct *dw);
+/* 1: written into its worker's ring; 0: refused (the caller stages it). */
+int pipc_direct_put(struct pipc_direct *dw, const struct pipc_packet *pk);
+void pipc_direct_end(struct pipc_direct *dw);
 
 /* distribute.c, for server.c and conn.c */
 int pipc_dist_init(struct pipc_distributor *d, int policy);

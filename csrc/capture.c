@@ -3,7 +3,9 @@
  *
  * libpcap does the capturing (TPACKET_V3 rings, every link type, BPF); this file opens one pcap_t per
  * interface in non-blocking mode, polls their selectable fds together, and copies each packet once, from
- * libpcap's ring into the caller's buffer, with no allocation per packet. libpcap is loaded with dlopen so
+ * libpcap's ring into the caller's buffer, with no allocation per packet. Under pipc_capture_run that one
+ * copy goes straight into the packet's worker's ring (pipc_direct_*, distribute.c), from libpcap's callback
+ * while its pointer is valid; only what a worker's ring cannot take at once is staged in the buffer. libpcap is loaded with dlopen so
  * the package builds without its headers; the few types and prototypes used are declared here (they are
  * part of libpcap's stable ABI).
  */
@@ -21,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "capi_internal.h" /* pipc_direct_*: the one-copy path of pipc_capture_run */
 #include "capture_internal.h"
 #include "handshake.h" /* pipc_set_error */
 #include "packet_ipc.h"
@@ -161,6 +164,8 @@ struct sink {
     uint8_t *buf;
     size_t used, bytes;
     int nomem;
+    struct pipc_direct *direct; /* pipc_capture_run: the pass open on the server's workers, or NULL */
+    size_t n_direct;            /* packets written straight into the workers' rings (not in out[]) */
 };
 
 static int push_carry(pipc_capture *c, const struct pipc_packet *pk, const uint8_t *data)
@@ -200,6 +205,13 @@ static void on_packet(unsigned char *user, const struct pcap_pkthdr *h, const un
     struct pipc_packet pk = {(uint64_t)h->ts.tv_sec * 1000000000u + frac, h->caplen, h->len, ifc->linktype,
                              ifc->ifindex, NULL, 0};
     ifc->captured++;
+    if (s->direct && s->direct->on && s->cap->n_carry == 0) {
+        pk.data = bytes;
+        if (pipc_direct_put(s->direct, &pk)) {
+            s->n_direct++;
+            return;
+        }
+    }
     /* Once one packet is carried, the ones after it are carried too, so that a later packet small enough for the
      * space left never overtakes it: packets are returned in the order they came. */
     if (s->cap->n_carry == 0 && s->n < s->max && h->caplen <= s->bytes - s->used) {
@@ -415,10 +427,10 @@ static void take_carry(pipc_capture *c, struct sink *s)
 /* One non-blocking pass over every interface. Returns 0 or a negative code. */
 static int read_pass(pipc_capture *c, struct sink *s)
 {
-    for (size_t k = 0; k < c->n && s->n < s->max && s->used < s->bytes; k++) {
+    for (size_t k = 0; k < c->n && s->n + s->n_direct < s->max && s->used < s->bytes; k++) {
         size_t i = (c->next_if + k) % c->n;
         s->ifc = &c->ifs[i];
-        int want = (int)(s->max - s->n);
+        int want = (int)(s->max - s->n - s->n_direct);
         pthread_mutex_lock(&c->lock);
         int got = pc.dispatch(c->ifs[i].p, want, on_packet, (unsigned char *)s);
         pthread_mutex_unlock(&c->lock);
@@ -442,15 +454,12 @@ static int64_t now_ms(void)
     return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-long pipc_capture_next(pipc_capture *c, struct pipc_packet *out, size_t max, uint8_t *buf, size_t buf_bytes,
-                       int timeout_ms)
+/* pipc_capture_next, and with a server pipc_capture_next_direct (capture_internal.h). Returns the packets in
+ * out[] (0 is possible when every packet went straight to a worker), or a negative code. */
+static long capture_next(pipc_capture *c, struct pipc_packet *out, size_t max, uint8_t *buf, size_t buf_bytes,
+                         int timeout_ms, pipc_server *server, struct pipc_direct *direct)
 {
-    if (!c || !out || !buf || max == 0 || buf_bytes < c->snaplen) {
-        pipc_set_error("pipc_capture_next: need max > 0 and a buffer of at least snaplen (%u) bytes",
-                       c ? c->snaplen : 0);
-        return -EINVAL;
-    }
-    struct sink s = {c, NULL, out, 0, max, buf, 0, buf_bytes, 0};
+    struct sink s = {c, NULL, out, 0, max, buf, 0, buf_bytes, 0, NULL, 0};
     int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
     struct pollfd fds[c->n + 1];
     for (size_t i = 0; i < c->n; i++)
@@ -459,12 +468,20 @@ long pipc_capture_next(pipc_capture *c, struct pipc_packet *out, size_t max, uin
     int64_t linger_end = -1; /* set once the first packets are in: how long to wait for more */
     for (;;) {
         take_carry(c, &s);
+        /* Straight into the rings while nothing is staged: a staged packet (carried over, or refused by its
+         * worker's ring) goes out after this call returns, so no packet of a later pass may overtake it. */
+        s.direct = server && s.n == 0 && c->n_carry == 0 ? direct : NULL;
+        if (s.direct)
+            pipc_direct_begin(server, s.direct);
         int rc = read_pass(c, &s);
+        if (s.direct)
+            pipc_direct_end(s.direct); /* published, workers woken */
+        size_t got = s.n + s.n_direct;
         if (rc < 0)
-            return s.n ? (long)s.n : rc;
+            return got ? (long)s.n : rc;
         int64_t now = now_ms();
-        if (s.n) {
-            if (s.n == s.max || s.used + c->snaplen > s.bytes || c->linger_ms == 0)
+        if (got) {
+            if (got == s.max || s.used + c->snaplen > s.bytes || c->linger_ms == 0)
                 return (long)s.n;
             if (linger_end < 0)
                 linger_end = now + c->linger_ms;
@@ -472,7 +489,7 @@ long pipc_capture_next(pipc_capture *c, struct pipc_packet *out, size_t max, uin
                 return (long)s.n;
         }
         int wait = -1;
-        if (s.n) {
+        if (got) {
             wait = (int)(linger_end - now);
         } else if (deadline >= 0) {
             int64_t left = deadline - now;
@@ -484,19 +501,19 @@ long pipc_capture_next(pipc_capture *c, struct pipc_packet *out, size_t max, uin
         }
         int r = poll(fds, c->n + 1, wait);
         if (r < 0 && errno == EINTR) {
-            if (s.n)
+            if (s.n + s.n_direct)
                 return (long)s.n; /* the caller sees the signal on return */
             pipc_set_error("interrupted by a signal");
             return -EINTR;
         }
         if (r < 0) {
-            if (s.n)
+            if (s.n + s.n_direct)
                 return (long)s.n;
             pipc_set_error("poll: %s", strerror(errno));
             return -errno;
         }
         if (fds[c->n].revents & POLLIN) {
-            if (s.n)
+            if (s.n + s.n_direct)
                 return (long)s.n; /* the break stays pending: the next call returns -EINTR */
             uint64_t v;
             if (read(c->wake_fd, &v, sizeof v) > 0) /* consumed: one break per call */
@@ -506,12 +523,34 @@ long pipc_capture_next(pipc_capture *c, struct pipc_packet *out, size_t max, uin
         }
         for (size_t i = 0; i < c->n; i++)
             if (fds[i].revents & (POLLERR | POLLNVAL)) {
-                if (s.n)
+                if (s.n + s.n_direct)
                     return (long)s.n;
                 pipc_set_error("capture on '%s' failed: the interface went away or failed", c->ifs[i].name);
                 return -ENETDOWN;
             }
     }
+}
+
+long pipc_capture_next(pipc_capture *c, struct pipc_packet *out, size_t max, uint8_t *buf, size_t buf_bytes,
+                       int timeout_ms)
+{
+    if (!c || !out || !buf || max == 0 || buf_bytes < c->snaplen) {
+        pipc_set_error("pipc_capture_next: need max > 0 and a buffer of at least snaplen (%u) bytes",
+                       c ? c->snaplen : 0);
+        return -EINVAL;
+    }
+    return capture_next(c, out, max, buf, buf_bytes, timeout_ms, NULL, NULL);
+}
+
+long pipc_capture_next_direct(pipc_capture *c, pipc_server *server, struct pipc_packet *out, size_t max,
+                              uint8_t *buf, size_t buf_bytes, int timeout_ms, uint64_t *direct_packets,
+                              uint64_t *direct_bytes)
+{
+    struct pipc_direct dw = {0};
+    long n = capture_next(c, out, max, buf, buf_bytes, timeout_ms, server, &dw);
+    *direct_packets = dw.packets;
+    *direct_bytes = dw.bytes;
+    return n;
 }
 
 long pipc_capture_next_columns(pipc_capture *c, size_t max, uint64_t *ts_ns, uint32_t *caplen, uint32_t *origlen,

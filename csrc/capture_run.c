@@ -1,20 +1,22 @@
 /*
  * capture_run.c - pipc_capture_run: the capture loop in C, from libpcap straight into a server's workers.
  *
- * Each turn reads one batch with pipc_capture_next (poll over the interfaces and the break eventfd, then
- * pcap_dispatch, each packet copied once into a staging buffer) and hands it at once to
- * pipc_server_send_some, which copies each packet into its worker's ring. No allocation per batch, no
- * per-packet call into the caller.
+ * Each turn reads one batch with pipc_capture_next_direct: poll over the interfaces and the break eventfd,
+ * then pcap_dispatch, whose callback hashes each packet and copies it once, from libpcap's ring straight into
+ * its worker's ring (distribute.c, pipc_direct_*); each ring is published once per pass, and a sleeping
+ * worker woken once. No allocation per batch, no per-packet call into the caller.
  *
- * Why a staging copy and not pointers into libpcap's ring: with TPACKET_V3, one pcap_dispatch goes on from
- * block to block and gives each finished block back to the kernel before it returns, so pointers kept from
- * the callback are not valid once it returns (and sending from inside the callback, block boundary unknown,
- * would mean one distribution per packet). The staging buffer is reused for every batch, so it stays warm in
- * the cache; docs/performance.md has the figures.
+ * Why from the callback: with TPACKET_V3, one pcap_dispatch goes on from block to block and gives each
+ * finished block back to the kernel before it returns, so pointers kept from the callback are not valid once
+ * it returns. What a worker's ring cannot take at once (it is full, another thread is sending to it, or the
+ * policy is broadcast) is staged in a buffer instead, with that worker's later packets of the pass, and sent
+ * after the pass with pipc_server_send_some, which waits or drops as the worker's policy says.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "capture_internal.h"
@@ -73,13 +75,9 @@ static long deliver(pipc_server *server, struct pipc_packet *pk, size_t n, uint3
     }
 }
 
-long pipc_capture_run(pipc_capture *cap, pipc_server *server, const struct pipc_capture_run_options *options,
-                      struct pipc_capture_run_result *out)
+static long run(pipc_capture *cap, pipc_server *server, const struct pipc_capture_run_options *options,
+               struct pipc_capture_run_result *out)
 {
-    struct pipc_capture_run_result local;
-    if (!out || out->struct_bytes < sizeof *out)
-        out = &local;
-    *out = (struct pipc_capture_run_result){.struct_bytes = sizeof *out};
     struct pipc_capture_run_options o = {.struct_bytes = sizeof o};
     if (options) {
         if (options->struct_bytes < sizeof o) {
@@ -129,7 +127,10 @@ long pipc_capture_run(pipc_capture *cap, pipc_server *server, const struct pipc_
         size_t want = batch;
         if (o.count && o.count - out->packets < want)
             want = (size_t)(o.count - out->packets);
-        long n = pipc_capture_next(cap, pk, want, buf, buf_bytes, wait);
+        uint64_t direct = 0, direct_bytes = 0;
+        long n = pipc_capture_next_direct(cap, server, pk, want, buf, buf_bytes, wait, &direct, &direct_bytes);
+        out->packets += direct;
+        out->bytes += direct_bytes;
         if (n == -ETIMEDOUT)
             continue; /* the duration is checked above */
         if (n == -EINTR) {
@@ -141,9 +142,15 @@ long pipc_capture_run(pipc_capture *cap, pipc_server *server, const struct pipc_
             rc = n;
             break;
         }
+        if (n == 0) { /* every packet went straight into the workers' rings */
+            out->batches += direct > 0;
+            continue;
+        }
         size_t left = 0;
+        uint64_t before = out->packets;
         long r = deliver(server, pk, (size_t)n, unsent, &out->packets, &out->bytes, &left);
-        if (left < (size_t)n)
+        out->staged += out->packets - before;
+        if (direct || left < (size_t)n)
             out->batches++;
         if (r < 0) {
             out->not_sent += left;
@@ -155,5 +162,18 @@ done:
     free(pk);
     free(unsent);
     free(buf);
+    return rc;
+}
+
+long pipc_capture_run(pipc_capture *cap, pipc_server *server, const struct pipc_capture_run_options *options,
+                      struct pipc_capture_run_result *out)
+{
+    struct pipc_capture_run_result r = {.struct_bytes = sizeof r};
+    long rc = run(cap, server, options, &r);
+    /* A caller built against the first version of the struct (up to not_sent) gets those fields. */
+    if (out && out->struct_bytes >= offsetof(struct pipc_capture_run_result, staged)) {
+        size_t n = out->struct_bytes < sizeof r ? out->struct_bytes : sizeof r, skip = sizeof r.struct_bytes;
+        memcpy((char *)out + skip, (const char *)&r + skip, n - skip);
+    }
     return rc;
 }

@@ -340,6 +340,33 @@ long pipc_conn_send_columns(pipc_conn *c, const struct pipc_columns *k, size_t n
     return err;
 }
 
+/* ---------------- direct writes (distribute.c: the live capture's one copy) ---------------- */
+
+int pipc_conn_direct_open(pipc_conn *c, uint64_t *free_slots, uint64_t *free_bytes)
+{
+    if (pthread_mutex_trylock(&c->lock) != 0)
+        return -EBUSY; /* another thread is sending on it: this pass stages its packets instead */
+    int err = c->reserved ? -EBUSY : sticky_error(&c->error);
+    if (!err && (is_closing(&c->closing) || c->ended))
+        err = -EPIPE;
+    if (!err)
+        err = pipc_ring_space(&c->ring, free_slots, free_bytes); /* -EPROTO: left to the staged path to report */
+    if (err)
+        pthread_mutex_unlock(&c->lock);
+    return err;
+}
+
+void pipc_conn_direct_close(pipc_conn *c, size_t packets, uint64_t bytes)
+{
+    if (packets) {
+        if (pipc_ring_publish(&c->ring))
+            pipc_wake(c->ev_data);
+        count(&c->stats.packets, packets);
+        count(&c->stats.bytes, bytes);
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
 /* ---------------- zero-copy send: reserve, build in place, commit ---------------- */
 
 int pipc_conn_reserve(pipc_conn *c, size_t n_packets, uint64_t n_bytes, int timeout_ms, struct pipc_reservation *res)

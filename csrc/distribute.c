@@ -47,6 +47,7 @@ void pipc_dist_destroy(struct pipc_distributor *d)
     free(d->retry);
     free(d->owner);
     free(d->part);
+    free(d->windows);
     pthread_mutex_destroy(&d->lock);
     pthread_mutex_destroy(&d->set_lock);
     memset(d, 0, sizeof(*d));
@@ -518,4 +519,89 @@ size_t pipc_server_workers(pipc_server *s, uint32_t *indices, size_t max)
         indices[i] = s->dist.workers[i]->index;
     pthread_mutex_unlock(&s->dist.set_lock);
     return n;
+}
+
+/* ---------------- direct writes: the live capture's one copy (capi_internal.h) ---------------- */
+
+void pipc_direct_begin(pipc_server *s, struct pipc_direct *dw)
+{
+    struct pipc_distributor *d = &s->dist;
+    dw->on = 0;
+    dw->n_windows = 0;
+    if (pthread_mutex_trylock(&d->lock) != 0) /* an accept or a send of another thread: stage this pass */
+        return;
+    if (pipc_now_ns() - d->last_check_ns >= PIPC_LIVENESS_CHECK_NS)
+        check_workers(d);
+    size_t nw = d->n_workers;
+    if (nw == 0 || d->policy == PIPC_DISTRIBUTION_BROADCAST) {
+        pthread_mutex_unlock(&d->lock);
+        return;
+    }
+    if (nw > d->cap_windows) {
+        void *m = realloc(d->windows, nw * sizeof(*d->windows));
+        if (!m) {
+            pthread_mutex_unlock(&d->lock);
+            return;
+        }
+        d->windows = m;
+        d->cap_windows = nw;
+    }
+    dw->d = d;
+    dw->flow = d->policy == PIPC_DISTRIBUTION_FLOW && nw > 1;
+    /* round robin: this pass's packets to one worker, the next worker for the next send (as send_round_robin) */
+    dw->target = dw->flow ? 0 : d->policy == PIPC_DISTRIBUTION_ROUND_ROBIN ? (size_t)(d->rr++ % nw) : 0;
+    dw->n_windows = nw;
+    dw->default_linktype = s->opts.linktype;
+    dw->max_caplen = pipc_ring_max_packet_bytes(d->ring_bytes, d->snaplen);
+    for (size_t w = 0; w < nw; w++) {
+        struct pipc_direct_window *win = &d->windows[w];
+        memset(win, 0, sizeof(*win));
+        win->conn = d->workers[w];
+        if (!dw->flow && w != dw->target)
+            continue;
+        if (pipc_conn_direct_open(win->conn, &win->slots, &win->bytes) == 0)
+            win->open = win->locked = 1;
+    }
+    dw->on = 1;
+}
+
+int pipc_direct_put(struct pipc_direct *dw, const struct pipc_packet *pk)
+{
+    struct pipc_distributor *d = dw->d;
+    size_t w = dw->target;
+    if (dw->flow) {
+        uint32_t lt = pk->linktype == PIPC_LINKTYPE_DEFAULT ? dw->default_linktype : pk->linktype;
+        w = d->table[pipc_flow_hash_tracked(lt, pk->data, pk->caplen, &d->frags) & (PIPC_FLOW_BUCKETS - 1)];
+    }
+    struct pipc_direct_window *win = &d->windows[w];
+    if (!win->open)
+        return 0;
+    if (win->slots == 0 || win->bytes < pk->caplen || pk->caplen > dw->max_caplen ||
+        (pk->linktype > 0xffff && pk->linktype != PIPC_LINKTYPE_DEFAULT)) {
+        win->open = 0; /* staged: so are this worker's later packets of the pass, which must not overtake it */
+        return 0;
+    }
+    pipc_ring_put(&win->conn->ring, pk, 1, win->conn->linktype);
+    win->slots--;
+    win->bytes -= pk->caplen;
+    win->packets++;
+    win->written += pk->caplen;
+    return 1;
+}
+
+void pipc_direct_end(struct pipc_direct *dw)
+{
+    if (!dw->on)
+        return;
+    struct pipc_distributor *d = dw->d;
+    for (size_t w = 0; w < dw->n_windows; w++) {
+        struct pipc_direct_window *win = &d->windows[w];
+        if (!win->locked)
+            continue;
+        pipc_conn_direct_close(win->conn, win->packets, win->written);
+        dw->packets += win->packets;
+        dw->bytes += win->written;
+    }
+    pthread_mutex_unlock(&d->lock);
+    dw->on = 0;
 }

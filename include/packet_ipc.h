@@ -449,14 +449,18 @@ struct pipc_capture_run_result {
     uint64_t packets;     /* packets captured and handed to the workers: written (once under broadcast), or
                              dropped and counted by a connection whose policy is drop */
     uint64_t bytes;       /* their captured bytes */
-    uint64_t batches;     /* distributions (pipc_server_send_some calls) that wrote packets */
+    uint64_t batches;     /* reads whose packets were written or dropped (straight, or sent after staging) */
     uint64_t not_sent;    /* packets captured but not written because an error stopped the run */
+    uint64_t staged;      /* of packets, those staged and sent by pipc_server_send_some instead of written
+                             straight from libpcap's ring (a full ring, broadcast); added after not_sent: a
+                             caller whose struct_bytes ends at not_sent gets the fields it knows */
 };
 
 /* Captures from cap into server's workers until options->count packets, options->duration_ms, or
- * pipc_capture_breakloop(): each batch read (as pipc_capture_next, one copy out of libpcap's ring) is
- * distributed at once with pipc_server_send_some, by the server's distribution and each connection's overflow
- * policy (a batch being written is finished, under block, before a stop takes effect); signals do not stop
+ * pipc_capture_breakloop(): each packet is copied once, from libpcap's ring straight into its worker's ring,
+ * by the server's distribution; what a worker's ring cannot take at once is staged and sent after the read with
+ * pipc_server_send_some, by each connection's overflow policy (a batch being written is finished, under block,
+ * before a stop takes effect); signals do not stop
  * it. options may be NULL (no limit). Returns the PIPC_CAPTURE_STOPPED_* reason, or -ECONNRESET (no worker
  * left), -ENETDOWN / -EIO (an interface failed), -EINVAL, -ENOMEM; *out (may be NULL) counts what was done
  * either way. Does not end the stream: call pipc_server_end after. No other thread may read cap meanwhile. */

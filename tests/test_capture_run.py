@@ -189,3 +189,77 @@ def test_live_capture_run_from_python_serves_workers_and_stops_on_breakloop(
             t.join(30)
     assert sorted(got[0] + got[1]) == sorted(sent)
     assert got[0] and got[1]
+
+
+@pytest.mark.parametrize("distribution,overflow,linger_ms", [
+    ("flow", "block", 0), ("flow", "block", 20), ("round_robin", "block", 0), ("broadcast", "block", 0),
+    ("flow", "drop", 0)])
+def test_capture_run_into_small_rings_stages_what_does_not_fit_and_keeps_each_flow_in_order(
+    veth: tuple[str, str, str], tmp_path: Path, distribution: str, overflow: str, linger_ms: int
+) -> None:
+    """Rings of 8 KiB and 16 slots, read by slow workers, fill within most reads: the run writes what fits
+    straight from libpcap's ring and stages the rest (and the same worker's later packets), so both paths
+    carry packets; every frame still arrives once (each worker once under broadcast) and byte-exact, each flow
+    in order, or under "drop" is counted as dropped. With a linger, a read goes on polling once it has packets:
+    nothing of a later pass may overtake what the first staged."""
+    import threading
+    import time
+
+    from packet_ipc import Client, Server
+    from packet_ipc.capture import open_live
+
+    netns, inside, outside = veth
+    count = 3000
+    sent = udp_frames(count)
+    # with a linger, immediate mode: packets come a few at a time, so a read makes many passes (libpcap then
+    # gives each packet a frame of the snaplen: a small one keeps its buffer from filling)
+    with open_live(outside, bpf_filter="udp dst port 7777", immediate=linger_ms > 0, snaplen=2048) as cap, \
+            Server(distribution=distribution, capacity=8192, max_packets=16) as server:  # type: ignore[arg-type]
+        got: list[list[bytes]] = [[], []]
+
+        def worker(k: int, client: Client) -> None:
+            with client:
+                for batch in client:
+                    with batch:
+                        got[k].extend(bytes(p.data) for p in batch)
+                    time.sleep(0.002 if linger_ms else 0.0002)  # slower than the capture: the rings fill
+
+        clients: list[Client] = []
+        connect = threading.Thread(target=lambda: clients.extend(
+            Client(server.name, timeout=10, overflow=overflow) for _ in range(2)))  # type: ignore[arg-type]
+        connect.start()
+        server.wait_for_clients(2, timeout=10)
+        connect.join()
+        threads = [threading.Thread(target=worker, args=(k, c)) for k, c in enumerate(clients)]
+        for t in threads:
+            t.start()
+        blob = tmp_path / "frames.bin"
+        blob.write_bytes(b"".join(len(f).to_bytes(4, "little") + f for f in sent))
+        sender = subprocess.run(["ip", "netns", "exec", netns, sys.executable, str(SENDER), inside,
+                                 str(blob)], capture_output=True, text=True, timeout=60)
+        assert sender.returncode == 0, sender.stderr
+        done = cap.run(server, count=count, duration=60, linger_ms=linger_ms)  # the duration: not to hang
+        dropped = sum(c.stats().dropped_packets for c in server.connections)
+        server.send(None)
+        for t in threads:
+            t.join(60)
+        assert cap.interface_stats()[0].dropped == 0, cap.interface_stats()
+    assert (done.packets, done.stopped) == (count, "count") and done.bytes == sum(len(f) for f in sent)
+    if distribution == "broadcast":  # every worker gets every frame: nothing can be written straight
+        assert done.staged == count
+        assert got[0] == sent and got[1] == sent
+        return
+    assert 0 < done.staged < count, done  # both paths carried packets
+    received = got[0] + got[1]
+    if overflow == "drop":
+        assert dropped > 0 and len(received) + dropped == count
+        assert set(received) <= set(sent)
+    else:
+        assert dropped == 0 and sorted(received) == sorted(sent)
+    assert got[0] and got[1]
+    for frames in got:  # each worker gets its packets in the order they were sent (so each flow is in order)
+        numbers = [int.from_bytes(f[42:46], "big") for f in frames]
+        assert numbers == sorted(numbers)
+    if distribution == "flow":
+        flows_of = [{struct.unpack_from("!H", f, 34)[0] for f in frames} for frames in got]
+        assert not flows_of[0] & flows_of[1]

@@ -74,13 +74,16 @@ class InterfaceStats:
 @dataclass(frozen=True)
 class CaptureRun:
     """What :meth:`LiveCapture.run` did: packets and bytes captured and handed to the workers (written, or
-    dropped and counted by a worker whose overflow policy is ``"drop"``), distributions (``batches``), and why
-    it stopped: ``"count"``, ``"duration"`` or ``"break"``."""
+    dropped and counted by a worker whose overflow policy is ``"drop"``), reads that handed over packets
+    (``batches``), why it stopped (``"count"``, ``"duration"`` or ``"break"``), and of ``packets`` those that
+    were ``staged``: copied into a buffer and sent after the read, because their worker's ring could not take
+    them at once (or the distribution is broadcast), instead of written straight from libpcap's ring."""
 
     packets: int
     bytes: int
     batches: int
     stopped: str
+    staged: int = 0
 
 
 _STOPPED = {1: "count", 2: "duration", 3: "break"}
@@ -103,6 +106,7 @@ class _RunResult(ctypes.Structure):
         ("bytes", ctypes.c_uint64),
         ("batches", ctypes.c_uint64),
         ("not_sent", ctypes.c_uint64),
+        ("staged", ctypes.c_uint64),
     ]
 
 
@@ -295,8 +299,9 @@ class LiveCapture:
     def run(self, server: Server, *, count: int | None = None, duration: float | None = None,
             batch: int = 4096, linger_ms: int = 0) -> CaptureRun:
         """Captures straight into ``server``'s workers, the whole loop in C (``pipc_capture_run``) with the
-        GIL released: each batch libpcap delivers is distributed at once by the server's distribution and
-        each worker's overflow policy, with no Python per packet or per batch. Runs until ``count`` packets,
+        GIL released: each packet is copied once, from libpcap's ring into its worker's ring, by the server's
+        distribution (what a full ring cannot take at once is staged and sent by the worker's overflow
+        policy), with no Python per packet or per batch. Runs until ``count`` packets,
         ``duration`` seconds, or :meth:`breakloop` (from another thread or a signal handler; the main thread
         cannot run its signal handlers while it is in here, so call this from another thread when signals
         must stop it). ``linger_ms`` replaces the capture's own during the run: once a read has packets, how
@@ -323,7 +328,8 @@ class LiveCapture:
             if isinstance(exc, ConnectionLostError):
                 exc.sent = int(res.packets)
             raise exc
-        return CaptureRun(int(res.packets), int(res.bytes), int(res.batches), _STOPPED.get(rc, str(rc)))
+        return CaptureRun(int(res.packets), int(res.bytes), int(res.batches), _STOPPED.get(rc, str(rc)),
+                          int(res.staged))
 
     def stats(self) -> CaptureStats:
         """Kernel counters summed over the interfaces (received, dropped by the kernel, by the interface)."""

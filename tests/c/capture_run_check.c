@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
@@ -83,6 +84,7 @@ int main(int argc, char **argv)
     long why = pipc_capture_run(cap, server, &ro, &res);
     CHECK(why == PIPC_CAPTURE_STOPPED_COUNT);
     CHECK(res.packets == count && res.not_sent == 0 && res.batches >= 1 && res.bytes >= 60 * count);
+    CHECK(res.staged <= res.packets);
     uint64_t packets = res.packets, bytes = res.bytes;
 
     /* 2. pipc_capture_breakloop from another thread */
@@ -104,9 +106,13 @@ int main(int argc, char **argv)
     CHECK(why == PIPC_CAPTURE_STOPPED_BREAK);
     packets += res.packets;
 
-    /* a duration alone */
+    /* a duration alone, into the result struct as first published (it ended at not_sent): those fields are
+     * set, nothing after them is written */
     struct pipc_capture_run_options dur = {.struct_bytes = sizeof dur, .duration_ms = 100};
+    res = (struct pipc_capture_run_result){.struct_bytes = offsetof(struct pipc_capture_run_result, staged),
+                                           .batches = 99, .staged = 12345};
     CHECK(pipc_capture_run(cap, server, &dur, &res) == PIPC_CAPTURE_STOPPED_DURATION);
+    CHECK(res.batches == 0 && res.staged == 12345);
     packets += res.packets;
 
     CHECK(pipc_server_end(server) == 0);
