@@ -548,8 +548,8 @@ void pipc_direct_begin(pipc_server *s, struct pipc_direct *dw)
     }
     dw->d = d;
     dw->flow = d->policy == PIPC_DISTRIBUTION_FLOW && nw > 1;
-    /* round robin: this pass's packets to one worker, the next worker for the next send (as send_round_robin) */
-    dw->target = dw->flow ? 0 : d->policy == PIPC_DISTRIBUTION_ROUND_ROBIN ? (size_t)(d->rr++ % nw) : 0;
+    /* round robin: this pass's packets to one worker; the next worker's turn comes once it wrote (end) */
+    dw->target = dw->flow ? 0 : d->policy == PIPC_DISTRIBUTION_ROUND_ROBIN ? (size_t)(d->rr % nw) : 0;
     dw->n_windows = nw;
     dw->default_linktype = s->opts.linktype;
     dw->max_caplen = pipc_ring_max_packet_bytes(d->ring_bytes, d->snaplen);
@@ -601,6 +601,8 @@ void pipc_direct_end(struct pipc_direct *dw)
         pipc_conn_direct_close(win->conn, win->packets, win->written);
         dw->packets += win->packets;
         dw->bytes += win->written;
+        if (win->packets && d->policy == PIPC_DISTRIBUTION_ROUND_ROBIN)
+            d->rr++;
     }
     pthread_mutex_unlock(&d->lock);
     dw->on = 0;

@@ -19,6 +19,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,17 +192,14 @@ def test_live_capture_run_from_python_serves_workers_and_stops_on_breakloop(
     assert got[0] and got[1]
 
 
-@pytest.mark.parametrize("distribution,overflow,linger_ms", [
-    ("flow", "block", 0), ("flow", "block", 20), ("round_robin", "block", 0), ("broadcast", "block", 0),
-    ("flow", "drop", 0)])
-def test_capture_run_into_small_rings_stages_what_does_not_fit_and_keeps_each_flow_in_order(
-    veth: tuple[str, str, str], tmp_path: Path, distribution: str, overflow: str, linger_ms: int
-) -> None:
-    """Rings of 8 KiB and 16 slots, read by slow workers, fill within most reads: the run writes what fits
-    straight from libpcap's ring and stages the rest (and the same worker's later packets), so both paths
-    carry packets; every frame still arrives once (each worker once under broadcast) and byte-exact, each flow
-    in order, or under "drop" is counted as dropped. With a linger, a read goes on polling once it has packets:
-    nothing of a later pass may overtake what the first staged."""
+def capture_into_workers(veth: tuple[str, str, str], tmp_path: Path, distribution: str, overflow: str = "block",
+                         linger_ms: int = 0, small_rings: bool = False, count: int = 3000,
+                         batch: int = 4096) -> tuple[Any, list[list[bytes]], int, list[bytes]]:
+    """Sends `count` frames into the peer while LiveCapture.run serves two worker threads; returns the run's
+    result, what each worker received, the packets the connections dropped, and the frames sent. Small rings
+    (8 KiB, 16 slots) come with slow workers, so the rings fill within most reads. With a linger, immediate
+    mode: packets come a few at a time and a read makes many passes (libpcap then gives each packet a frame
+    of the snaplen: a small one keeps its buffer from filling)."""
     import threading
     import time
 
@@ -209,12 +207,10 @@ def test_capture_run_into_small_rings_stages_what_does_not_fit_and_keeps_each_fl
     from packet_ipc.capture import open_live
 
     netns, inside, outside = veth
-    count = 3000
     sent = udp_frames(count)
-    # with a linger, immediate mode: packets come a few at a time, so a read makes many passes (libpcap then
-    # gives each packet a frame of the snaplen: a small one keeps its buffer from filling)
+    rings = {"capacity": 8192, "max_packets": 16} if small_rings else {}
     with open_live(outside, bpf_filter="udp dst port 7777", immediate=linger_ms > 0, snaplen=2048) as cap, \
-            Server(distribution=distribution, capacity=8192, max_packets=16) as server:  # type: ignore[arg-type]
+            Server(distribution=distribution, **rings) as server:  # type: ignore[arg-type]
         got: list[list[bytes]] = [[], []]
 
         def worker(k: int, client: Client) -> None:
@@ -222,7 +218,8 @@ def test_capture_run_into_small_rings_stages_what_does_not_fit_and_keeps_each_fl
                 for batch in client:
                     with batch:
                         got[k].extend(bytes(p.data) for p in batch)
-                    time.sleep(0.002 if linger_ms else 0.0002)  # slower than the capture: the rings fill
+                    if small_rings:  # slower than the capture: the rings fill
+                        time.sleep(0.002 if linger_ms else 0.0002)
 
         clients: list[Client] = []
         connect = threading.Thread(target=lambda: clients.extend(
@@ -238,28 +235,58 @@ def test_capture_run_into_small_rings_stages_what_does_not_fit_and_keeps_each_fl
         sender = subprocess.run(["ip", "netns", "exec", netns, sys.executable, str(SENDER), inside,
                                  str(blob)], capture_output=True, text=True, timeout=60)
         assert sender.returncode == 0, sender.stderr
-        done = cap.run(server, count=count, duration=60, linger_ms=linger_ms)  # the duration: not to hang
+        done = cap.run(server, count=count, duration=60, batch=batch, linger_ms=linger_ms)  # duration: not to hang
         dropped = sum(c.stats().dropped_packets for c in server.connections)
         server.send(None)
         for t in threads:
             t.join(60)
         assert cap.interface_stats()[0].dropped == 0, cap.interface_stats()
     assert (done.packets, done.stopped) == (count, "count") and done.bytes == sum(len(f) for f in sent)
+    return done, got, dropped, sent
+
+
+def in_order(frames: list[bytes]) -> bool:
+    """The frames' numbers (udp_frames) ascend: they came in the order sent."""
+    numbers = [int.from_bytes(f[42:46], "big") for f in frames]
+    return numbers == sorted(numbers)
+
+
+@pytest.mark.parametrize("distribution,overflow,linger_ms", [
+    ("flow", "block", 0), ("flow", "block", 20), ("round_robin", "block", 0), ("broadcast", "block", 0),
+    ("flow", "drop", 0)])
+def test_capture_run_into_small_rings_stages_what_does_not_fit_and_keeps_each_flow_in_order(
+    veth: tuple[str, str, str], tmp_path: Path, distribution: str, overflow: str, linger_ms: int
+) -> None:
+    """Rings that fill within most reads: the run writes what fits straight from libpcap's ring and stages the
+    rest (and the same worker's later packets), so both paths carry packets; every frame still arrives once
+    (each worker once under broadcast) and byte-exact, each worker's in the order sent (so each flow's), or
+    under "drop" is counted as dropped. With a linger, a read goes on polling once it has packets: nothing of a
+    later pass may overtake what an earlier one staged."""
+    done, got, dropped, sent = capture_into_workers(veth, tmp_path, distribution, overflow, linger_ms,
+                                                    small_rings=True)
     if distribution == "broadcast":  # every worker gets every frame: nothing can be written straight
-        assert done.staged == count
+        assert done.staged == done.packets
         assert got[0] == sent and got[1] == sent
         return
-    assert 0 < done.staged < count, done  # both paths carried packets
+    assert 0 < done.staged < done.packets, done  # both paths carried packets
     received = got[0] + got[1]
     if overflow == "drop":
-        assert dropped > 0 and len(received) + dropped == count
+        assert dropped > 0 and len(received) + dropped == len(sent)
         assert set(received) <= set(sent)
     else:
         assert dropped == 0 and sorted(received) == sorted(sent)
-    assert got[0] and got[1]
-    for frames in got:  # each worker gets its packets in the order they were sent (so each flow is in order)
-        numbers = [int.from_bytes(f[42:46], "big") for f in frames]
-        assert numbers == sorted(numbers)
+    assert got[0] and got[1] and in_order(got[0]) and in_order(got[1])
     if distribution == "flow":
         flows_of = [{struct.unpack_from("!H", f, 34)[0] for f in frames} for frames in got]
         assert not flows_of[0] & flows_of[1]
+
+
+def test_capture_run_round_robin_takes_turns_when_every_packet_goes_straight(
+    veth: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """Round robin with rings that never fill: each read (of at most 100 packets) goes straight to one worker,
+    the next read to the next worker, so both get packets, each in the order sent."""
+    done, got, dropped, sent = capture_into_workers(veth, tmp_path, "round_robin", batch=100)
+    assert done.staged == 0 and dropped == 0 and done.batches >= 2
+    assert sorted(got[0] + got[1]) == sorted(sent)
+    assert got[0] and got[1] and in_order(got[0]) and in_order(got[1])
