@@ -12,12 +12,16 @@ paced at fixed rates. Contenders, each on the same load in the same run:
 - ``packet-ipc capture`` into 1 and into 2 ``packet-ipc dump`` workers (counting only);
 - with ``--before-venv``: the same command of another install (e.g. the commit before a change), into 1 and
   2 workers, with the same options;
-- with ``--old-venv``: the same command of an older install (the pcapy-ng path), into 1 worker.
+- with ``--old-venv``: the same command of an older install (the pcapy-ng path), into 1 worker;
+- Suricata's own capture, if ``suricata`` is installed: ``--af-packet`` in the workers runmode, one thread
+  (capture and analysis in one thread, cluster_flow, TPACKET_V3, a ring of about the same size, no rules,
+  no outputs): what a Suricata without packet-ipc spends on the same load, analysis included.
 
 Per run: offered packets/s (generator), packets that reached the interface (its rx counter), kernel drops
 (libpcap's ps_drop + ps_ifdrop), packets delivered (tcpdump: written; packet-ipc: received by the workers),
 and CPU seconds per million delivered packets of the capture process (the scheduler's run time of every thread, /proc/PID/task/*/schedstat,
-from just before the load to after it was drained) and of the workers. The highest paced rate with zero
+from just before the load to after it was drained) and of the workers; with ``--syscalls``, the capture
+process's system calls and context switches per thousand packets (``perf stat``). The highest paced rate with zero
 drops (nothing dropped by the kernel, every generated frame delivered) is reported per contender.
 """
 
@@ -41,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 NETNS, INSIDE, OUTSIDE = "pipc14b-bench", "pipc14bi", "pipc14bo"
 NAME = "@pipc14b-bench"
 CAPTURE_ARGS: list[str] = []  # --capture-args
+PERF_EVENTS = "raw_syscalls:sys_enter,context-switches"  # --syscalls: counted on the capture process
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -108,6 +113,9 @@ class Contender:
 
     def start(self) -> None:
         cli = str(self.bindir / "packet-ipc") if self.bindir else ""
+        if self.label.startswith("suricata"):
+            self.start_suricata()
+            return
         if self.bindir is None:  # tcpdump
             self.main = subprocess.Popen(["tcpdump", "-i", OUTSIDE, "-w", "/dev/null", "-n", "-s", "262144",
                                           "-B", str(self.buffer_kib)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -129,12 +137,45 @@ class Contender:
         self.main.stderr.readline()  # "capturing (Ctrl-C ...)": the workers are connected
         self.procs = [self.main, *self.dumps]
 
+    def start_suricata(self) -> None:
+        self.logdir = Path(tempfile.mkdtemp(prefix="pipc14b-suricata-"))
+        frames = max(64, self.buffer_kib * 1024 // 2048)  # ~1.6 KiB frames at MTU 1500: about the same ring
+        (self.logdir / "suricata.yaml").write_text(
+            "%YAML 1.1\n---\n"
+            f"default-log-dir: {self.logdir}\n"
+            "logging:\n  default-log-level: perf\n  outputs:\n    - console:\n        enabled: yes\n"
+            "outputs: []\n"
+            f"af-packet:\n  - interface: {OUTSIDE}\n    threads: 1\n    cluster-id: 99\n"
+            "    cluster-type: cluster_flow\n    defrag: yes\n    use-mmap: yes\n    tpacket-v3: yes\n"
+            f"    ring-size: {frames}\n    block-size: 262144\n")
+        self.main = subprocess.Popen(["suricata", "-c", str(self.logdir / "suricata.yaml"), f"--af-packet={OUTSIDE}",
+                                      "-S", "/dev/null", "--runmode", "workers", "-l", str(self.logdir)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert self.main.stdout is not None
+        self.log: list[str] = []
+        for line in self.main.stdout:
+            self.log.append(line)
+            if "Engine started" in line:
+                break
+        else:
+            raise RuntimeError(f"{self.label}: did not start:\n{''.join(self.log)}")
+        self.procs = [self.main]
+
     def cpu(self) -> tuple[float, float]:
         workers = sum(cpu_seconds(p.pid) for p in self.procs[1:])
         return cpu_seconds(self.main.pid), workers
 
     def stop(self, gen: Path, frames: Path) -> dict[str, int]:
         """Stops everything; returns received, dropped (kernel + interface) and delivered."""
+        if self.label.startswith("suricata"):
+            self.main.send_signal(signal.SIGINT)
+            out, _ = self.main.communicate(timeout=60)
+            shutil.rmtree(self.logdir, ignore_errors=True)
+            m = re.search(rf"device: {OUTSIDE}: packets: (\d+), drops: (\d+)", out)
+            if not m:
+                raise RuntimeError(f"{self.label}: no packet counts in its log:\n{''.join(self.log)}{out}")
+            packets, drops = int(m.group(1)), int(m.group(2))  # packets: the kernel's, drops included
+            return {"received": packets, "dropped": drops, "delivered": packets - drops}
         self.main.send_signal(signal.SIGINT)
         try:
             out, err = self.main.communicate(timeout=3)
@@ -189,18 +230,40 @@ def generate(kind: str, frames: Path, gen: Path, loop: int, rate: int = 0, count
     return {"sent": out["sent"], "pps": out["pps"]}
 
 
-def run_one(c: Contender, kind: str, frames: Path, gen: Path, loop: int, rate: int = 0) -> dict[str, Any]:
+def perf_counts(perf: subprocess.Popen[str]) -> dict[str, int]:
+    """Stops a ``perf stat -x,`` started by run_one; returns its counts by event name."""
+    perf.send_signal(signal.SIGINT)
+    _, err = perf.communicate(timeout=30)
+    counts = {}
+    for line in err.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[0].strip().isdigit():
+            counts[fields[2]] = int(fields[0])
+    return counts
+
+
+def run_one(c: Contender, kind: str, frames: Path, gen: Path, loop: int, rate: int = 0,
+            syscalls: bool = False) -> dict[str, Any]:
     c.start()
+    perf = None
     try:
         time.sleep(0.3)
+        if syscalls:  # the capture process's system calls and context switches over the load (not its workers')
+            perf = subprocess.Popen(["perf", "stat", "-x,", "-e", PERF_EVENTS, "-p", str(c.main.pid)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            time.sleep(0.2)
         rx0 = rx_packets()
         cpu0 = c.cpu()
         offered = generate(kind, frames, gen, loop, rate)
         time.sleep(1.5)  # tcpdump's kernel blocks are handed over after up to 1 s; let everything drain
         cpu1 = c.cpu()
         arrived = rx_packets() - rx0
+        events = perf_counts(perf) if perf else {}
         counters = c.stop(gen, frames)
     finally:
+        if perf and perf.poll() is None:
+            perf.kill()
+            perf.communicate()
         c.kill()
     delivered = counters["delivered"]
     per_m = 1e6 / delivered if delivered else 0.0
@@ -211,6 +274,8 @@ def run_one(c: Contender, kind: str, frames: Path, gen: Path, loop: int, rate: i
         # zero drops: nothing dropped by the kernel and every generated frame delivered (stray frames of the
         # link itself, e.g. from the namespace, may add a few)
         "zero_drop": counters["dropped"] == 0 and delivered >= offered["sent"],
+        **({"syscalls_per_1k": round(events.get("raw_syscalls:sys_enter", 0) * 1000 * per_m / 1e6, 2),
+            "switches_per_1k": round(events.get("context-switches", 0) * 1000 * per_m / 1e6, 2)} if syscalls else {}),
     }
 
 
@@ -219,13 +284,18 @@ def table(rows: list[dict[str, Any]]) -> str:
             "worker | capture CPU s / M pkt | x tcpdump's | workers' CPU s / M pkt |\n"
             "|---|---|---:|---:|---:|---:|---:|---:|---:|")
     tcpdump = {r["generator"]: r["cpu_s_per_M"] for r in rows if r["contender"].startswith("tcpdump")}
+    counted = any("syscalls_per_1k" in r for r in rows)
+    if counted:
+        head = head.replace(" |\n|", " | capture's system calls / 1k pkt | its context switches / 1k pkt |\n|")
+        head += "---:|---:|"
     lines = [head]
     for r in rows:
         base = tcpdump.get(r["generator"])
         ratio = f"{r['cpu_s_per_M'] / base:.1f}x" if base else "-"
         lines.append(f"| {r['contender']} | {r['generator']} | {r['offered_pps']:,} | {r['arrived']:,} | "
                      f"{r['dropped']:,} | {r['delivered']:,} | {r['cpu_s_per_M']:.3f} | {ratio} | "
-                     f"{r['worker_cpu_s_per_M']:.3f} |")
+                     f"{r['worker_cpu_s_per_M']:.3f} |"
+                     + (f" {r['syscalls_per_1k']:.1f} | {r['switches_per_1k']:.1f} |" if counted else ""))
     return "\n".join(lines)
 
 
@@ -240,7 +310,11 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None, help="write every row as JSON here")
     p.add_argument("--capture-args", default="", help="more arguments for packet-ipc capture (e.g. '--batch 1024')")
     p.add_argument("--only", default=None, help="run only contenders whose label contains this")
+    p.add_argument("--syscalls", action="store_true",
+                   help="also count the capture process's system calls and context switches (perf stat)")
     args = p.parse_args()
+    if args.syscalls and shutil.which("perf") is None:
+        sys.exit("--syscalls needs perf (Debian: linux-perf)")
     if os.geteuid() != 0 or shutil.which("tcpdump") is None or shutil.which("tcpreplay") is None:
         sys.exit("needs root, tcpdump and tcpreplay")
     source = REPO.parent / "shared" / "data" / "pcaps" / "merged-ether.pcap"
@@ -260,6 +334,10 @@ def main() -> int:
                        Contender("before: packet-ipc capture, 2 workers", args.before_venv / "bin", 2, args.buffer_kib)]
     if args.old_venv:
         contenders.append(Contender("old pcapy-ng capture, 1 worker", args.old_venv / "bin", 1, args.buffer_kib))
+    if shutil.which("suricata"):
+        contenders.append(Contender("suricata --af-packet, 1 thread (analysis included)", None, 0, args.buffer_kib))
+    else:
+        print("suricata is not installed: its af-packet row is left out", file=sys.stderr)
     CAPTURE_ARGS.extend(args.capture_args.split())
     if args.only:
         contenders = [c for c in contenders if args.only in c.label]
@@ -269,10 +347,11 @@ def main() -> int:
     try:
         for c in contenders:
             for kind, loop in (("tcpreplay", max(1, 270_000 // per_loop)), ("pipc_gen", max(1, 1_000_000 // per_loop))):
-                rows.append(run_one(c, kind, frames, gen, loop))
+                rows.append(run_one(c, kind, frames, gen, loop, syscalls=args.syscalls))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             for rate in (int(r) for r in args.rates.split(",")):
-                rows.append(run_one(c, "pipc_gen", frames, gen, max(1, args.packets // per_loop), rate))
+                rows.append(run_one(c, "pipc_gen", frames, gen, max(1, args.packets // per_loop), rate,
+                                    syscalls=args.syscalls))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     finally:
         teardown_net()
