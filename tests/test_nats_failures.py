@@ -238,7 +238,11 @@ def test_group_partitions_move_between_two_publishers_markers(cluster: NatsClust
     try:
         assert sub_b.wait(60) == 0, (tmp_path / "sub-b.log").read_text()
     except subprocess.TimeoutExpired:
-        raise AssertionError("b never ended: the markers a saw were forgotten") from None
+        sub_b.kill()
+        sub_b.wait(10)
+        raise AssertionError("b never ended: the markers a saw were forgotten\n" + "".join(
+            f"--- {log}:\n{(tmp_path / log).read_text()[-3000:]}" for log in ("sub-a.log", "sub-b.log", "dump-b.log")
+        )) from None
     assert dump_b.wait(30) == 0
     a, b = _seqs([out_a]), _seqs([out_b])
     assert sorted(a) == list(range(each)) and sorted(b) == list(range(each, 2 * each))

@@ -12,14 +12,14 @@ and another member claims them within one more renewal interval; it resumes from
 consumer, where the unacknowledged message (at most one per partition) is delivered again after
 ``ack_wait``. Bucket ``pipc-<PREFIX>-<GROUP>-done`` (no expiry) records finished partitions (``d.<k>``), so
 every member ends once all of them are finished (unless ``follow``), and, before each end-of-stream marker is
-acknowledged, the publisher that sent it (``e.<k>.<hash>``): with several publishers, the member that owns a
-partition when its last marker arrives counts the markers its predecessors saw there.
+acknowledged, the publisher that sent it (``e.<k>``: the ids of the publishers whose markers were seen on
+``k``, written with a compare-and-set): with several publishers, the member that owns a partition when its
+last marker arrives counts the markers its predecessors saw there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import os
 import uuid
@@ -144,16 +144,35 @@ class GroupMember:
         held_by_others.update(held - set(self.owned))  # ever held by another member: a claim is a take-over
 
     async def _marker(self, k: int, publisher: str) -> set[str]:
-        """Records ``publisher``'s end-of-stream marker on partition ``k`` (``e.<k>.<hash of its id>`` in the
-        done bucket) and returns every publisher whose marker a member of the group saw there: a partition that
-        changes owner between two publishers' markers still ends after the last one."""
-        await self.state.put(f"e.{k}.{hashlib.sha256(publisher.encode()).hexdigest()[:24]}", publisher.encode())
-        seen = set()
-        for key in await self._keys(self.state):
-            if key.startswith(f"e.{k}."):
+        """Records ``publisher``'s end-of-stream marker on partition ``k`` and returns every publisher whose
+        marker a member of the group saw there: a partition that changes owner between two publishers' markers
+        still ends after the last one. One key per partition in the done bucket, ``e.<k>``, holds those
+        publishers' ids, one per line; it is read by key and written with a compare-and-set (create, or update
+        on the revision read), again from the read when another member wrote it meanwhile. Not a key per
+        marker found by listing the bucket: nats-py's ``keys()`` may return before the bucket's entries have
+        reached it (its watcher sees nothing pending while they are still on the way), and a marker missed
+        there, once acknowledged, would never be counted (seen under load: the partition never ended)."""
+        import nats.js.errors
+
+        key = f"e.{k}"
+        while True:
+            try:
                 entry = await self.state.get(key)
-                seen.add(bytes(entry.value or b"").decode())
-        return seen
+            except nats.js.errors.KeyNotFoundError:  # and KeyDeletedError, its subclass
+                entry = None
+            seen = set(bytes(entry.value or b"").decode().split("\n")) - {""} if entry is not None else set()
+            if publisher in seen:  # a marker delivered again
+                return seen
+            seen.add(publisher)
+            value = "\n".join(sorted(seen)).encode()
+            try:
+                if entry is None:
+                    await self.state.create(key, value)
+                else:
+                    await self.state.update(key, value, last=entry.revision)
+                return seen
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another member recorded a marker on k meanwhile: read it again
 
     async def _finished(self, k: int) -> None:
         await self.state.put(f"d.{k}", self.id.encode())
