@@ -251,6 +251,7 @@ def test_capture_command_serves_the_frames_to_a_dump_worker(net: Net, tmp_path: 
     assert dump.returncode == 0, dump_err
     summary = json.loads(out)
     assert summary["packets"] == len(sent) and summary["workers"][0]["packets"] == len(sent)
+    assert 0 <= summary["staged"] <= len(sent)  # copied twice: only what the worker's ring could not take at once
     [iface] = summary["interfaces"]
     assert iface["name"] == net.outside[0] and iface["captured"] == len(sent) and iface["dropped"] == 0
     assert json.loads(dumped)["packets"] == len(sent)

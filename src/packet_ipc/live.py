@@ -126,7 +126,7 @@ def run_capture(args: argparse.Namespace) -> int:
             server.add_stats_source("capture", lambda: {"interfaces": [s.as_dict() for s in cap.interface_stats()]})
             _err(f"packet-ipc: capturing on {', '.join(names)} into {server.name}; "
                  f"waiting for {args.workers} worker(s)")
-            packets = nbytes = 0
+            packets = nbytes = staged = 0
             start = time.monotonic()
             try:
                 server.wait_for_clients(args.workers, timeout=args.accept_timeout)
@@ -136,7 +136,7 @@ def run_capture(args: argparse.Namespace) -> int:
                 _err("packet-ipc: capturing (Ctrl-C or SIGTERM to stop)")
                 start = time.monotonic()
                 done = _run_in_thread(cap, server, args)  # the whole loop in C; signals still reach us here
-                packets, nbytes = done.packets, done.bytes
+                packets, nbytes, staged = done.packets, done.bytes, done.staged
             except _Stop:
                 pass
             state["running"] = True  # from here a signal only sets the flag: the stream ends cleanly regardless
@@ -148,9 +148,11 @@ def run_capture(args: argparse.Namespace) -> int:
             server.close_connections()
     if args.json:
         print(json.dumps({"packets": packets, "bytes": nbytes, "seconds": seconds, "lost_packets": stats.lost_packets,
-                          "workers": stats.connections, "interfaces": interfaces}), flush=True)
+                          "staged": staged, "workers": stats.connections, "interfaces": interfaces}), flush=True)
     else:
         _print_summary(packets, nbytes, seconds, stats.connections, stats.lost_packets, False)
+        if staged:
+            _err(f"staged: {staged:,} of the packets were copied twice (their worker's ring was full, or broadcast)")
         for line in interface_lines(interfaces):
             _err(f"kernel: {line}")
     return 0
