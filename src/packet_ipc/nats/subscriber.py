@@ -3,8 +3,8 @@
 One task per partition handles that partition's messages strictly in order (the consumer has
 ``max_ack_pending=1``): it parses each strictly, writes its packets into the local rings through the server's
 distribution (flow, round robin or broadcast; the server's own flow hash and fragment table) and only then
-acknowledges it. The request for the next message is already waiting on the server, which answers it once the
-ack is processed: no round trip per message besides the delivery. A crash between a commit and its ack leaves
+acknowledges it. The request for the next message leaves with that ack, in the same socket write, and the
+server answers it once the ack is processed: no round trip per message besides the delivery. A crash between a commit and its ack leaves
 exactly that one message to be delivered again after ``ack_wait``: a restart with the same durable resumes
 there, and counts the packets of every redelivered message (``redelivered_packets``); a message whose ack was
 lost, delivered again to the subscriber that committed it, is acknowledged again and skipped. A message that
@@ -272,23 +272,24 @@ class Subscriber:
         """Forwards partition ``k`` until its end of stream (or forever with ``follow``, or while
         ``keep_going()`` is true).
 
-        The request for the next message goes out before the current one is committed: it waits on the server
-        (``max_ack_pending=1``) and is answered as soon as the ack arrives, which saves a fetch round trip and
-        an ack confirmation per message while the partition stays strictly in order with at most one committed
-        message unacknowledged."""
+        The request for the next message goes out right after the current one's ack, in the same write to the
+        socket (nats-py queues both before its flusher runs): the server processes the ack, then answers the
+        request at once (``max_ack_pending=1``), so the partition stays strictly in order with at most one
+        committed message unacknowledged, without a fetch round trip or an ack confirmation per message, and
+        with one socket write per message (a request sent ahead, before the commit, costs a write of its own in
+        the subscriber and a read in the server)."""
         import nats.errors
         import nats.js.errors
 
         sub = await self.subscribe(k)
-        fetch: asyncio.Future[Any] | None = None
         try:
             while not self._stopping.is_set() and (keep_going is None or keep_going()):
                 if k in self._done and not self.follow:
                     return
-                if fetch is None:
-                    fetch = asyncio.ensure_future(sub.fetch(1, timeout=FETCH_WAIT_S))
                 try:
-                    msgs = await asyncio.shield(fetch)
+                    # Awaited here, not in a task: its request is queued before this coroutine first waits, so
+                    # that it leaves with the previous message's ack.
+                    msgs = await sub.fetch(1, timeout=FETCH_WAIT_S)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
@@ -300,22 +301,12 @@ class Subscriber:
                         raise NatsError(f"cannot fetch from partition {k}: {e}") from None
                     await asyncio.sleep(0.1)  # a leader change or a request that expired on the server
                     continue
-                finally:
-                    if fetch.done():
-                        fetch = None
                 for msg in msgs:
                     if msg.metadata.sequence.stream <= self._committed.get(k, 0):
                         await _settle(msg.ack())  # its ack was lost: committed here already, not twice
                         continue
-                    if self.follow or k not in self._done:  # the next one, answered once this one is acked
-                        fetch = asyncio.ensure_future(sub.fetch(1, timeout=FETCH_WAIT_S))
                     await self._handle(k, msg)
         finally:
-            if fetch is not None:
-                fetch.cancel()
-                if fetch.done() and not fetch.cancelled() and fetch.exception() is None:
-                    for msg in fetch.result():  # fetched, never handled: back to the stream now, not after ack_wait
-                        await _settle(msg.nak())
             try:
                 await sub.unsubscribe()
                 if self._private and (k in self._done or self._stopping.is_set()):
