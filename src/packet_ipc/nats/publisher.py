@@ -38,6 +38,10 @@ from .wire import HEADER, RECORD_OVERHEAD, RecordBuilder, encode_end
 
 __all__ = ["Publisher", "PublishSummary", "DEFAULT_MAX_MESSAGE", "DEFAULT_LINGER_S", "DEFAULT_BUFFER_BYTES"]
 
+_Item = tuple[bytes | memoryview, int, int, str]
+"""A message waiting for its ack: payload (a view of its builder's bytearray, or bytes), packets (-1: an
+end-of-stream marker), data bytes, Nats-Msg-Id."""
+
 DEFAULT_MAX_MESSAGE = 256 * 1024
 DEFAULT_LINGER_S = 0.005
 DEFAULT_BUFFER_BYTES = 64 << 20
@@ -129,7 +133,7 @@ class Publisher:
         self.id = publisher_id or f"{os.uname().nodename[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.summary = PublishSummary(self.id, partition_packets=[0] * partitions)
         self._seq = 0
-        self._queues: list[deque[tuple[bytes, int, int, str] | None]] = [deque() for _ in range(partitions)]
+        self._queues: list[deque[_Item | None]] = [deque() for _ in range(partitions)]
         self._ready = [asyncio.Event() for _ in range(partitions)]
         self._space = asyncio.Event()
         self._buffered = 0
@@ -144,7 +148,8 @@ class Publisher:
         self._seq += 1
         return self._seq, f"{self.id}-{self._seq}"
 
-    async def _enqueue(self, k: int, payload: bytes, packets: int, nbytes: int, force: bool = False) -> None:
+    async def _enqueue(self, k: int, payload: bytes | memoryview, packets: int, nbytes: int,
+                       force: bool = False) -> None:
         """Queues a sealed message for partition k, waiting for buffer space (block) or dropping (drop)."""
         size = len(payload)
         while not force and self._buffered and self._buffered + size > self.buffer_bytes:
@@ -163,7 +168,7 @@ class Publisher:
         self._queues[k].append((payload, packets, nbytes, msg_id))
         self._ready[k].set()
 
-    async def _publish(self, subject: str, stream: str, item: tuple[bytes, int, int, str],
+    async def _publish(self, subject: str, stream: str, item: _Item,
                        expect: str | None) -> asyncio.Future[Any]:
         """Publishes ``item`` (see :class:`_PubAcks`); returns the future of its PubAck, or of the error."""
         headers = {"Nats-Msg-Id": item[3], "Nats-Expected-Stream": stream}
@@ -210,7 +215,7 @@ class Publisher:
         queue, subject, stream = self._queues[k], subject_name(self.stream, k), stream_name(self.stream, k)
         window, chained = self.window, self.window > 1
         last_acked: str | None = None  # Nats-Msg-Id of our last message acknowledged on this partition
-        inflight: deque[tuple[tuple[bytes, int, int, str], asyncio.Future[Any]]] = deque()
+        inflight: deque[tuple[_Item, asyncio.Future[Any]]] = deque()
         attempt, first_fail = 0, 0.0
         while True:
             # fill the window from the queue (inflight are queue[0:len(inflight)])
@@ -278,7 +283,7 @@ class Publisher:
 
     async def _seal(self, b: RecordBuilder) -> None:
         seq = self._seq + 1  # the sequence _enqueue will give it (nothing runs in between)
-        payload, n, nbytes = b.seal(seq)
+        payload, n, nbytes = b.seal_view(seq)
         await self._enqueue(b.partition, payload, n, nbytes)
 
     async def run(self) -> PublishSummary:
@@ -431,7 +436,7 @@ class _PubAcks:
         await nc.subscribe(self._prefix + "*", cb=self._on_reply)
         return self
 
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> asyncio.Future[Any]:
+    async def publish(self, subject: str, payload: bytes | memoryview, headers: dict[str, str]) -> asyncio.Future[Any]:
         """Publishes ``payload`` on ``subject`` (queued for nats-py's flusher: this waits only when nats-py's
         pending buffer is over its bound); returns a future that gets the :class:`_PubAck` or the error."""
         import nats.errors

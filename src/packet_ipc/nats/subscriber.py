@@ -4,12 +4,12 @@ One task per partition handles that partition's messages strictly in order (the 
 ``max_ack_pending=1``): it parses each strictly, writes its packets into the local rings through the server's
 distribution (flow, round robin or broadcast; the server's own flow hash and fragment table) and only then
 acknowledges it. The request for the next message leaves with that ack, in the same socket write, and the
-server answers it once the ack is processed: no round trip per message besides the delivery. A crash between a commit and its ack leaves
-exactly that one message to be delivered again after ``ack_wait``: a restart with the same durable resumes
-there, and counts the packets of every redelivered message (``redelivered_packets``); a message whose ack was
-lost, delivered again to the subscriber that committed it, is acknowledged again and skipped. A message that
-is not a valid packet-ipc message is counted, terminated on the server (never redelivered) and never reaches a
-worker.
+server answers it once the ack is processed: no round trip per message besides the delivery. A crash between a
+commit and its ack leaves exactly that one message to be delivered again after ``ack_wait``: a restart with
+the same durable resumes there, and counts the packets of every redelivered message (``redelivered_packets``);
+a message whose ack was lost, delivered again to the subscriber that committed it, is acknowledged again and
+skipped. A message that is not a valid packet-ipc message is counted, terminated on the server (never
+redelivered) and never reaches a worker.
 
 Without ``follow`` the local stream ends once every partition read has delivered the end-of-stream marker of
 ``publishers`` publishers; with ``follow`` it runs until :meth:`Subscriber.stop`. With ``group`` the partitions

@@ -91,20 +91,32 @@ class RecordBuilder:
     """Accumulates packet records for one partition until :meth:`seal` makes a message of them.
 
     The columns are bytearrays in the message's layout (little-endian u64 / u32), filled by :meth:`gather` (C,
-    straight from a received batch) or :meth:`add` (one packet)."""
+    straight from a received batch) or :meth:`add` (one packet). The packet data goes into its bytearray after
+    room kept free at its front for the header and the other columns (``room`` bytes, sized on the builder's
+    previous message): :meth:`seal` writes them there, and the message is that bytearray, not a copy of it (a
+    message of 256 KiB copied costs the publisher about as much as its CRC). A message with more records than
+    the room holds is put together in one copy instead."""
 
-    __slots__ = ("partition", "ts", "caplen", "origlen", "linktype", "ifindex", "data", "count", "started")
+    __slots__ = ("partition", "ts", "caplen", "origlen", "linktype", "ifindex", "data", "count", "started", "room")
 
-    def __init__(self, partition: int) -> None:
+    def __init__(self, partition: int, room_records: int = 512) -> None:
         self.partition = partition
+        self._reset(room_records)
+
+    def _reset(self, room_records: int) -> None:
         self.ts = bytearray()
         self.caplen = bytearray()
         self.origlen = bytearray()
         self.linktype = bytearray()
         self.ifindex = bytearray()
-        self.data = bytearray()
+        self.room = HEADER.size + RECORD_OVERHEAD * room_records
+        self.data = bytearray(self.room)  # the packet data follows the room
         self.count = 0
         self.started = 0.0  # monotonic time of the first record (for the linger)
+
+    def _next_room(self) -> int:
+        """Records the next message's room is made for: twice this one's (at least 64, at most 8192)."""
+        return min(8192, max(64, 2 * self.count))
 
     def __len__(self) -> int:
         return self.count
@@ -112,7 +124,7 @@ class RecordBuilder:
     @property
     def size(self) -> int:
         """Bytes of the message :meth:`seal` would make now."""
-        return HEADER.size + RECORD_OVERHEAD * self.count + len(self.data)
+        return HEADER.size + RECORD_OVERHEAD * self.count + len(self.data) - self.room
 
     def add(self, batch: PacketBatch, index: int) -> None:
         """Appends packet ``index`` of ``batch`` (its data is copied)."""
@@ -128,23 +140,45 @@ class RecordBuilder:
 
     def take(self) -> RecordBuilder:
         """Moves the records into a new builder (to seal later) and leaves this one empty."""
-        out = RecordBuilder(self.partition)
+        out = RecordBuilder.__new__(RecordBuilder)
+        out.partition = self.partition
         out.ts, out.caplen, out.origlen, out.linktype, out.ifindex = self.ts, self.caplen, self.origlen, self.linktype, self.ifindex
-        out.data, out.count, out.started = self.data, self.count, self.started
-        self.__init__(self.partition)  # type: ignore[misc]
+        out.data, out.count, out.started, out.room = self.data, self.count, self.started, self.room
+        self._reset(self._next_room())
         return out
 
     def seal(self, seq: int) -> tuple[bytes, int, int]:
         """The message of every record added so far, as ``(payload, packets, data bytes)``; empties the builder."""
-        parts = (self.ts, self.caplen, self.origlen, self.linktype, self.ifindex, self.data)
-        crc = 0
-        for part in parts:  # the CRC over the pieces, so that the message is put together in one copy
-            crc = crc32(part, crc)
-        n, nbytes = self.count, len(self.data)
-        head = HEADER.pack(MAGIC, VERSION, KIND_PACKETS, HEADER.size, n, self.partition, seq,
-                           RECORD_OVERHEAD * n + nbytes, crc)
-        payload = b"".join((head, *parts))
-        self.__init__(self.partition)  # type: ignore[misc]
+        payload, n, nbytes = self.seal_view(seq)
+        return bytes(payload), n, nbytes
+
+    def seal_view(self, seq: int) -> tuple[memoryview, int, int]:
+        """:meth:`seal` without a copy: the payload is a view of the builder's data bytearray, which the builder
+        lets go of (it takes new ones)."""
+        n, nbytes = self.count, len(self.data) - self.room
+        cols = (self.ts, self.caplen, self.origlen, self.linktype, self.ifindex)
+        start = self.room - HEADER.size - RECORD_OVERHEAD * n
+        buf = self.data
+        if start >= 0:  # the header and the columns go into the room, right before the data
+            pos = start + HEADER.size
+            for col in cols:
+                buf[pos:pos + len(col)] = col  # same length: the bytearray does not move
+                pos += len(col)
+            view = memoryview(buf)
+            crc = crc32(view[start + HEADER.size:])
+            HEADER.pack_into(buf, start, MAGIC, VERSION, KIND_PACKETS, HEADER.size, n, self.partition, seq,
+                             RECORD_OVERHEAD * n + nbytes, crc)
+            payload = view[start:]
+        else:  # more records than the room holds: one copy
+            data = memoryview(buf)[self.room:]
+            crc = 0
+            for part in (*cols, data):  # the CRC over the pieces, so that the message is put together in one copy
+                crc = crc32(part, crc)
+            head = HEADER.pack(MAGIC, VERSION, KIND_PACKETS, HEADER.size, n, self.partition, seq,
+                               RECORD_OVERHEAD * n + nbytes, crc)
+            payload = memoryview(b"".join((head, *cols, data)))
+            data.release()
+        self._reset(self._next_room())
         return payload, n, nbytes
 
 
