@@ -68,7 +68,7 @@ def test_a_record_larger_than_the_room_goes_alone() -> None:
 
 def test_messages_with_more_records_than_the_room_and_then_within_it() -> None:
     # 600 small records: more than the first message's room (512), so that one is put together in one copy; the
-    # next builder keeps room for twice as many, and its message is the data bytearray itself, viewed
+    # next builder keeps room for a quarter more, and its message is the data bytearray itself, viewed
     batch = _batch(600)
     idx = array.array("I", range(600)).tobytes()
     b = RecordBuilder(1)

@@ -115,8 +115,9 @@ class RecordBuilder:
         self.started = 0.0  # monotonic time of the first record (for the linger)
 
     def _next_room(self) -> int:
-        """Records the next message's room is made for: twice this one's (at least 64, at most 8192)."""
-        return min(8192, max(64, 2 * self.count))
+        """Records the next message's room is made for: this one's and a quarter more (at least 64, at most 8192):
+        the room left unused is a quarter of the columns at most, 7 % of a message of 64-byte packets."""
+        return min(8192, max(64, self.count + self.count // 4 + 16))
 
     def __len__(self) -> int:
         return self.count
