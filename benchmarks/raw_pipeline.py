@@ -68,6 +68,7 @@ async def subscribe(url: str, prefix: str, partitions: int, messages: int, mode:
     consumer exists."""
     import nats
     import nats.errors
+    import nats.js.errors
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     nc = await nats.connect(url.split(","))
@@ -92,6 +93,10 @@ async def subscribe(url: str, prefix: str, partitions: int, messages: int, mode:
             except (nats.errors.TimeoutError, TimeoutError):
                 fetch = asyncio.ensure_future(sub.fetch(1, timeout=1.0))
                 continue
+            except nats.js.errors.ServiceUnavailableError:  # no consumer leader for a moment (a busy cluster)
+                await asyncio.sleep(0.1)
+                fetch = asyncio.ensure_future(sub.fetch(1, timeout=1.0))
+                continue
             fetch = asyncio.ensure_future(sub.fetch(1, timeout=1.0)) if n + len(msgs) < per else None
             for m in msgs:
                 if not first:
@@ -107,6 +112,9 @@ async def subscribe(url: str, prefix: str, partitions: int, messages: int, mode:
             try:
                 msgs = await sub.fetch(min(batch, per - n), timeout=1.0)
             except (nats.errors.TimeoutError, TimeoutError):
+                continue
+            except nats.js.errors.ServiceUnavailableError:  # no consumer leader for a moment (a busy cluster)
+                await asyncio.sleep(0.1)
                 continue
             if not first:
                 first.append(time.monotonic())
