@@ -288,6 +288,8 @@ class Subscriber:
         committed message unacknowledged, without a fetch round trip or an ack confirmation per message, and
         with one socket write per message (a request sent ahead, before the commit, costs a write of its own in
         the subscriber and a read in the server)."""
+        import nats.errors
+
         puller = await self._subscribe(k)
         try:
             while not self._stopping.is_set() and (keep_going is None or keep_going()):
@@ -295,7 +297,12 @@ class Subscriber:
                     return
                 # Awaited here, not in a task: its request is queued before this coroutine first waits, so that it
                 # leaves with the previous message's ack.
-                msg = await puller.next()
+                try:
+                    msg = await puller.next()
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                        nats.errors.OutboundBufferLimitError, nats.errors.StaleConnectionError):
+                    await asyncio.sleep(0.1)  # the request could not be sent: reconnecting
+                    continue
                 if msg is None:  # no answer at all (a reconnect, a lost request): ask again
                     continue
                 status = msg.headers.get("Status") if msg.headers else None
