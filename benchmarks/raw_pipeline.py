@@ -9,8 +9,9 @@ that each one's CPU is its own:
 - ``sub``: one durable pull consumer per stream (created before ``pub`` starts), read concurrently until every
   message has arrived, with ``--mode``:
 
-  - ``ours``: the acks ``packet-ipc subscribe`` needs, with nats-py's fetch: explicit acks, ``max_ack_pending=1``, ``fetch(1)``
-    with the next request sent before the current message is acked (an ack not awaited);
+  - ``ours``: the acks ``packet-ipc subscribe`` needs, with nats-py's fetch: explicit acks,
+    ``max_ack_pending=1``, ``fetch(1)`` with the next request sent before the current message is acked (an ack
+    not awaited);
   - ``ackall``: AckAll, ``fetch(--batch)`` and one ack of the batch's last message;
   - ``none``: AckNone and ``fetch(--batch)``: the least work nats-py can do per message.
 
