@@ -9,8 +9,9 @@ that each one's CPU is its own:
 - ``sub``: one durable pull consumer per stream (created before ``pub`` starts), read concurrently until every
   message has arrived, with ``--mode``:
 
-  - ``ours``: what ``packet-ipc subscribe`` does with nats-py: explicit acks, ``max_ack_pending=1``, ``fetch(1)``
-    with the next request sent before the current message is acked (an ack not awaited);
+  - ``ours``: the acks ``packet-ipc subscribe`` needs, with nats-py's fetch: explicit acks,
+    ``max_ack_pending=1``, ``fetch(1)`` with the next request sent before the current message is acked (an ack
+    not awaited);
   - ``ackall``: AckAll, ``fetch(--batch)`` and one ack of the batch's last message;
   - ``none``: AckNone and ``fetch(--batch)``: the least work nats-py can do per message.
 
@@ -68,6 +69,7 @@ async def subscribe(url: str, prefix: str, partitions: int, messages: int, mode:
     consumer exists."""
     import nats
     import nats.errors
+    import nats.js.errors
     from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
     nc = await nats.connect(url.split(","))
@@ -92,6 +94,10 @@ async def subscribe(url: str, prefix: str, partitions: int, messages: int, mode:
             except (nats.errors.TimeoutError, TimeoutError):
                 fetch = asyncio.ensure_future(sub.fetch(1, timeout=1.0))
                 continue
+            except nats.js.errors.ServiceUnavailableError:  # no consumer leader for a moment (a busy cluster)
+                await asyncio.sleep(0.1)
+                fetch = asyncio.ensure_future(sub.fetch(1, timeout=1.0))
+                continue
             fetch = asyncio.ensure_future(sub.fetch(1, timeout=1.0)) if n + len(msgs) < per else None
             for m in msgs:
                 if not first:
@@ -107,6 +113,9 @@ async def subscribe(url: str, prefix: str, partitions: int, messages: int, mode:
             try:
                 msgs = await sub.fetch(min(batch, per - n), timeout=1.0)
             except (nats.errors.TimeoutError, TimeoutError):
+                continue
+            except nats.js.errors.ServiceUnavailableError:  # no consumer leader for a moment (a busy cluster)
+                await asyncio.sleep(0.1)
                 continue
             if not first:
                 first.append(time.monotonic())

@@ -248,7 +248,7 @@ def print_raw_pipelines(rows: list[tuple[int, str, float, dict[str, Any]]],
     print(f"\nRaw nats-py pipeline (no packet-ipc): {messages} messages of {MESSAGE // 1024} KiB, a nats-py publisher "
           f"({window} in flight per partition) and a nats-py pull consumer per partition in another process, "
           f"concurrently, to the last message; subscriber modes: ours = explicit ack, max_ack_pending 1, fetch(1) "
-          f"pipelined (what packet-ipc subscribe does); ackall = AckAll, fetch({batch}), one ack per batch; none = "
+          f"pipelined (the acks packet-ipc subscribe needs); ackall = AckAll, fetch({batch}), one ack per batch; none = "
           f"AckNone, fetch({batch}); +buf: nats-py reads 1 MiB at a time in both processes, as packet-ipc's commands "
           f"make it (its default: 32 KiB). CPU in ms per MB; CPU limit: {cores} cores / total CPU per MB, the rate "
           f"if nothing else ran and the CPU were all that bound it, as a share of raw. Fastest of {repeat} run(s).\n")

@@ -101,6 +101,37 @@ def test_parser_roundtrip_and_every_corruption() -> None:
         pytest.fail(f"the parser accepted a message with: {what}")
 
 
+def _records(packets: list[Packet]) -> bytes:
+    """A message of these packets, whatever their fields (a sender that follows the format, not our bounds)."""
+    b = RecordBuilder(0)
+    batch = PacketBatch.from_packets(packets)
+    for i in range(len(packets)):
+        b.add(batch, i)
+    return b.seal(1)[0]
+
+
+def test_parser_bounds_caplen_and_linktype_in_messages_whose_lengths_add_up() -> None:
+    small = udp_packet(1, 1)
+    # the largest caplen allowed passes; one byte more, or a caplen with its top byte set, is refused, with a CRC
+    # and lengths that are right (checked on each column's bytes first, then exactly)
+    m = decode(_records([Packet(1, bytes(262144), 262144, 1), Packet(2, small, len(small), 1)]))
+    assert m.batch is not None and [len(p.data) for p in m.batch] == [262144, len(small)]
+    for size in (262145, 0x3FFFF + 0x10000 * 4, 1 << 24):
+        with pytest.raises(WireFormatError, match="caplen"):
+            decode(_records([Packet(1, bytes(size), size, 1), Packet(2, small, len(small), 1)]))
+    # linktypes: one for every record (checked once) or several (checked each), written over a message's column
+    # with its CRC made to match; 0xFFFFFFFF is "the server's default"
+    for linktypes in ([1 << 16, 1 << 16], [1, 1 << 16]):
+        msg = bytearray(_records([Packet(i, small, len(small), 1) for i in range(2)]))
+        at = HEADER.size + 16 * 2
+        msg[at:at + 8] = b"".join(lt.to_bytes(4, "little") for lt in linktypes)
+        msg[28:32] = zlib.crc32(msg[HEADER.size:]).to_bytes(4, "little")
+        with pytest.raises(WireFormatError, match="linktype"):
+            decode(bytes(msg))
+    m = decode(_records([Packet(i, small, len(small), lt) for i, lt in enumerate([1, 101])]), 1)
+    assert m.batch is not None and [p.linktype for p in m.batch] == [1, 101]
+
+
 # ---- the commands ---------------------------------------------------------------------------------------
 
 

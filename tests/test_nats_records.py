@@ -66,6 +66,25 @@ def test_a_record_larger_than_the_room_goes_alone() -> None:
     assert msg.batch is not None and _fields(msg.batch, 0) == _fields(batch, 5)
 
 
+def test_messages_with_more_records_than_the_room_and_then_within_it() -> None:
+    # 600 small records: more than the first message's room (512), so that one is put together in one copy; the
+    # next builder keeps room for a quarter more, and its message is the data bytearray itself, viewed
+    batch = _batch(600)
+    idx = array.array("I", range(600)).tobytes()
+    b = RecordBuilder(1)
+    assert b.gather(batch, idx, 0, 1 << 30) == 600
+    first, n, nbytes = b.seal_view(1)
+    assert n == 600 and nbytes == sum(len(batch[i].data) for i in range(600))
+    assert b.gather(batch, idx, 0, 1 << 30) == 600
+    second, _, _ = b.seal_view(2)
+    assert isinstance(first.obj, bytes) and isinstance(second.obj, bytearray) and len(first) == len(second)
+    for view, seq in ((first, 1), (second, 2)):
+        msg = decode(view)
+        assert msg.seq == seq and msg.batch is not None
+        assert [_fields(msg.batch, j) for j in range(600)] == [_fields(batch, i) for i in range(600)]
+    assert bytes(first)[HEADER.size:] == bytes(second)[HEADER.size:]  # the same body either way
+
+
 def test_bad_indices_are_refused() -> None:
     batch = _batch(4)
     cols = (bytearray(), bytearray(), bytearray(), bytearray(), bytearray(), bytearray())

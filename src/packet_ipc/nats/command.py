@@ -51,9 +51,10 @@ def _run(coro: Any) -> Any:
     """asyncio.run, with a NATS client error that got this far turned into one line (NatsError)."""
     import nats.errors
 
-    from .common import NatsError, raise_read_buffer
+    from .common import NatsError, keep_heap, raise_read_buffer
 
     raise_read_buffer()  # this process is ours: 1 MiB socket reads instead of 32 KiB (see there)
+    keep_heap()  # and its messages reuse the heap's memory instead of faulting in new pages (see there)
 
     try:
         return asyncio.run(coro)

@@ -3,13 +3,13 @@
 One task per partition handles that partition's messages strictly in order (the consumer has
 ``max_ack_pending=1``): it parses each strictly, writes its packets into the local rings through the server's
 distribution (flow, round robin or broadcast; the server's own flow hash and fragment table) and only then
-acknowledges it. The request for the next message is already waiting on the server, which answers it once the
-ack is processed: no round trip per message besides the delivery. A crash between a commit and its ack leaves
-exactly that one message to be delivered again after ``ack_wait``: a restart with the same durable resumes
-there, and counts the packets of every redelivered message (``redelivered_packets``); a message whose ack was
-lost, delivered again to the subscriber that committed it, is acknowledged again and skipped. A message that
-is not a valid packet-ipc message is counted, terminated on the server (never redelivered) and never reaches a
-worker.
+acknowledges it. The request for the next message leaves with that ack, in the same socket write, and the
+server answers it once the ack is processed: no round trip per message besides the delivery. A crash between a
+commit and its ack leaves exactly that one message to be delivered again after ``ack_wait``: a restart with
+the same durable resumes there, and counts the packets of every redelivered message (``redelivered_packets``);
+a message whose ack was lost, delivered again to the subscriber that committed it, is acknowledged again and
+skipped. A message that is not a valid packet-ipc message is counted, terminated on the server (never
+redelivered) and never reaches a worker.
 
 Without ``follow`` the local stream ends once every partition read has delivered the end-of-stream marker of
 ``publishers`` publishers; with ``follow`` it runs until :meth:`Subscriber.stop`. With ``group`` the partitions
@@ -19,8 +19,10 @@ are shared with the other subscribers of that group through leases (see :mod:`pa
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -140,6 +142,7 @@ class Subscriber:
         self._committed: dict[int, int] = {}  # stream sequence of the last message committed, per partition
         self._committing: dict[int, Any] = {}  # the message being written into the rings, per partition
         self._js: Any = None
+        self._nc: Any = None
         self.on_ready: Any = None  # optional callable(subscriber) once workers are connected
         self.on_partition_end: Any = None  # optional coroutine function(k), awaited before the marker's ack
         self.on_marker: Any = None  # optional coroutine function(k, publisher) -> publishers whose marker k had
@@ -154,7 +157,7 @@ class Subscriber:
         nc = await connect(self.nats, self.connect_timeout, f"packet-ipc subscribe {self.name}")
         clean = False
         try:
-            self._js = nc.jetstream(timeout=5.0)
+            self._nc, self._js = nc, nc.jetstream(timeout=5.0)
             total = await self._partition_count()
             bad = [k for k in (self.wanted or []) if k >= total]
             if bad:
@@ -235,34 +238,41 @@ class Subscriber:
                                 f"to {self.stream} yet?)")
             await asyncio.sleep(0.2)  # waiting for a publisher to create the streams
 
-    async def subscribe(self, k: int) -> Any:
-        """The pull subscription of partition ``k`` (its durable consumer is created if missing)."""
+    async def _subscribe(self, k: int) -> _Puller:
+        """The puller of partition ``k``: its durable consumer (created if missing, as ``pull_subscribe`` would)
+        and an inbox for the messages it sends."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+        stream = stream_name(self.stream, k)
         config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
                                 ack_wait=self.ack_wait, max_ack_pending=1, max_deliver=-1,
-                                inactive_threshold=INACTIVE_S if self._private else None)
+                                inactive_threshold=INACTIVE_S if self._private else None,
+                                name=self.durable, durable_name=self.durable,
+                                filter_subject=subject_name(self.stream, k))
         import nats.errors
         import nats.js.errors
 
         deadline = time.monotonic() + self.stream_wait
         while True:
             try:
-                return await self._js.pull_subscribe(subject_name(self.stream, k), durable=self.durable,
-                                                     stream=stream_name(self.stream, k), config=config)
+                try:
+                    await self._js.consumer_info(stream, self.durable)
+                except nats.js.errors.NotFoundError:
+                    await self._js.add_consumer(stream, config=config)  # NotFoundError: no stream yet
+                return await _Puller.start(self._nc, stream, self.durable, FETCH_WAIT_S)
             except nats.js.errors.NotFoundError:
                 if time.monotonic() >= deadline:
-                    raise NatsError(f"no stream {stream_name(self.stream, k)} for partition {k}") from None
+                    raise NatsError(f"no stream {stream} for partition {k}") from None
                 await asyncio.sleep(0.2)  # the publisher creates the streams one after the other
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError) as e:
                 # No answer: the stream (or the meta) leader is being elected, e.g. after a node was killed;
                 # creating the consumer goes through once there is a leader again.
                 if time.monotonic() >= deadline:
-                    raise NatsError(f"cannot consume partition {k} ({stream_name(self.stream, k)}): {e} "
+                    raise NatsError(f"cannot consume partition {k} ({stream}): {e} "
                                     "(no leader answered in time)") from None
                 await asyncio.sleep(0.5)
             except Exception as e:  # nats errors: one line naming the partition
-                raise NatsError(f"cannot consume partition {k} ({stream_name(self.stream, k)}): {e}") from None
+                raise NatsError(f"cannot consume partition {k} ({stream}): {e}") from None
 
     def partition_done(self, k: int) -> bool:
         """True once partition ``k`` delivered its end-of-stream marker(s)."""
@@ -272,52 +282,45 @@ class Subscriber:
         """Forwards partition ``k`` until its end of stream (or forever with ``follow``, or while
         ``keep_going()`` is true).
 
-        The request for the next message goes out before the current one is committed: it waits on the server
-        (``max_ack_pending=1``) and is answered as soon as the ack arrives, which saves a fetch round trip and
-        an ack confirmation per message while the partition stays strictly in order with at most one committed
-        message unacknowledged."""
+        The request for the next message goes out right after the current one's ack, in the same write to the
+        socket (nats-py queues both before its flusher runs): the server processes the ack, then answers the
+        request at once (``max_ack_pending=1``), so the partition stays strictly in order with at most one
+        committed message unacknowledged, without a fetch round trip or an ack confirmation per message, and
+        with one socket write per message (a request sent ahead, before the commit, costs a write of its own in
+        the subscriber and a read in the server)."""
         import nats.errors
-        import nats.js.errors
 
-        sub = await self.subscribe(k)
-        fetch: asyncio.Future[Any] | None = None
+        puller = await self._subscribe(k)
         try:
             while not self._stopping.is_set() and (keep_going is None or keep_going()):
                 if k in self._done and not self.follow:
                     return
-                if fetch is None:
-                    fetch = asyncio.ensure_future(sub.fetch(1, timeout=FETCH_WAIT_S))
+                # Awaited here, not in a task: its request is queued before this coroutine first waits, so that it
+                # leaves with the previous message's ack.
                 try:
-                    msgs = await asyncio.shield(fetch)
-                except (nats.errors.TimeoutError, TimeoutError):
-                    continue
+                    msg = await puller.next()
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                        nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
-                    await asyncio.sleep(0.1)  # the cluster is electing or we are reconnecting
+                        nats.errors.OutboundBufferLimitError, nats.errors.StaleConnectionError):
+                    await asyncio.sleep(0.1)  # the request could not be sent: reconnecting
                     continue
-                except nats.js.errors.APIError as e:
-                    if e.code not in (408, 409, 503, None):
-                        raise NatsError(f"cannot fetch from partition {k}: {e}") from None
-                    await asyncio.sleep(0.1)  # a leader change or a request that expired on the server
+                if msg is None:  # no answer at all (a reconnect, a lost request): ask again
                     continue
-                finally:
-                    if fetch.done():
-                        fetch = None
-                for msg in msgs:
-                    if msg.metadata.sequence.stream <= self._committed.get(k, 0):
-                        await _settle(msg.ack())  # its ack was lost: committed here already, not twice
+                status = msg.headers.get("Status") if msg.headers else None
+                if status is not None:
+                    if status in ("404", "408"):  # no message within FETCH_WAIT_S: ask again
                         continue
-                    if self.follow or k not in self._done:  # the next one, answered once this one is acked
-                        fetch = asyncio.ensure_future(sub.fetch(1, timeout=FETCH_WAIT_S))
-                    await self._handle(k, msg)
+                    if status not in ("409", "503"):
+                        raise NatsError(f"cannot fetch from partition {k}: status {status} "
+                                        f"{msg.headers.get('Description', '')}".rstrip())
+                    await asyncio.sleep(0.1)  # a leader change, no consumer leader yet, or a reconnect
+                    continue
+                if msg.metadata.sequence.stream <= self._committed.get(k, 0):
+                    await _settle(msg.ack())  # its ack was lost: committed here already, not twice
+                    continue
+                await self._handle(k, msg)
         finally:
-            if fetch is not None:
-                fetch.cancel()
-                if fetch.done() and not fetch.cancelled() and fetch.exception() is None:
-                    for msg in fetch.result():  # fetched, never handled: back to the stream now, not after ack_wait
-                        await _settle(msg.nak())
+            await puller.close()  # a message it received and no one handled goes back to the stream (nak)
             try:
-                await sub.unsubscribe()
                 if self._private and (k in self._done or self._stopping.is_set()):
                     await self._js.delete_consumer(stream_name(self.stream, k), self.durable)
             except Exception:  # noqa: BLE001 - the connection may be gone (the server deletes it after INACTIVE_S)
@@ -373,6 +376,76 @@ class Subscriber:
         # Not confirmed: the next message is delivered only once this ack is processed, and an ack lost on the
         # way brings this message back to us after ack_wait, where it is skipped (committed already).
         await _settle(msg.ack())
+
+
+class _Puller:
+    """Pulls a consumer's messages one at a time, for :meth:`Subscriber.consume`.
+
+    What ``PullSubscription.fetch(1)`` does on the wire, for less CPU per message: a pull request (``{"batch":
+    1, "expires": ...}``, built once) published to the consumer's ``$JS.API.CONSUMER.MSG.NEXT`` subject with
+    the puller's own inbox as reply subject, and the message (or a status: 404/408 nothing came, 409 a leader
+    change, 503 no consumer leader) delivered to that inbox. nats-py's ``fetch(1)`` per message also makes a
+    UUID, two tasks, ``asyncio.wait_for`` and a JSON request, and hands the message over through three task
+    wake-ups; here one callback appends it and wakes the one waiting ``next()``. nats-py subscribes the inbox
+    again after a reconnect; a request lost meanwhile is a local timeout, and the next one is sent.
+    """
+
+    def __init__(self, nc: Any, stream: str, consumer: str, timeout: float) -> None:
+        self._nc, self._timeout = nc, timeout + 0.25  # the server's 408 at ``timeout`` normally comes first
+        self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._request = json.dumps({"batch": 1, "expires": int(timeout * 1e9)}).encode()
+        self._inbox = nc.new_inbox()
+        self._msgs: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._sub: Any = None
+
+    @classmethod
+    async def start(cls, nc: Any, stream: str, consumer: str, timeout: float) -> _Puller:
+        """Subscribes the inbox of a puller of ``consumer`` on ``stream`` (``timeout``: seconds per request)."""
+        self = cls(nc, stream, consumer, timeout)
+        self._sub = await nc.subscribe(self._inbox, cb=self._on_msg)
+        return self
+
+    async def _on_msg(self, msg: Any) -> None:
+        self._msgs.append(msg)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self) -> Any:
+        """The next message or status message for this inbox; None when nothing came within the timeout. A
+        message left from an earlier request (it came after its local timeout) is returned first, with no
+        new request: the request still open on the server brings the one after it."""
+        while self._msgs:
+            msg = self._msgs.popleft()
+            if not msg.headers or "Status" not in msg.headers:
+                return msg  # a status left over was meant for an earlier request: dropped
+        await self._nc.publish(self._subject, self._request, reply=self._inbox)
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(self._timeout, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            timer.cancel()
+        return self._msgs.popleft() if self._msgs else None
+
+    async def close(self) -> None:
+        """Unsubscribes; a message received and not taken goes back to the stream now (nak), not after
+        ``ack_wait``."""
+        for msg in self._msgs:
+            if not msg.headers or "Status" not in msg.headers:
+                await _settle(msg.nak())
+        self._msgs.clear()
+        try:
+            await self._sub.unsubscribe()
+        except Exception:  # noqa: BLE001 - the connection may be gone
+            pass
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _settle(coro: Any) -> None:
