@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,65 +142,16 @@ def test_capture_run_delivers_each_frame_once_by_flow_and_breakloop_stops_it(
         assert numbers == sorted(numbers)
 
 
-def test_live_capture_run_from_python_serves_workers_and_stops_on_breakloop(
-    veth: tuple[str, str, str], tmp_path: Path
-) -> None:
-    import threading
-
-    from packet_ipc import Client, Server
-    from packet_ipc.capture import open_live
-
-    netns, inside, outside = veth
-    count = 500
-    sent = udp_frames(count)
-    with open_live(outside, bpf_filter="udp dst port 7777") as cap, Server(distribution="flow") as server:
-        with pytest.raises(ValueError):
-            cap.run(server, count=0)
-        got: list[list[bytes]] = [[], []]
-
-        def worker(k: int, client: Client) -> None:
-            with client:
-                for batch in client:
-                    with batch:
-                        got[k].extend(bytes(p.data) for p in batch)
-
-        clients: list[Client] = []
-        connect = threading.Thread(target=lambda: clients.extend(Client(server.name, timeout=10) for _ in range(2)))
-        connect.start()
-        server.wait_for_clients(2, timeout=10)
-        connect.join()
-        threads = [threading.Thread(target=worker, args=(k, c)) for k, c in enumerate(clients)]
-        for t in threads:
-            t.start()
-        blob = tmp_path / "frames.bin"
-        blob.write_bytes(b"".join(len(f).to_bytes(4, "little") + f for f in sent))
-        sender = subprocess.run(["ip", "netns", "exec", netns, sys.executable, str(SENDER), inside,
-                                 str(blob)], capture_output=True, text=True, timeout=60)
-        assert sender.returncode == 0, sender.stderr
-        done = cap.run(server, count=count, batch=100)
-        assert (done.packets, done.stopped) == (count, "count") and done.bytes == sum(len(f) for f in sent)
-        stopper = threading.Timer(0.3, cap.breakloop)
-        stopper.start()
-        again = cap.run(server)  # nothing more to capture: only the break ends it
-        stopper.join()
-        assert (again.packets, again.stopped) == (0, "break")
-        per_interface = cap.interface_stats()
-        assert per_interface[0].captured == count and per_interface[0].dropped == 0
-        server.send(None)
-        for t in threads:
-            t.join(30)
-    assert sorted(got[0] + got[1]) == sorted(sent)
-    assert got[0] and got[1]
-
-
-def capture_into_workers(veth: tuple[str, str, str], tmp_path: Path, distribution: str, overflow: str = "block",
-                         linger_ms: int = 0, small_rings: bool = False, count: int = 3000,
-                         batch: int = 4096) -> tuple[Any, list[list[bytes]], int, list[bytes]]:
-    """Sends `count` frames into the peer while LiveCapture.run serves two worker threads; returns the run's
-    result, what each worker received, the packets the connections dropped, and the frames sent. Small rings
-    (8 KiB, 16 slots) come with slow workers, so the rings fill within most reads. With a linger, immediate
-    mode: packets come a few at a time and a read makes many passes (libpcap then gives each packet a frame
-    of the snaplen: a small one keeps its buffer from filling)."""
+@contextmanager
+def serving_two_workers(veth: tuple[str, str, str], tmp_path: Path, sent: list[bytes], distribution: str = "flow",
+                        overflow: str = "block", linger_ms: int = 0,
+                        small_rings: bool = False) -> Iterator[tuple[Any, Any, list[list[bytes]]]]:
+    """A live capture on our end of the veth pair and a server with two worker threads, with `sent` already
+    written into the peer: yields (capture, server, what each worker received); on the way out ends the stream,
+    waits for the workers and checks that the kernel dropped nothing. Small rings (8 KiB, 16 slots) come with
+    slow workers, so the rings fill within most reads. With a linger, immediate mode: packets come a few at a
+    time and a read makes many passes (libpcap then gives each packet a frame of the snaplen: a small one keeps
+    its buffer from filling)."""
     import threading
     import time
 
@@ -207,7 +159,6 @@ def capture_into_workers(veth: tuple[str, str, str], tmp_path: Path, distributio
     from packet_ipc.capture import open_live
 
     netns, inside, outside = veth
-    sent = udp_frames(count)
     rings = {"capacity": 8192, "max_packets": 16} if small_rings else {}
     with open_live(outside, bpf_filter="udp dst port 7777", immediate=linger_ms > 0, snaplen=2048) as cap, \
             Server(distribution=distribution, **rings) as server:  # type: ignore[arg-type]
@@ -235,12 +186,45 @@ def capture_into_workers(veth: tuple[str, str, str], tmp_path: Path, distributio
         sender = subprocess.run(["ip", "netns", "exec", netns, sys.executable, str(SENDER), inside,
                                  str(blob)], capture_output=True, text=True, timeout=60)
         assert sender.returncode == 0, sender.stderr
-        done = cap.run(server, count=count, duration=60, batch=batch, linger_ms=linger_ms)  # duration: not to hang
-        dropped = sum(c.stats().dropped_packets for c in server.connections)
+        yield cap, server, got
         server.send(None)
         for t in threads:
             t.join(60)
         assert cap.interface_stats()[0].dropped == 0, cap.interface_stats()
+
+
+def test_live_capture_run_from_python_serves_workers_and_stops_on_breakloop(
+    veth: tuple[str, str, str], tmp_path: Path
+) -> None:
+    import threading
+
+    count = 500
+    sent = udp_frames(count)
+    with serving_two_workers(veth, tmp_path, sent) as (cap, server, got):
+        with pytest.raises(ValueError):
+            cap.run(server, count=0)
+        done = cap.run(server, count=count, batch=100)
+        assert (done.packets, done.stopped) == (count, "count") and done.bytes == sum(len(f) for f in sent)
+        stopper = threading.Timer(0.3, cap.breakloop)
+        stopper.start()
+        again = cap.run(server)  # nothing more to capture: only the break ends it
+        stopper.join()
+        assert (again.packets, again.stopped) == (0, "break")
+        assert cap.interface_stats()[0].captured == count
+    assert sorted(got[0] + got[1]) == sorted(sent)
+    assert got[0] and got[1]
+
+
+def capture_into_workers(veth: tuple[str, str, str], tmp_path: Path, distribution: str, overflow: str = "block",
+                         linger_ms: int = 0, small_rings: bool = False, count: int = 3000,
+                         batch: int = 4096) -> tuple[Any, list[list[bytes]], int, list[bytes]]:
+    """Sends `count` frames into the peer while LiveCapture.run serves two worker threads (serving_two_workers);
+    returns the run's result, what each worker received, the packets the connections dropped, and the frames
+    sent."""
+    sent = udp_frames(count)
+    with serving_two_workers(veth, tmp_path, sent, distribution, overflow, linger_ms, small_rings) as (cap, server, got):
+        done = cap.run(server, count=count, duration=60, batch=batch, linger_ms=linger_ms)  # duration: not to hang
+        dropped = sum(c.stats().dropped_packets for c in server.connections)
     assert (done.packets, done.stopped) == (count, "count") and done.bytes == sum(len(f) for f in sent)
     return done, got, dropped, sent
 
