@@ -63,12 +63,27 @@ class GroupMember:
             raise NatsError(f"cannot open the group's key-value buckets {self.bucket}: {e}") from None
 
     async def _keys(self, kv: Any) -> list[str]:
+        """The bucket's keys. nats-py's ``keys()`` may come back short (see :meth:`_marker`): used only where a
+        short list delays a step (members and claims, which are taken with an atomic create)."""
         import nats.js.errors
 
         try:
             return list(await kv.keys())
         except nats.js.errors.NoKeysError:
             return []
+
+    async def _finished_partitions(self) -> set[int]:
+        """The candidate partitions some member finished (``d.<k>`` in the done bucket), each read by key."""
+        import nats.js.errors
+
+        finished = set()
+        for k in self.sub.partitions:
+            try:
+                await self.state.get(f"d.{k}")
+                finished.add(k)
+            except nats.js.errors.KeyNotFoundError:
+                pass
+        return finished
 
     async def run(self) -> None:
         """Takes part until every candidate partition is finished (or forever with ``follow``)."""
@@ -83,7 +98,7 @@ class GroupMember:
             while not self.sub._stopping.is_set():
                 try:
                     await self._step(held_by_others)
-                    finished = {int(k[2:]) for k in await self._keys(self.state) if k.startswith("d.")}
+                    finished = await self._finished_partitions()
                     if not self.sub.follow and all(k in finished for k in self.sub.partitions):
                         return
                 except (nats.errors.Error, TimeoutError):
@@ -117,7 +132,7 @@ class GroupMember:
                 del self.owned[k]
         keys = await self._keys(self.leases)
         members = max(1, sum(1 for key in keys if key.startswith("m.")))
-        finished = {int(key[2:]) for key in await self._keys(self.state) if key.startswith("d.")}
+        finished = await self._finished_partitions()
         remaining = [k for k in self.sub.partitions if k not in finished]
         target = math.ceil(len(remaining) / members) if remaining else 0
         if self.sub.follow:
