@@ -5,9 +5,9 @@
  * interface in non-blocking mode, polls their selectable fds together, and copies each packet once, from
  * libpcap's ring into the caller's buffer, with no allocation per packet. Under pipc_capture_run that one
  * copy goes straight into the packet's worker's ring (pipc_direct_*, distribute.c), from libpcap's callback
- * while its pointer is valid; only what a worker's ring cannot take at once is staged in the buffer. libpcap is loaded with dlopen so
- * the package builds without its headers; the few types and prototypes used are declared here (they are
- * part of libpcap's stable ABI).
+ * while its pointer is valid; only what a worker's ring cannot take at once is staged in the buffer.
+ * libpcap is loaded with dlopen so the package builds without its headers; the few types and prototypes
+ * used are declared here (they are part of libpcap's stable ABI).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
