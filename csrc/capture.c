@@ -501,19 +501,19 @@ static long capture_next(pipc_capture *c, struct pipc_packet *out, size_t max, u
         }
         int r = poll(fds, c->n + 1, wait);
         if (r < 0 && errno == EINTR) {
-            if (s.n + s.n_direct)
+            if (got)
                 return (long)s.n; /* the caller sees the signal on return */
             pipc_set_error("interrupted by a signal");
             return -EINTR;
         }
         if (r < 0) {
-            if (s.n + s.n_direct)
+            if (got)
                 return (long)s.n;
             pipc_set_error("poll: %s", strerror(errno));
             return -errno;
         }
         if (fds[c->n].revents & POLLIN) {
-            if (s.n + s.n_direct)
+            if (got)
                 return (long)s.n; /* the break stays pending: the next call returns -EINTR */
             uint64_t v;
             if (read(c->wake_fd, &v, sizeof v) > 0) /* consumed: one break per call */
@@ -523,7 +523,7 @@ static long capture_next(pipc_capture *c, struct pipc_packet *out, size_t max, u
         }
         for (size_t i = 0; i < c->n; i++)
             if (fds[i].revents & (POLLERR | POLLNVAL)) {
-                if (s.n + s.n_direct)
+                if (got)
                     return (long)s.n;
                 pipc_set_error("capture on '%s' failed: the interface went away or failed", c->ifs[i].name);
                 return -ENETDOWN;

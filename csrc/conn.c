@@ -106,6 +106,15 @@ static int conn_check(pipc_conn *c)
     return 0;
 }
 
+/* Publishes what was put in the ring (waking the client if it sleeps) and counts it as sent. */
+static void conn_publish(pipc_conn *c, uint64_t packets, uint64_t bytes)
+{
+    if (pipc_ring_publish(&c->ring))
+        pipc_wake(c->ev_data);
+    count(&c->stats.packets, packets);
+    count(&c->stats.bytes, bytes);
+}
+
 /* This thread's tag: the address of a thread-local byte, distinct among live threads. */
 static _Thread_local char thread_tag;
 
@@ -218,10 +227,7 @@ static long conn_send_locked(pipc_conn *c, const struct pipc_packet *pk, size_t 
             bytes += pk[j++].caplen;
         if (j > i) {
             pipc_ring_put(&c->ring, pk + i, j - i, c->linktype);
-            if (pipc_ring_publish(&c->ring))
-                pipc_wake(c->ev_data);
-            count(&c->stats.packets, j - i);
-            count(&c->stats.bytes, bytes);
+            conn_publish(c, j - i, bytes);
             written += j - i;
             i = j;
             continue;
@@ -299,10 +305,7 @@ static long conn_send_columns_locked(pipc_conn *c, const struct pipc_columns *k,
             pipc_ring_put_columns(&c->ring, j - i, k->ts_ns + i, k->caplen + i, k->origlen ? k->origlen + i : NULL,
                                   k->ifindex ? k->ifindex + i : NULL, k->linktype ? k->linktype + i : NULL,
                                   c->linktype);
-            if (pipc_ring_publish(&c->ring))
-                pipc_wake(c->ev_data);
-            count(&c->stats.packets, j - i);
-            count(&c->stats.bytes, bytes);
+            conn_publish(c, j - i, bytes);
             off += bytes;
             i = j;
             continue;
@@ -346,9 +349,7 @@ int pipc_conn_direct_open(pipc_conn *c, uint64_t *free_slots, uint64_t *free_byt
 {
     if (pthread_mutex_trylock(&c->lock) != 0)
         return -EBUSY; /* another thread is sending on it: this pass stages its packets instead */
-    int err = c->reserved ? -EBUSY : sticky_error(&c->error);
-    if (!err && (is_closing(&c->closing) || c->ended))
-        err = -EPIPE;
+    int err = c->reserved ? -EBUSY : conn_check(c);
     if (!err)
         err = pipc_ring_space(&c->ring, free_slots, free_bytes); /* -EPROTO: left to the staged path to report */
     if (err)
@@ -358,12 +359,8 @@ int pipc_conn_direct_open(pipc_conn *c, uint64_t *free_slots, uint64_t *free_byt
 
 void pipc_conn_direct_close(pipc_conn *c, size_t packets, uint64_t bytes)
 {
-    if (packets) {
-        if (pipc_ring_publish(&c->ring))
-            pipc_wake(c->ev_data);
-        count(&c->stats.packets, packets);
-        count(&c->stats.bytes, bytes);
-    }
+    if (packets)
+        conn_publish(c, packets, bytes);
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -478,10 +475,7 @@ long pipc_conn_commit(pipc_conn *c, size_t n)
     if ((r = conn_check(c)) < 0) /* shut down, ended or failed meanwhile: abandoned */
         goto out;
     pipc_ring_put_columns(&c->ring, n, ts, caplen, cols + c->res_cap, cols + 2 * c->res_cap, linktype, c->linktype);
-    if (pipc_ring_publish(&c->ring))
-        pipc_wake(c->ev_data);
-    count(&c->stats.packets, n);
-    count(&c->stats.bytes, bytes);
+    conn_publish(c, n, bytes);
     r = (long)n;
 out:
     pthread_mutex_unlock(&c->lock);

@@ -240,12 +240,10 @@ def decode(payload: Any, linktype: int = 1) -> Message:
     if caps_raw != origs_raw and any(c > o for c, o in zip(caps, origs)):  # equal: nothing cut
         raise WireFormatError("a record's caplen is above its origlen")
     lt_bytes = bytes(lts)
-    uniform = lt_bytes == lt_bytes[:4] * count
-    lt_values = {int.from_bytes(lt_bytes[:4], "little")} if uniform else set(_u32(lt_bytes))
-    if any(v > 0xFFFF and v != 0xFFFFFFFF for v in lt_values):
+    uniform, lt = lt_bytes == lt_bytes[:4] * count, int.from_bytes(lt_bytes[:4], "little")
+    if any(v > 0xFFFF and v != 0xFFFFFFFF for v in ({lt} if uniform else set(_u32(lt_bytes)))):
         raise WireFormatError("a record's linktype is not a 16-bit LINKTYPE value")
     if uniform and bytes(ifx).count(0) == n4:  # the usual case: one copy, no objects
-        lt = int.from_bytes(lt_bytes[:4], "little")
         try:  # from_buffers checks that the caplens add up to the data (no int per record here either)
             batch = PacketBatch.from_buffers(ts.cast("Q"), memoryview(caps), data, memoryview(origs),
                                              linktype if lt == 0xFFFFFFFF else lt)
